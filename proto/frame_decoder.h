@@ -1,0 +1,76 @@
+// FrameDecoder: the incremental dmsg frame decoder. Pure code: it is fed
+// bytes in any chunking and answers with a frame, "need more bytes", or a
+// typed error naming what was wrong. See docs/dmsg-wire.md, "Validation".
+//
+// Checks, in the order a byte stream reveals them:
+//   1. magic == 0x4832 (a byte-swapped sender is rejected as kBadMagic);
+//   2. header size units in 1..32;
+//   3. aux_bytes: padded size <= 1 MiB;
+//   4. aux_descr == 0;
+//   5. hdr_crc over the whole padded header (field zeroed);
+//   6. the low byte of salt equals the expected receive sequence number,
+//      which starts at 0 and increments per frame (mod 256);
+//   7. aux_crc over the padded aux data (when aux_bytes > 0).
+// Checks 1-4 run as soon as the 64-byte base header is buffered, so garbage
+// is rejected without waiting for more input. After an error the decoder is
+// poisoned: every later Next() returns the same error. A link that gets an
+// error must be dropped (the stream cannot be resynchronised).
+//
+// Thread safety: none; one decoder per link.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "proto/dmsg.h"
+
+namespace xdisk::dmsg {
+
+enum class DecodeError {
+  kNone = 0,
+  kBadMagic,
+  kBadHeaderSize,  // size units outside 1..32
+  kAuxTooLarge,    // padded aux over 1 MiB
+  kAuxDescr,       // aux_descr not 0 (out-of-band aux is not supported)
+  kHeaderCrc,
+  kAuxCrc,
+  kSequence,       // salt low byte is not the expected sequence number
+};
+
+// "bad magic", "header crc", ...
+const char* DecodeErrorName(DecodeError e);
+
+class FrameDecoder {
+ public:
+  enum class Outcome { kFrame, kNeedMore, kError };
+
+  FrameDecoder() = default;
+  FrameDecoder(const FrameDecoder&) = delete;
+  FrameDecoder& operator=(const FrameDecoder&) = delete;
+
+  // Appends `bytes` to the internal buffer. Cheap; decoding happens in Next().
+  void Feed(std::span<const uint8_t> bytes);
+
+  // Decodes the next complete frame from the buffered bytes. On kFrame, *out
+  // holds the frame (ext and aux copied out of the buffer). On kError, *err
+  // names the problem and *detail has a human-readable explanation with the
+  // offending values. kNeedMore means: feed more bytes.
+  Outcome Next(Frame* out, DecodeError* err, std::string* detail = nullptr);
+
+  // Bytes buffered but not yet consumed by a returned frame.
+  size_t buffered() const { return buf_.size() - pos_; }
+  // Number of frames returned so far (the next expected sequence number is
+  // frames_decoded() & 0xFF).
+  uint64_t frames_decoded() const { return frames_; }
+
+ private:
+  std::vector<uint8_t> buf_;
+  size_t pos_ = 0;  // start of unconsumed bytes in buf_
+  uint64_t frames_ = 0;
+  DecodeError poisoned_ = DecodeError::kNone;
+  std::string poisoned_detail_;
+};
+
+}  // namespace xdisk::dmsg
