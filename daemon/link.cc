@@ -1,0 +1,500 @@
+#include "daemon/link.h"
+
+#include <cinttypes>
+#include <cstring>
+
+#include "daemon/log.h"
+
+namespace xdisk {
+
+using namespace dmsg;
+
+namespace {
+constexpr size_t kReadBufferBytes = 256 * 1024;
+constexpr uint64_t kTimerTickMs = 100;
+constexpr uint64_t kGracefulCloseMs = 1000;
+const uint8_t kZeros[kAlign] = {};
+}  // namespace
+
+struct Link::WriteReq {
+  uv_write_t req;
+  Link* link;
+  std::vector<OutMsg> msgs;
+  std::vector<uv_buf_t> bufs;
+  size_t bytes = 0;
+};
+
+Link::Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Direction dir,
+           std::string peer_name)
+    : loop_(loop),
+      observer_(observer),
+      config_(config),
+      dir_(dir),
+      peer_(std::move(peer_name)),
+      name_("link " + peer_) {}
+
+Link::~Link() = default;
+
+int Link::Init() {
+  int rc = uv_tcp_init(loop_, &tcp_);
+  if (rc < 0) return rc;
+  uv_timer_init(loop_, &timer_);
+  tcp_.data = this;
+  timer_.data = this;
+  handles_inited_ = true;
+  return 0;
+}
+
+void Link::Start() {
+  // Block traffic is latency-bound request/response: never wait for Nagle.
+  uv_tcp_nodelay(&tcp_, 1);
+  uv_tcp_keepalive(&tcp_, 1, 10);
+  read_buf_.resize(kReadBufferBytes);
+  last_rx_ms_ = last_tx_ms_ = uv_now(loop_);
+  state_ = State::kHandshake;
+  int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), OnAlloc, OnRead);
+  if (rc < 0) {
+    Close(std::string("cannot read: ") + uv_strerror(rc));
+    return;
+  }
+  reading_ = true;
+  uv_timer_start(&timer_, OnTimer, kTimerTickMs, kTimerTickMs);
+  XLOG(kDebug, name_, "connected (%s), sending LNK_CONN",
+       dir_ == Direction::kIncoming ? "incoming" : "outgoing");
+  SendConn();
+}
+
+void Link::SendConn() {
+  LnkConn c;
+  c.peer_id = config_.peer_id;
+  c.peer_mask = config_.peer_mask;
+  c.peer_type = config_.peer_type;
+  c.proto_version = kSpanProtoVersion;
+  c.peer_label = config_.label;
+  std::vector<uint8_t> ext = c.Encode();
+  our_conn_ = Open(kLnkConn, nullptr, this, ext);
+}
+
+// ---- receive path ----
+
+void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  Link* self = static_cast<Link*>(h->data);
+  *buf = uv_buf_init(reinterpret_cast<char*>(self->read_buf_.data()), self->read_buf_.size());
+}
+
+void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
+  Link* self = static_cast<Link*>(s->data);
+  if (n == 0) return;
+  if (n < 0) {
+    self->Close(n == UV_EOF ? "peer closed the connection"
+                            : std::string("read error: ") + uv_strerror(static_cast<int>(n)));
+    return;
+  }
+  self->bytes_in_ += n;
+  self->last_rx_ms_ = uv_now(self->loop_);
+  self->decoder_.Feed({self->read_buf_.data(), static_cast<size_t>(n)});
+  self->DecodeAvailable();
+}
+
+void Link::DecodeAvailable() {
+  while (state_ == State::kHandshake || state_ == State::kUp) {
+    if (read_paused_) return;  // resumed by SetReadPaused(false)
+    Frame frame;
+    DecodeError err;
+    std::string detail;
+    auto outcome = decoder_.Next(&frame, &err, &detail);
+    if (outcome == FrameDecoder::Outcome::kNeedMore) return;
+    if (outcome == FrameDecoder::Outcome::kError) {
+      Close(std::string("malformed frame: ") + DecodeErrorName(err) +
+            (detail.empty() ? "" : " (" + detail + ")"));
+      return;
+    }
+    ++dispatch_depth_;
+    Dispatch(frame);
+    --dispatch_depth_;
+    if (!pending_close_.empty()) {
+      std::string reason = std::move(pending_close_);
+      pending_close_.clear();
+      Fail(reason);
+      return;
+    }
+  }
+}
+
+void Link::Dispatch(Frame& f) {
+  XLOG(kTrace, name_, "rx %s msgid %#" PRIx64 " circuit %#" PRIx64 " err %u aux %u",
+       CommandName(f.hdr.cmd).c_str(), f.hdr.msgid, f.hdr.circuit, f.hdr.error, f.hdr.aux_bytes);
+  if (f.hdr.cmd & kFlagUnused) {
+    Close("unknown flag bits in " + CommandName(f.hdr.cmd));
+    return;
+  }
+  auto rx = txns_.Receive(f.hdr);
+  switch (rx.verdict) {
+    case TransactionTable::Verdict::kProtocolError:
+      Close("protocol violation: " + rx.reason);
+      return;
+    case TransactionTable::Verdict::kIgnore:
+      XLOG(kDebug, name_, "ignoring %s: %s", CommandName(f.hdr.cmd).c_str(), rx.reason.c_str());
+      return;
+    case TransactionTable::Verdict::kOneWay:
+      HandleOneWay(f);
+      return;
+    case TransactionTable::Verdict::kNew:
+      HandleNew(rx.txn, f);
+      return;
+    case TransactionTable::Verdict::kDeliver:
+      Deliver(rx.txn, f);
+      return;
+  }
+}
+
+void Link::HandleOneWay(const Frame& f) {
+  const uint32_t base = BaseCmd(f.hdr.cmd);
+  if (base == kLnkPing) {
+    // Never answer a reply: that would ping-pong forever.
+    if (!(f.hdr.cmd & kFlagReply)) SendOneWay(kLnkPing | kFlagReply);
+    return;
+  }
+  // LNK_PAD, one-way LNK_ERROR, DBG_SHELL and anything unknown: ignored, and
+  // never answered (§5.6, §8).
+  XLOG(kDebug, name_, "ignoring one-way %s", CommandName(f.hdr.cmd).c_str());
+}
+
+void Link::HandleNew(Transaction* t, const Frame& f) {
+  TransactionHandler* handler = nullptr;
+  if (t->parent == nullptr) {
+    if (t->cmd == kLnkConn) {
+      if (conn_received_) {
+        Close("protocol violation: second LNK_CONN");
+        return;
+      }
+      handler = this;
+    } else {
+      if (t->cmd == (kLnkConn & ~kSizeMask) + 8)
+        XLOG(kWarning, name_, "peer sent a legacy (E1, 8-unit) LNK_CONN; only E2/E3 is supported");
+      handler = observer_->OnTopLevelCreate(*this, *t, f);
+    }
+  } else if (t->parent->handler != nullptr) {
+    handler = t->parent->handler->OnChildCreate(*this, *t->parent, *t, f);
+  }
+  if (handler == nullptr) {
+    XLOG(kDebug, name_, "answering NOSUPP to %s", CommandName(f.hdr.cmd).c_str());
+    t->handler = nullptr;
+    Reply(t, kErrNoSupp, true);
+    if (t->tx_delete && t->rx_delete) txns_.MaybeFree(t);
+    return;
+  }
+  t->handler = handler;
+  Deliver(t, f);
+}
+
+void Link::Deliver(Transaction* t, const Frame& f) {
+  ++t->busy;
+  // A DELETE from the peer terminates everything stacked under it (§5.3).
+  if (f.hdr.cmd & kFlagDelete) TerminateChildren(t);
+  if (t->handler != nullptr) t->handler->OnMessage(*this, *t, f);
+  --t->busy;
+  AfterDelivery(t);
+}
+
+void Link::AfterDelivery(Transaction* t) {
+  if (t->busy) return;
+  if (t->rx_delete && !t->tx_delete && state_ != State::kClosing && state_ != State::kClosed) {
+    // The handler did not close its side: close it, so nothing leaks.
+    Reply(t, 0, true);
+  }
+  if (t->rx_delete && t->tx_delete) {
+    if (t->handler) t->handler->OnFreed(*this, *t);
+    txns_.MaybeFree(t);
+  }
+}
+
+void Link::TerminateChildren(Transaction* t) {
+  std::vector<Transaction*> order = txns_.SubtreePostOrder(t);
+  order.pop_back();  // t itself, last in post-order
+  for (Transaction* c : order) Terminate(c);
+}
+
+void Link::Terminate(Transaction* t) {
+  ++t->busy;
+  if (!t->rx_delete) {
+    Frame f = txns_.SynthesizeLostLink(t);
+    if (t->handler) t->handler->OnMessage(*this, *t, f);
+  } else {
+    t->dying = true;
+  }
+  --t->busy;
+  // Anything the handler sent was discarded; the side is closed for good.
+  t->tx_delete = true;
+  if (t->handler) t->handler->OnFreed(*this, *t);
+  t->handler = nullptr;
+  txns_.MaybeFree(t);
+}
+
+// ---- LNK_CONN ----
+
+void Link::OnMessage(Link&, Transaction& t, const Frame& f) {
+  if (state_ == State::kClosing || state_ == State::kClosed) return;
+  const uint32_t cmd = f.hdr.cmd;
+  if (&t == our_conn_) {
+    if ((cmd & kFlagReply) && (cmd & kFlagCreate)) {
+      if (f.hdr.error != 0) {
+        Close("peer refused our LNK_CONN: " + ErrorName(f.hdr.error));
+        return;
+      }
+      conn_acked_ = true;
+      MaybeUp();
+    }
+    if (cmd & kFlagDelete) Close("peer closed our LNK_CONN");
+    return;
+  }
+  if (cmd & kFlagCreate) {
+    peer_conn_ = LnkConn::Decode(f.ext_span());
+    peer_conn_txn_ = &t;
+    conn_received_ = true;
+    XLOG(kDebug, name_, "peer LNK_CONN: type %u mask %#" PRIx64 " version %u label '%s'",
+         peer_conn_.peer_type, peer_conn_.peer_mask, peer_conn_.proto_version,
+         peer_conn_.peer_label.c_str());
+    Reply(&t, 0, false);
+    MaybeUp();
+  }
+  if (cmd & kFlagDelete) Close("peer closed its LNK_CONN");
+}
+
+void Link::MaybeUp() {
+  if (state_ != State::kHandshake || !conn_acked_ || !conn_received_) return;
+  state_ = State::kUp;
+  up_since_ms_ = uv_now(loop_);
+  XLOG(kInfo, name_, "up: peer '%s' type %u", peer_conn_.peer_label.c_str(), peer_conn_.peer_type);
+  observer_->OnLinkUp(*this);
+}
+
+// ---- send path ----
+
+Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
+                        std::span<const uint8_t> ext, std::span<const uint8_t> aux,
+                        uint32_t flags) {
+  if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
+  if (parent && (parent->dying || parent->rx_delete || parent->tx_delete)) return nullptr;
+  Transaction* t = txns_.OpenLocal(base_cmd, parent);
+  t->handler = handler;
+  Send(t, base_cmd, flags, ext, aux);
+  return t;
+}
+
+bool Link::Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
+                std::span<const uint8_t> aux, uint32_t error) {
+  Header h;
+  h.cmd = base_cmd;
+  h.error = error;
+  bool live = state_ == State::kHandshake || state_ == State::kUp;
+  bool ok = txns_.PrepareSend(t, flags, &h) && live;
+  if (ok) ok = Enqueue(h, ext, aux, nullptr);
+  if (t->rx_delete && t->tx_delete && !t->busy) {
+    if (t->handler) t->handler->OnFreed(*this, *t);
+    txns_.MaybeFree(t);
+  }
+  return ok;
+}
+
+bool Link::SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags,
+                     std::span<const uint8_t> ext, std::vector<uint8_t>&& aux, uint32_t error) {
+  Header h;
+  h.cmd = base_cmd;
+  h.error = error;
+  bool live = state_ == State::kHandshake || state_ == State::kUp;
+  bool ok = txns_.PrepareSend(t, flags, &h) && live;
+  if (ok) ok = Enqueue(h, ext, aux, &aux);
+  if (t->rx_delete && t->tx_delete && !t->busy) {
+    if (t->handler) t->handler->OnFreed(*this, *t);
+    txns_.MaybeFree(t);
+  }
+  return ok;
+}
+
+void Link::SendOneWay(uint32_t cmd) {
+  Header h;
+  h.cmd = cmd;
+  Enqueue(h, {}, {}, nullptr);
+}
+
+bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
+                   std::vector<uint8_t>* owned) {
+  if (state_ != State::kHandshake && state_ != State::kUp) return false;
+  h.salt = tx_seq_++ & 0xFF;
+  OutMsg m;
+  EncodeHeader(h, ext, aux, &m.header);
+  if (owned != nullptr) {
+    m.aux_owned = std::move(*owned);
+  } else {
+    m.aux_owned.assign(aux.begin(), aux.end());
+  }
+  m.aux = m.aux_owned;
+  m.pad = PaddedAux(m.aux.size()) - m.aux.size();
+  queued_bytes_ += m.header.size() + m.aux.size() + m.pad;
+  XLOG(kTrace, name_, "tx %s msgid %#" PRIx64 " circuit %#" PRIx64 " err %u aux %zu",
+       CommandName(h.cmd).c_str(), h.msgid, h.circuit, h.error, m.aux.size());
+  queue_.push_back(std::move(m));
+  FlushWrites();
+  return true;
+}
+
+void Link::FlushWrites() {
+  // One uv_write at a time; whatever queues meanwhile goes out in the next
+  // write as one writev, so a busy link batches naturally.
+  if (write_inflight_ || queue_.empty()) return;
+  auto* w = new WriteReq;
+  w->link = this;
+  w->msgs.reserve(queue_.size());
+  while (!queue_.empty()) {
+    w->msgs.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  for (OutMsg& m : w->msgs) {
+    w->bufs.push_back(uv_buf_init(reinterpret_cast<char*>(m.header.data()), m.header.size()));
+    if (!m.aux.empty())
+      w->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(m.aux.data())),
+                                    m.aux.size()));
+    if (m.pad) w->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(kZeros)), m.pad));
+    w->bytes += m.header.size() + m.aux.size() + m.pad;
+  }
+  queued_bytes_ = 0;
+  inflight_bytes_ = w->bytes;
+  w->req.data = w;
+  write_inflight_ = true;
+  int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp_), w->bufs.data(),
+                    static_cast<unsigned>(w->bufs.size()), OnWrite);
+  if (rc < 0) {
+    write_inflight_ = false;
+    inflight_bytes_ = 0;
+    delete w;
+    Close(std::string("write error: ") + uv_strerror(rc));
+  }
+}
+
+void Link::OnWrite(uv_write_t* req, int status) {
+  auto* w = static_cast<WriteReq*>(req->data);
+  Link* self = w->link;
+  self->write_inflight_ = false;
+  self->inflight_bytes_ = 0;
+  self->bytes_out_ += w->bytes;
+  self->last_tx_ms_ = uv_now(self->loop_);
+  delete w;
+  if (status < 0) {
+    if (status != UV_ECANCELED) self->Close(std::string("write error: ") + uv_strerror(status));
+    return;
+  }
+  if (self->state_ == State::kHandshake || self->state_ == State::kUp) {
+    self->FlushWrites();
+    if (self->graceful_ && !self->write_inflight_) self->Close(self->graceful_reason_);
+  }
+}
+
+void Link::SetReadPaused(bool paused) {
+  if (paused == read_paused_) return;
+  read_paused_ = paused;
+  if (state_ != State::kHandshake && state_ != State::kUp) return;
+  auto* s = reinterpret_cast<uv_stream_t*>(&tcp_);
+  if (paused) {
+    uv_read_stop(s);
+    reading_ = false;
+  } else {
+    uv_read_start(s, OnAlloc, OnRead);
+    reading_ = true;
+    // Frames already buffered are decoded on the next timer tick, never
+    // from inside the caller's callback (no re-entry into handlers).
+    uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+  }
+}
+
+// ---- liveness and closing ----
+
+void Link::OnTimer(uv_timer_t* t) {
+  Link* self = static_cast<Link*>(t->data);
+  if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
+  uint64_t now = uv_now(self->loop_);
+  if (self->graceful_) {
+    if (now - self->last_tx_ms_ >= kGracefulCloseMs) self->Close("closed (flush timed out)");
+    return;
+  }
+  if (!self->read_paused_ && self->decoder_.buffered() > 0) self->DecodeAvailable();
+  if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
+  uint64_t silent = now - self->last_rx_ms_;
+  if (self->read_paused_) return;  // our own backpressure is not the peer's silence
+  if (silent >= self->config_.dead_timeout_ms) {
+    char buf[96];
+    snprintf(buf, sizeof buf, "no data received for %" PRIu64 " ms", silent);
+    self->Close(buf);
+    return;
+  }
+  if (silent >= self->config_.ping_interval_ms &&
+      now - self->last_tx_ms_ >= self->config_.ping_interval_ms) {
+    self->SendOneWay(kLnkPing);
+    self->last_tx_ms_ = now;
+  }
+}
+
+void Link::Close(const std::string& reason) {
+  if (dispatch_depth_ > 0) {
+    if (pending_close_.empty()) pending_close_ = reason;
+    return;
+  }
+  Fail(reason);
+}
+
+void Link::CloseGracefully(const std::string& reason) {
+  if (state_ != State::kHandshake && state_ != State::kUp) {
+    Close(reason);
+    return;
+  }
+  if (graceful_) return;
+  graceful_ = true;
+  graceful_reason_ = reason;
+  last_tx_ms_ = uv_now(loop_);
+  if (!write_inflight_ && queue_.empty()) Close(reason);
+}
+
+void Link::Fail(const std::string& reason) {
+  if (state_ == State::kClosing || state_ == State::kClosed) return;
+  const bool was_up = state_ == State::kUp || state_ == State::kHandshake;
+  state_ = State::kClosing;
+  if (graceful_) {
+    XLOG(kInfo, name_, "%s", reason.c_str());
+  } else {
+    XLOG(kWarning, name_, "dropping link: %s", reason.c_str());
+  }
+  if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  reading_ = false;
+  queue_.clear();
+  queued_bytes_ = 0;
+  // Every open transaction ends as if the peer had sent LOSTLINK (§5.7),
+  // children before parents.
+  for (Transaction* t : txns_.SubtreePostOrder(nullptr)) Terminate(t);
+  txns_.Clear();
+  our_conn_ = peer_conn_txn_ = nullptr;
+  (void)was_up;
+  observer_->OnLinkDown(*this, reason);
+  CloseHandles();
+}
+
+void Link::CloseHandles() {
+  if (!handles_inited_) {
+    state_ = State::kClosed;
+    observer_->OnLinkClosed(*this);
+    return;
+  }
+  handles_inited_ = false;
+  open_handles_ = 2;
+  uv_timer_stop(&timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), OnClose);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), OnClose);
+}
+
+void Link::OnClose(uv_handle_t* h) {
+  Link* self = static_cast<Link*>(h->data);
+  if (--self->open_handles_ > 0) return;
+  self->state_ = State::kClosed;
+  self->observer_->OnLinkClosed(*self);  // may delete self
+}
+
+}  // namespace xdisk

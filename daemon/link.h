@@ -1,0 +1,212 @@
+// Link: one dmsg connection over TCP (spec §1.3, §3, §5, §6).
+//
+// A Link owns its uv_tcp_t and its liveness timer. It frames and checks
+// every received byte (proto/frame_decoder.h), keeps the transaction tables
+// (daemon/transactions.h), performs the LNK_CONN exchange, answers PINGs,
+// sends its own PING after `ping_interval_ms` of silence and drops the link
+// after `dead_timeout_ms` without receiving anything. Anything malformed
+// drops this link only, with a logged reason. On loss, every open
+// transaction gets a synthesised LOSTLINK termination before the observer
+// hears OnLinkDown, so upper layers see one uniform event.
+//
+// States (docs/link-states.md):
+//   kConnecting -> kHandshake -> kUp -> kClosing -> kClosed
+// kHandshake: our LNK_CONN is sent; kUp: we received the peer's LNK_CONN and
+// the peer acknowledged ours. Spans flow only in kUp.
+//
+// Threading: loop thread only. Lifetime: created and owned by LinkTable;
+// after Close() the handles close asynchronously and the observer's
+// OnLinkClosed() runs last, from the close callback, after which the owner
+// may delete the Link (nothing touches it afterwards).
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/transactions.h"
+#include "proto/dmsg.h"
+#include "proto/frame_decoder.h"
+
+namespace xdisk {
+
+class Link;
+
+// What the owner of links hears. All calls on the loop thread.
+class LinkObserver {
+ public:
+  virtual ~LinkObserver() = default;
+  // The LNK_CONN exchange completed: spans may be sent now.
+  virtual void OnLinkUp(Link& link) = 0;
+  // The peer opened a top-level transaction other than LNK_CONN (a
+  // LNK_SPAN). Return its handler, or nullptr to answer NOSUPP.
+  virtual TransactionHandler* OnTopLevelCreate(Link& link, Transaction& t,
+                                               const dmsg::Frame& f) = 0;
+  // The link failed or was closed; every transaction has already been
+  // terminated with LOSTLINK. Called once. Sends are discarded from now on.
+  virtual void OnLinkDown(Link& link, const std::string& reason) = 0;
+  // The handles are closed; the owner may delete the link now.
+  virtual void OnLinkClosed(Link& link) = 0;
+};
+
+struct LinkConfig {
+  std::string label;                 // our LNK_CONN peer_label, "<host>/xdisk-fuse"
+  dmsg::Uuid peer_id{};              // our host uuid
+  uint8_t peer_type = dmsg::kPeerRouter;
+  uint64_t peer_mask = ~0ull;
+  uint64_t ping_interval_ms = 1000;  // PING after this much silence
+  uint64_t dead_timeout_ms = 10000;  // drop after this much silence
+};
+
+class Link : public TransactionHandler {
+ public:
+  enum class State { kConnecting, kHandshake, kUp, kClosing, kClosed };
+  enum class Direction { kIncoming, kOutgoing };
+
+  // Creates a link with an initialised, unconnected TCP handle. The caller
+  // accepts into tcp() or connects it, then calls Start().
+  Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Direction dir,
+       std::string peer_name);
+  ~Link() override;
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+
+  // Initialises the handles; returns a negative libuv error on failure (then
+  // call Close()).
+  int Init();
+  uv_tcp_t* tcp() { return &tcp_; }
+
+  // Names the peer once it is known (accepted sockets). Before Start().
+  void SetPeerName(const std::string& peer) {
+    peer_ = peer;
+    name_ = "link " + peer;
+  }
+
+  // Sets socket options, starts reading and sends our LNK_CONN.
+  void Start();
+
+  // Drops the link: LOSTLINK for everything, OnLinkDown, close handles.
+  // Safe to call more than once and from inside handler callbacks (then it
+  // takes effect when the current frame's dispatch returns).
+  void Close(const std::string& reason);
+  // Like Close() but first flushes what is queued for sending (bounded by a
+  // short timer); used at shutdown after DELETEs were sent.
+  void CloseGracefully(const std::string& reason);
+
+  // ---- sending (all no-ops returning false/nullptr unless the link is up
+  // or in handshake) ----
+
+  // Opens a transaction in table L under `parent` (nullptr = top level) and
+  // sends its first message. `flags` may include DELETE (a one-message
+  // request). Returns nullptr if the link is not usable.
+  Transaction* Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
+                    std::span<const uint8_t> ext, std::span<const uint8_t> aux = {},
+                    uint32_t flags = 0);
+  // Sends a message on `t`; CREATE/REPLY/REVTRANS/REVCIRC are computed.
+  // Returns false if it was discarded (link down, t dying or closed).
+  bool Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
+            std::span<const uint8_t> aux = {}, uint32_t error = 0);
+  // Same, taking ownership of the aux buffer (no copy).
+  bool SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
+                 std::vector<uint8_t>&& aux, uint32_t error = 0);
+  // LNK_ERROR on `t` with `error`; `close` adds DELETE.
+  bool Reply(Transaction* t, uint32_t error, bool close) {
+    return Send(t, dmsg::kLnkError, close ? dmsg::kFlagDelete : 0, {}, {}, error);
+  }
+
+  // Backpressure: stop or resume reading from the socket.
+  void SetReadPaused(bool paused);
+
+  State state() const { return state_; }
+  bool up() const { return state_ == State::kUp; }
+  Direction direction() const { return dir_; }
+  const std::string& name() const { return name_; }   // "link 127.0.0.1:987"
+  const std::string& peer() const { return peer_; }   // "127.0.0.1:987"
+  // The peer's LNK_CONN (valid once up).
+  const dmsg::LnkConn& peer_conn() const { return peer_conn_; }
+  size_t write_queue_bytes() const { return queued_bytes_ + inflight_bytes_; }
+  uint64_t bytes_in() const { return bytes_in_; }
+  uint64_t bytes_out() const { return bytes_out_; }
+  uint64_t up_since_ms() const { return up_since_ms_; }
+  TransactionTable& transactions() { return txns_; }
+
+  // TransactionHandler for our and the peer's LNK_CONN transactions.
+  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+
+ private:
+  struct OutMsg {
+    std::vector<uint8_t> header;
+    std::vector<uint8_t> aux_owned;
+    std::span<const uint8_t> aux;  // into aux_owned
+    size_t pad = 0;
+  };
+  struct WriteReq;
+
+  static void OnAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+  static void OnWrite(uv_write_t* req, int status);
+  static void OnTimer(uv_timer_t* t);
+  static void OnClose(uv_handle_t* h);
+
+  void DecodeAvailable();
+  void Dispatch(dmsg::Frame& f);
+  void HandleOneWay(const dmsg::Frame& f);
+  void HandleNew(Transaction* t, const dmsg::Frame& f);
+  void Deliver(Transaction* t, const dmsg::Frame& f);
+  void AfterDelivery(Transaction* t);
+  void TerminateChildren(Transaction* t);
+  void Terminate(Transaction* t);
+  void SendConn();
+  void SendOneWay(uint32_t cmd);
+  bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
+               std::vector<uint8_t>* owned);
+  void FlushWrites();
+  void MaybeUp();
+  void Fail(const std::string& reason);
+  void CloseHandles();
+
+  uv_loop_t* loop_;
+  LinkObserver* observer_;
+  LinkConfig config_;
+  Direction dir_;
+  std::string peer_;
+  std::string name_;
+  State state_ = State::kConnecting;
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  int open_handles_ = 0;
+  bool handles_inited_ = false;
+
+  dmsg::FrameDecoder decoder_;
+  TransactionTable txns_;
+  uint32_t tx_seq_ = 0;
+  Transaction* our_conn_ = nullptr;
+  Transaction* peer_conn_txn_ = nullptr;
+  bool conn_acked_ = false;
+  bool conn_received_ = false;
+  dmsg::LnkConn peer_conn_;
+
+  std::vector<uint8_t> read_buf_;
+  bool read_paused_ = false;
+  bool reading_ = false;
+  int dispatch_depth_ = 0;
+  std::string pending_close_;
+  bool graceful_ = false;
+  std::string graceful_reason_;
+
+  std::deque<OutMsg> queue_;
+  size_t queued_bytes_ = 0;
+  size_t inflight_bytes_ = 0;
+  bool write_inflight_ = false;
+
+  uint64_t last_rx_ms_ = 0;
+  uint64_t last_tx_ms_ = 0;
+  uint64_t up_since_ms_ = 0;
+  uint64_t bytes_in_ = 0, bytes_out_ = 0;
+};
+
+}  // namespace xdisk

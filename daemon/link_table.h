@@ -1,0 +1,88 @@
+// LinkTable: owns every Link, the listening sockets and the outgoing
+// connectors, and applies the peer policy before a link may speak.
+//
+// Listeners accept, check the peer's numeric address against PeerPolicy and
+// either start a Link or close the socket with a log line. Connectors resolve
+// their host, check the policy for the resolved address, connect, and after
+// any failure or loss reconnect forever with exponential backoff (0.1 s
+// doubling to a 5 s cap, +-25% jitter; reset once a link came up).
+//
+// Link events are forwarded to `upper` (the SpanRegistry); the table itself
+// handles OnLinkClosed by deleting the Link.
+//
+// Threading: loop thread only. Shutdown() closes everything gracefully and
+// calls `done` once every handle owned by the table is closed; the table may
+// be destroyed after that.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/link.h"
+#include "daemon/options.h"
+#include "daemon/peer_policy.h"
+
+namespace xdisk {
+
+class LinkTable : public LinkObserver {
+ public:
+  LinkTable(uv_loop_t* loop, const LinkConfig& config, const PeerPolicy* policy,
+            LinkObserver* upper);
+  ~LinkTable() override;
+  LinkTable(const LinkTable&) = delete;
+  LinkTable& operator=(const LinkTable&) = delete;
+
+  // Binds and listens. Fails (naming the address) if the address cannot be
+  // bound; nothing is left open then.
+  Status Listen(const HostPort& addr);
+  // Keeps a link to `addr` forever (until Disconnect or Shutdown).
+  void Connect(const HostPort& addr);
+  // Stops the connector for `addr` and closes its link. Returns false if
+  // there is no such connector.
+  bool Disconnect(const HostPort& addr);
+
+  void Shutdown(std::function<void()> done);
+
+  std::vector<Link*> links() const;
+  // The actual bound port of the n-th listener (for --listen ...:0 in tests).
+  int listen_port(size_t n) const;
+
+  // LinkObserver
+  void OnLinkUp(Link& link) override;
+  TransactionHandler* OnTopLevelCreate(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  void OnLinkDown(Link& link, const std::string& reason) override;
+  void OnLinkClosed(Link& link) override;
+
+ private:
+  struct Listener;
+  struct Connector;
+  static void OnConnection(uv_stream_t* server, int status);
+  static void OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* res);
+  static void OnConnected(uv_connect_t* req, int status);
+  static void OnBackoffTimer(uv_timer_t* t);
+  static void OnHandleClosed(uv_handle_t* h);
+
+  void StartResolve(Connector* c);
+  void ScheduleRetry(Connector* c, const std::string& why);
+  void CloseConnector(Connector* c);
+  void MaybeShutdownDone();
+
+  uv_loop_t* loop_;
+  LinkConfig config_;
+  const PeerPolicy* policy_;
+  LinkObserver* upper_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Connector>> connectors_;
+  std::map<Link*, std::unique_ptr<Link>> links_;
+  std::map<Link*, Connector*> link_connector_;
+  int closing_handles_ = 0;
+  bool shutting_down_ = false;
+  std::function<void()> shutdown_done_;
+};
+
+}  // namespace xdisk

@@ -1,0 +1,34 @@
+// Logging to stderr with levels. Every line names the subject it concerns
+// (a link's peer address, a disk's serial, "main"), so that an operator can
+// grep one link's story out of a busy log:
+//
+//   xdisk-fuse: W link 127.0.0.1:987: dropping link: header crc mismatch
+//
+// Thread safety: Log() may be called from any thread (one write(2) per line).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace xdisk {
+
+enum class LogLevel { kError = 0, kWarning = 1, kInfo = 2, kDebug = 3, kTrace = 4 };
+
+// Messages above this level are discarded. Default kInfo.
+void SetLogLevel(LogLevel level);
+LogLevel GetLogLevel();
+bool LogEnabled(LogLevel level);
+// Parses "error", "warning", "info", "debug", "trace" (or 0..4).
+bool ParseLogLevel(std::string_view text, LogLevel* out);
+
+// printf-style. `subject` may be empty.
+void Log(LogLevel level, std::string_view subject, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+}  // namespace xdisk
+
+#define XLOG(level, subject, ...)                                   \
+  do {                                                              \
+    if (::xdisk::LogEnabled(::xdisk::LogLevel::level))              \
+      ::xdisk::Log(::xdisk::LogLevel::level, (subject), __VA_ARGS__); \
+  } while (0)

@@ -1,0 +1,27 @@
+// xdisk-fuse: thin main. Everything lives in daemon/daemon.cc.
+#include <cstdio>
+#include <cstdlib>
+
+#include "daemon/daemon.h"
+#include "daemon/log.h"
+#include "daemon/options.h"
+
+int main(int argc, char** argv) {
+  xdisk::DaemonOptions opts;
+  std::string out;
+  auto parsed = xdisk::ParseOptions(argc, argv, &opts, &out);
+  if (!parsed.ok()) {
+    fprintf(stderr, "xdisk-fuse: %s\nTry 'xdisk-fuse --help'.\n", parsed.status().message().c_str());
+    return 2;
+  }
+  if (*parsed == xdisk::ParseOutcome::kExitOk) {
+    fputs(out.c_str(), stdout);
+    return 0;
+  }
+  // Disk I/O for exports runs on libuv's threadpool; the default of 4
+  // threads caps a busy exporter. Must be set before the first uv call.
+  setenv("UV_THREADPOOL_SIZE", "16", 0);
+  xdisk::SetLogLevel(static_cast<xdisk::LogLevel>(opts.verbosity));
+  xdisk::Daemon daemon(std::move(opts));
+  return daemon.Run();
+}
