@@ -5,6 +5,8 @@
 #include <csignal>
 #include <cstring>
 
+#include "daemon/export_identity.h"
+#include "daemon/exporter.h"
 #include "daemon/link_table.h"
 #include "daemon/log.h"
 #include "daemon/peer_policy.h"
@@ -21,6 +23,7 @@ struct Daemon::Impl {
   PeerPolicy policy;
   SpanRegistry registry;
   std::unique_ptr<LinkTable> table;
+  std::unique_ptr<Exporter> exporter;
   bool stopping = false;
   int exit_code = 0;
 
@@ -43,6 +46,11 @@ struct Daemon::Impl {
     });
   }
 
+  int Usage(const std::string& msg) {
+    fprintf(stderr, "xdisk-fuse: %s\n", msg.c_str());
+    return 2;
+  }
+
   int Run() {
     uv_loop_init(&loop);
     std::string hostname = opts.hostname;
@@ -51,8 +59,31 @@ struct Daemon::Impl {
       gethostname(buf, sizeof buf - 1);
       hostname = buf;
     }
+    // Exports are resolved before anything listens: a bad one is a bad
+    // option (exit 2), and nothing half-started is left behind.
+    std::vector<ResolvedExport> resolved;
+    for (const std::string& arg : opts.exports) {
+      auto spec = ParseExportSpec(arg);
+      if (!spec.ok()) return Usage("--export " + arg + ": " + spec.status().message());
+      auto res = ResolveExport(*spec, opts.state_dir, hostname);
+      if (!res.ok()) return Usage("--export " + arg + ": " + res.status().message());
+      resolved.push_back(*res);
+    }
+    if (Status s = CheckUniqueSerials(resolved); !s.ok()) return Usage("--export: " + s.message());
+    dmsg::Uuid host_uuid{};
+    if (!resolved.empty()) {
+      auto text = LoadOrCreateHostUuid(opts.state_dir);
+      if (!text.ok()) {
+        XLOG(kError, "main", "--state-dir %s: %s", opts.state_dir.c_str(), text.status().message().c_str());
+        return 1;
+      }
+      auto u = dmsg::UuidFromString(*text);
+      if (u.ok()) host_uuid = *u;
+    }
+
     LinkConfig config;
     config.label = hostname + "/xdisk-fuse";
+    config.peer_id = host_uuid;
     config.ping_interval_ms = opts.ping_interval_ms;
     config.dead_timeout_ms = opts.link_timeout_ms;
     table = std::make_unique<LinkTable>(&loop, config, &policy, &registry);
@@ -68,17 +99,27 @@ struct Daemon::Impl {
         return exit_code;
       }
     }
-    for (const HostPort& hp : opts.connect) table->Connect(hp);
-
     uv_signal_init(&loop, &sigint);
     uv_signal_init(&loop, &sigterm);
     sigint.data = sigterm.data = this;
     uv_signal_start(&sigint, OnSignal, SIGINT);
     uv_signal_start(&sigterm, OnSignal, SIGTERM);
     signal(SIGPIPE, SIG_IGN);
+    exporter = std::make_unique<Exporter>(&loop, &registry, host_uuid);
+    for (const ResolvedExport& r : resolved) {
+      if (Status s = exporter->Add(r); !s.ok()) {
+        XLOG(kError, "main", "--export %s: %s", r.path.c_str(), s.message().c_str());
+        exit_code = 2;
+        Stop(2);
+        break;
+      }
+    }
+    for (const HostPort& hp : opts.connect) table->Connect(hp);
+
 
     XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
     uv_run(&loop, UV_RUN_DEFAULT);
+    exporter.reset();
     table.reset();
     int rc = uv_loop_close(&loop);
     if (rc != 0) XLOG(kWarning, "main", "loop closed with handles open: %s", uv_strerror(rc));

@@ -199,7 +199,8 @@ void Link::Deliver(Transaction* t, const Frame& f) {
 
 void Link::AfterDelivery(Transaction* t) {
   if (t->busy) return;
-  if (t->rx_delete && !t->tx_delete && state_ != State::kClosing && state_ != State::kClosed) {
+  if (t->rx_delete && !t->tx_delete && !t->deferred && state_ != State::kClosing &&
+      state_ != State::kClosed) {
     // The handler did not close its side: close it, so nothing leaks.
     Reply(t, 0, true);
   }

@@ -36,7 +36,8 @@ class TransactionHandler {
   // already true for a DELETE). Synthesised LOSTLINK terminations (link loss,
   // parent deleted) arrive here too, as LNK_ERROR|DELETE with error 0x21 and
   // ABORT set. If the message closed the peer's side and the handler did not
-  // close ours, the link closes it after this returns (LNK_ERROR|DELETE).
+  // close ours nor set t.deferred, the link closes it after this returns
+  // (LNK_ERROR|DELETE).
   virtual void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) = 0;
 
   // The peer opened `child` under `parent` (which this handler handles).
@@ -66,6 +67,9 @@ struct Transaction {
   std::vector<Transaction*> children;
   TransactionHandler* handler = nullptr;
   void* user = nullptr;         // the handler's per-transaction state
+  // Set by a handler that will answer later (disk I/O in flight): the link
+  // then does not close our side when the peer's DELETE has arrived.
+  bool deferred = false;
   // Non-zero while the link is delivering to this transaction's handler:
   // freeing is deferred until the delivery returns.
   uint32_t busy = 0;
