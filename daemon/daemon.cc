@@ -7,7 +7,10 @@
 
 #include "daemon/export_identity.h"
 #include "daemon/exporter.h"
+#include "daemon/importer.h"
 #include "daemon/link_table.h"
+#include "fusedev/disk_tree.h"
+#include "fusedev/fuse_server.h"
 #include "daemon/log.h"
 #include "daemon/peer_policy.h"
 #include "daemon/span_registry.h"
@@ -24,6 +27,9 @@ struct Daemon::Impl {
   SpanRegistry registry;
   std::unique_ptr<LinkTable> table;
   std::unique_ptr<Exporter> exporter;
+  std::unique_ptr<fusedev::DiskTree> tree;
+  std::unique_ptr<Importer> importer;
+  std::unique_ptr<fusedev::FuseServer> fuse;
   bool stopping = false;
   int exit_code = 0;
 
@@ -37,13 +43,48 @@ struct Daemon::Impl {
     if (stopping) return;
     stopping = true;
     exit_code = code;
-    // Withdraw what we advertised before the links go, so peers see a clean
-    // DELETE rather than a lost link.
+    // Blocked I/O fails now (the FUSE server waits for every request handed
+    // to a disk), then the mount goes. Withdraw what we advertised before the
+    // links go, so peers see a clean DELETE rather than a lost link.
+    if (importer) importer->Shutdown();
+    if (fuse) fuse->Stop();
     registry.RemoveAllLocalSpans();
     table->Shutdown([this] {
       uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
     });
+  }
+
+  bool StartImport() {
+    fusedev::TreeAttrs attrs;
+    attrs.file_mode = opts.file_mode;
+    tree = std::make_unique<fusedev::DiskTree>(attrs);
+    ImportedDisk::Config dc;
+    dc.io_timeout_ms = opts.io_timeout_s * 1000;
+    importer = std::make_unique<Importer>(&loop, tree.get(), dc);
+    registry.AddObserver(importer.get());
+    fusedev::FuseServer::Options fo;
+    fo.mountpoint = opts.mountpoint;
+    fo.mount_options = opts.fuse_options;
+    auto log = [](fusedev::LogLevel level, const std::string& msg) {
+      static const LogLevel kMap[] = {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning,
+                                      LogLevel::kError};
+      LogLevel l = kMap[static_cast<int>(level)];
+      if (LogEnabled(l)) Log(l, "fuse", "%s", msg.c_str());
+    };
+    fuse = std::make_unique<fusedev::FuseServer>(&loop, tree.get(), fo, log, [this](int status) {
+      // The mount went away (Stop, or fusermount3 -u from outside).
+      if (status != 0) XLOG(kError, "fuse", "session ended: %s", strerror(status));
+      Stop(status == 0 ? 0 : 1);
+    });
+    std::string err;
+    if (fuse->Start(&err) != 0) {
+      XLOG(kError, "main", "cannot mount %s: %s", opts.mountpoint.c_str(), err.c_str());
+      fuse.reset();
+      return false;
+    }
+    XLOG(kInfo, "main", "mounted at %s", opts.mountpoint.c_str());
+    return true;
   }
 
   int Usage(const std::string& msg) {
@@ -114,13 +155,22 @@ struct Daemon::Impl {
         break;
       }
     }
+    if (!opts.mountpoint.empty() && exit_code == 0) {
+      if (!StartImport()) {
+        exit_code = 1;
+        Stop(1);
+      }
+    }
     for (const HostPort& hp : opts.connect) table->Connect(hp);
 
 
     XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
     uv_run(&loop, UV_RUN_DEFAULT);
+    fuse.reset();
     exporter.reset();
     table.reset();
+    importer.reset();
+    tree.reset();
     int rc = uv_loop_close(&loop);
     if (rc != 0) XLOG(kWarning, "main", "loop closed with handles open: %s", uv_strerror(rc));
     XLOG(kInfo, "main", "exit %d", exit_code);

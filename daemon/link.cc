@@ -213,6 +213,9 @@ void Link::AfterDelivery(Transaction* t) {
 void Link::TerminateChildren(Transaction* t) {
   std::vector<Transaction*> order = txns_.SubtreePostOrder(t);
   order.pop_back();  // t itself, last in post-order
+  // Mark the whole subtree first, so that handlers reacting to one child's
+  // LOSTLINK cannot send on, or open under, a sibling about to go.
+  for (Transaction* c : order) c->dying = true;
   for (Transaction* c : order) Terminate(c);
 }
 
@@ -276,7 +279,10 @@ Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandl
                         std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                         uint32_t flags) {
   if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
-  if (parent && (parent->dying || parent->rx_delete || parent->tx_delete)) return nullptr;
+  // Nothing new may hang under a transaction that is closing, at any level:
+  // it would outlive its parent.
+  for (Transaction* a = parent; a != nullptr; a = a->parent)
+    if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
   Transaction* t = txns_.OpenLocal(base_cmd, parent);
   t->handler = handler;
   Send(t, base_cmd, flags, ext, aux);

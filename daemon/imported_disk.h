@@ -1,0 +1,147 @@
+// ImportedDisk: one remote disk, identified by its serial (the spans'
+// pfs_label), reachable over one or more paths (RemoteSpans). It implements
+// fusedev::BlockDevice on top of dmsg BLK transactions (spec §7.3).
+//
+// I/O path: each BlockDevice call becomes an Op, split into chunks of at most
+// kMaxChunkBytes (DragonFly's server limit, MAXPHYS); each chunk is one
+// BLK_xxx|CREATE|DELETE transaction stacked under our BLK_OPEN on the active
+// path. At most kMaxInflight chunks are on the wire per disk; the rest wait
+// in arrival order. A chunk that overlaps an earlier unfinished chunk, where
+// either one modifies data, waits for it: replays can never reorder writes.
+// An Op completes (its callback runs once) when all its chunks have.
+//
+// Paths and outages: the active path is the lowest-dist span. When it goes
+// (span withdrawn, link lost, BLK_OPEN lost), every in-flight chunk gets
+// LOSTLINK from the link and returns to the queue in its original order; if
+// another path exists the disk re-opens on it and resumes, else it blocks:
+// no error reaches the application unless --io-timeout is set, in which case
+// Ops older than that fail with EIO. When a span with the same serial comes
+// back, the disk re-opens (if the FUSE file is open) and resumes.
+//
+// Threading: loop thread only. Lifetime: ImportedDisks live as long as the
+// Importer (never destroyed while the FUSE tree may reference them); Close()
+// releases the libuv handles before the loop is closed.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/link.h"
+#include "daemon/span_registry.h"
+#include "fusedev/block_device.h"
+
+namespace xdisk {
+
+class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
+ public:
+  static constexpr uint32_t kMaxChunkBytes = 128 * 1024;
+  static constexpr size_t kMaxInflight = 64;
+
+  struct Config {
+    uint64_t io_timeout_ms = 0;      // 0: block forever
+    uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
+  };
+
+  ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize,
+               Config config);
+  ~ImportedDisk() override;
+  ImportedDisk(const ImportedDisk&) = delete;
+  ImportedDisk& operator=(const ImportedDisk&) = delete;
+
+  // Paths. AddPath/RemovePath are called by the Importer from span events.
+  void AddPath(const RemoteSpan& span);
+  void RemovePath(uint64_t span_id);
+  size_t path_count() const { return paths_.size(); }
+  bool online() const { return !paths_.empty(); }
+
+  // Shutdown: queued Ops fail with EIO now, in-flight ones when their link
+  // closes (LOSTLINK is no longer retried), and the libuv handles close.
+  void Shutdown();
+
+  const std::string& serial() const { return serial_; }
+
+  // Counters for logs, tests and xdiskctl.
+  struct Stats {
+    uint64_t queued = 0, inflight = 0;
+    uint64_t reads = 0, writes = 0, flushes = 0, trims = 0;
+    uint64_t resent = 0, reopens = 0;
+  };
+  Stats stats() const;
+
+  // fusedev::BlockDevice
+  uint64_t size() const override { return size_; }
+  uint32_t block_size() const override { return blksize_; }
+  void Open(DoneFn done) override;
+  void Close() override;
+  void Read(uint64_t offset, uint32_t length, ReadFn done) override;
+  void Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) override;
+  void Flush(DoneFn done) override;
+  void Trim(uint64_t offset, uint64_t length, DoneFn done) override;
+
+  // TransactionHandler: replies to our BLK_OPEN and to our I/O chunks.
+  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  void OnFreed(Link& link, Transaction& t) override;
+
+ private:
+  enum class OpKind { kRead, kWrite, kFlush, kTrim };
+  struct Op;
+  struct Chunk;
+  struct Path {
+    uint64_t span_id;
+    Link* link;
+    Transaction* span_txn;
+    uint32_t dist;
+  };
+  enum class OpenState { kClosed, kOpening, kOpen };
+
+  void Submit(std::unique_ptr<Op> op);
+  void Kick();  // dispatch on the next loop turn, never re-entrantly
+  void Dispatch();
+  void EnsureOpen();
+  void SendChunk(Chunk* c);
+  void ChunkDone(Chunk* c, int err, const dmsg::Frame* f);
+  void FinishOp(Op* op);
+  void OnOpenReply(const dmsg::Frame& f);
+  void OnOpenLost();
+  void CheckTimeouts();
+  const Path* BestPath() const;
+  static bool Conflicts(const Chunk& a, const Chunk& b);
+  static void OnKick(uv_idle_t* h);
+  static void OnTick(uv_timer_t* h);
+
+  uv_loop_t* loop_;
+  std::string serial_;
+  std::string log_name_;
+  uint64_t size_;
+  uint32_t blksize_;
+  Config config_;
+
+  std::vector<Path> paths_;
+  // The path our BLK_OPEN is on, and its transaction.
+  uint64_t active_span_ = 0;
+  Link* open_link_ = nullptr;
+  Transaction* open_txn_ = nullptr;
+  OpenState open_state_ = OpenState::kClosed;
+  bool wanted_open_ = false;           // between FUSE's Open() and Close()
+  std::vector<DoneFn> open_waiters_;   // Open() calls waiting for BLK_OPEN
+  uint64_t retry_at_ms_ = 0;
+
+  std::list<std::unique_ptr<Op>> ops_;
+  std::list<Chunk*> chunks_;  // unfinished, in arrival order
+  size_t inflight_ = 0;
+  uint64_t next_seq_ = 1;
+  Stats stats_;
+
+  uv_idle_t kick_;
+  uv_timer_t tick_;
+  bool kicked_ = false;
+  bool shut_down_ = false;
+};
+
+}  // namespace xdisk

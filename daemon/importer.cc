@@ -1,0 +1,100 @@
+#include "daemon/importer.h"
+
+#include <cinttypes>
+
+#include "daemon/log.h"
+
+namespace xdisk {
+
+using namespace dmsg;
+
+namespace {
+constexpr size_t kMaxName = 63;  // xdisk keeps 63 characters (§6.3)
+
+std::string Cut(const std::string& s) { return s.size() > kMaxName ? s.substr(0, kMaxName) : s; }
+}  // namespace
+
+std::string CheckImportSpan(const LnkSpan& span, std::string* serial, std::string* label,
+                            uint32_t* blksize) {
+  if (span.peer_type != kPeerBlock) return "not a block device span";
+  *serial = Cut(span.pfs_label);
+  *label = Cut(span.peer_label);
+  if (serial->empty()) return "empty serial (pfs_label)";
+  if (*serial == "." || *serial == ".." || serial->find('/') != std::string::npos)
+    return "serial '" + *serial + "' is not usable as a file name";
+  for (unsigned char ch : *serial)
+    if (ch < 0x20 || ch == 0x7f) return "serial contains control characters";
+  if (span.media_bytes == 0) return "zero-size disk";
+  *blksize = span.blksize;
+  if (*blksize < 512 || *blksize > 65536 || (*blksize & (*blksize - 1)) != 0)
+    return "unusable block size " + std::to_string(span.blksize);
+  return "";
+}
+
+Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config)
+    : loop_(loop), tree_(tree), config_(config) {}
+
+Importer::~Importer() = default;
+
+void Importer::OnSpanAdded(const RemoteSpan& span) {
+  std::string serial, label;
+  uint32_t blksize = 0;
+  std::string why = CheckImportSpan(span.info, &serial, &label, &blksize);
+  if (span.info.peer_type != kPeerBlock) return;  // not ours to import, not an error
+  if (!why.empty()) {
+    XLOG(kWarning, span.link->name(), "not importing span '%s' from '%s': %s",
+         span.info.pfs_label.c_str(), span.info.peer_label.c_str(), why.c_str());
+    return;
+  }
+  if (span.info.pfs_label.size() > kMaxName || span.info.peer_label.size() > kMaxName)
+    XLOG(kWarning, span.link->name(), "span '%s': names cut to %zu characters", serial.c_str(),
+         kMaxName);
+  auto it = disks_.find(serial);
+  if (it != disks_.end()) {
+    ImportedDisk& d = *it->second;
+    if (d.size() != span.info.media_bytes || d.block_size() != blksize) {
+      XLOG(kWarning, span.link->name(),
+           "not importing span '%s': size %" PRIu64 "/%u differs from the disk already known "
+           "under that serial (%" PRIu64 "/%u); two disks claim one serial",
+           serial.c_str(), span.info.media_bytes, blksize, d.size(), d.block_size());
+      return;
+    }
+  } else {
+    it = disks_
+             .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, span.info.media_bytes,
+                                                             blksize, config_))
+             .first;
+  }
+  span_serial_[span.id] = serial;
+  fusedev::DiskInfo info;
+  info.serial = serial;
+  info.label = label;
+  info.uuid = IsNil(span.info.pfs_id) ? "" : UuidToString(span.info.pfs_id);
+  info.size = span.info.media_bytes;
+  info.blksize = blksize;
+  it->second->AddPath(span);
+  if (tree_ != nullptr) {
+    tree_->AddOrUpdate(info, it->second.get());
+    tree_->SetOnline(serial, true);
+  }
+}
+
+void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
+  auto s = span_serial_.find(span.id);
+  if (s == span_serial_.end()) return;
+  std::string serial = s->second;
+  span_serial_.erase(s);
+  auto it = disks_.find(serial);
+  if (it == disks_.end()) return;
+  it->second->RemovePath(span.id);
+  if (it->second->path_count() == 0) {
+    XLOG(kInfo, "disk " + serial, "offline (%s)", why.c_str());
+    if (tree_ != nullptr) tree_->SetOnline(serial, false);
+  }
+}
+
+void Importer::Shutdown() {
+  for (auto& [serial, d] : disks_) d->Shutdown();
+}
+
+}  // namespace xdisk

@@ -1,0 +1,61 @@
+// Importer: turns the spans the daemon learns of into ImportedDisks in the
+// FUSE tree (fusedev/disk_tree.h). A disk is identified by its serial (the
+// span's pfs_label, as DragonFly's xdisk does, §7.7); every span with that
+// serial is one more path to it.
+//
+// Span validation (each rejection is logged once per span, never fatal):
+// only BLOCK spans; a non-empty serial usable as a file name; serials and
+// labels longer than 63 bytes are cut, as xdisk cuts them; a zero size or a
+// block size that is not a power of two in 512..65536 is refused; a span
+// whose size or block size disagrees with the disk already known under its
+// serial is refused (two disks claiming one serial).
+//
+// When the last path of a disk goes, it is marked offline: the tree keeps it
+// while it is open and its I/O blocks (ImportedDisk); it returns online with
+// the next span of that serial.
+//
+// Threading: loop thread only. The Importer must outlive the SpanRegistry's
+// links and the FUSE server.
+#pragma once
+
+#include <uv.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "daemon/imported_disk.h"
+#include "daemon/span_registry.h"
+#include "fusedev/disk_tree.h"
+
+namespace xdisk {
+
+// Why a span cannot be imported, or "" if it can. Pure; unit tested.
+// `serial` and `label` receive the cleaned-up names.
+std::string CheckImportSpan(const dmsg::LnkSpan& span, std::string* serial, std::string* label,
+                            uint32_t* blksize);
+
+class Importer : public SpanObserver {
+ public:
+  Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config);
+  ~Importer() override;
+  Importer(const Importer&) = delete;
+  Importer& operator=(const Importer&) = delete;
+
+  void OnSpanAdded(const RemoteSpan& span) override;
+  void OnSpanRemoved(const RemoteSpan& span, const std::string& why) override;
+
+  // Fails blocked I/O and closes the disks' handles (shutdown).
+  void Shutdown();
+
+  const std::map<std::string, std::unique_ptr<ImportedDisk>>& disks() const { return disks_; }
+
+ private:
+  uv_loop_t* loop_;
+  fusedev::DiskTree* tree_;
+  ImportedDisk::Config config_;
+  std::map<std::string, std::unique_ptr<ImportedDisk>> disks_;
+  std::map<uint64_t, std::string> span_serial_;
+};
+
+}  // namespace xdisk
