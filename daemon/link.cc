@@ -463,9 +463,12 @@ void Link::CloseGracefully(const std::string& reason) {
 
 void Link::Fail(const std::string& reason) {
   if (state_ == State::kClosing || state_ == State::kClosed) return;
-  const bool was_up = state_ == State::kUp || state_ == State::kHandshake;
+  const bool started = state_ == State::kUp || state_ == State::kHandshake;
   state_ = State::kClosing;
-  if (graceful_) {
+  if (!started) {
+    // Refused or never connected: the owner already logged why.
+    XLOG(kDebug, name_, "closing: %s", reason.c_str());
+  } else if (graceful_ || reason == "peer closed the connection") {
     XLOG(kInfo, name_, "%s", reason.c_str());
   } else {
     XLOG(kWarning, name_, "dropping link: %s", reason.c_str());
@@ -479,7 +482,6 @@ void Link::Fail(const std::string& reason) {
   for (Transaction* t : txns_.SubtreePostOrder(nullptr)) Terminate(t);
   txns_.Clear();
   our_conn_ = peer_conn_txn_ = nullptr;
-  (void)was_up;
   observer_->OnLinkDown(*this, reason);
   CloseHandles();
 }

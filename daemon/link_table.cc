@@ -222,7 +222,7 @@ void LinkTable::ScheduleRetry(Connector* c, const std::string& why) {
     MaybeShutdownDone();
     return;
   }
-  if (why != c->last_error) {
+  if (!why.empty() && why != c->last_error) {
     XLOG(kWarning, "connect " + c->addr.ToString(), "%s (will retry)", why.c_str());
     c->last_error = why;
   }
@@ -282,7 +282,9 @@ void LinkTable::OnLinkClosed(Link& link) {
     Connector* c = cit->second;
     c->link = nullptr;
     link_connector_.erase(cit);
-    ScheduleRetry(c, c->last_error.empty() ? "link closed" : c->last_error);
+    // A link that was up and then closed is logged by the link itself; only
+    // connection failures are worth a line here (once per distinct reason).
+    ScheduleRetry(c, c->last_error);
   }
   links_.erase(&link);  // deletes the Link; it is done with itself
   MaybeShutdownDone();

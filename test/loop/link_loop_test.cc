@@ -1,0 +1,204 @@
+// Loop tests: two link tables in one process over loopback TCP, exchanging
+// LNK_CONN, spans and a stacked transaction; then one side is killed. Every
+// test ends with uv_loop_close() == 0.
+#include <catch2/catch.hpp>
+
+#include <stdlib.h>
+#include <uv.h>
+
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include "daemon/link_table.h"
+#include "daemon/span_registry.h"
+
+using namespace xdisk;
+using namespace xdisk::dmsg;
+
+namespace {
+
+std::string MakeKeysDir(bool allow) {
+  char tmpl[] = "/tmp/xdisk-loop-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string cmd = "mkdir -p " + dir + "/remote";
+  REQUIRE(system(cmd.c_str()) == 0);
+  if (allow) std::ofstream(dir + "/remote/127.0.0.1.none").put('\n');
+  return dir;
+}
+
+void RunUntil(uv_loop_t* loop, const std::function<bool()>& done, int max_ms = 5000) {
+  uint64_t start = uv_now(loop);
+  while (!done()) {
+    uv_run(loop, UV_RUN_ONCE);
+    uv_update_time(loop);
+    if (uv_now(loop) - start > static_cast<uint64_t>(max_ms)) break;
+  }
+}
+
+// Serves a BLK_OPEN under our span and answers reads with a pattern.
+struct TestService : TransactionHandler {
+  int opens = 0, reads = 0, lostlinks = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& link, Transaction& t, const Frame& f) override {
+    if (f.hdr.error == kErrLostLink) {
+      ++lostlinks;
+      return;
+    }
+    if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate)) {
+      ++opens;
+      link.Reply(&t, 0, false);
+    } else if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagCreate)) {
+      ++reads;
+      BlkIo io = BlkIo::Decode(f.ext_span());
+      std::vector<uint8_t> data(io.bytes, 0x5a);
+      link.SendOwned(&t, kLnkError, kFlagDelete, {}, std::move(data));
+    }
+  }
+};
+
+// The client side: records spans and replies.
+struct TestClient : SpanObserver, TransactionHandler {
+  std::vector<RemoteSpan> spans;
+  int removed = 0;
+  int open_ok = 0, read_ok = 0, lostlink = 0;
+  std::vector<uint8_t> last_data;
+  void OnSpanAdded(const RemoteSpan& s) override { spans.push_back(s); }
+  void OnSpanRemoved(const RemoteSpan&, const std::string&) override { ++removed; }
+  void OnMessage(Link&, Transaction& t, const Frame& f) override {
+    if (f.hdr.error == kErrLostLink) {
+      ++lostlink;
+      return;
+    }
+    if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate) && f.hdr.error == 0) ++open_ok;
+    if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagDelete) && f.hdr.error == 0) {
+      ++read_ok;
+      last_data = f.aux;
+    }
+  }
+};
+
+struct Side {
+  Side(uv_loop_t* loop, const std::string& keys, const char* label)
+      : policy(keys), table(loop, Config(label), &policy, &registry) {}
+  static LinkConfig Config(const char* label) {
+    LinkConfig c;
+    c.label = label;
+    return c;
+  }
+  PeerPolicy policy;
+  SpanRegistry registry;
+  LinkTable table;
+};
+
+}  // namespace
+
+TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then one dies",
+          "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    Side server(&loop, keys, "test/server");
+    Side client(&loop, keys, "test/client");
+    TestService service;
+    TestClient observer;
+    client.registry.AddObserver(&observer);
+
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    int port = server.table.listen_port(0);
+    REQUIRE(port > 0);
+    LnkSpan span;
+    span.peer_type = kPeerBlock;
+    span.pfs_type = kPfsTypeServer;
+    span.proto_version = 1;
+    span.media_bytes = 1 << 20;
+    span.blksize = 512;
+    span.peer_label = "test/disk";
+    span.pfs_label = "serial-1";
+    server.registry.AddLocalSpan(span, &service);
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(port)});
+
+    RunUntil(&loop, [&] { return observer.spans.size() == 1; });
+    REQUIRE(observer.spans.size() == 1);
+    const RemoteSpan rs = observer.spans[0];
+    CHECK(rs.info.pfs_label == "serial-1");
+    CHECK(rs.info.peer_label == "test/disk");
+    CHECK(rs.info.media_bytes == (1u << 20));
+    CHECK(rs.link->peer_conn().peer_label == "test/server");
+
+    // BLK_OPEN under the span, a read under the open.
+    BlkOpen o;
+    o.modes = kBlkModeRead;
+    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
+    REQUIRE(open != nullptr);
+    RunUntil(&loop, [&] { return observer.open_ok == 1; });
+    REQUIRE(observer.open_ok == 1);
+    BlkIo io;
+    io.offset = 4096;
+    io.bytes = 8192;
+    REQUIRE(rs.link->Open(kBlkRead, open, &observer, io.Encode(), {}, kFlagDelete) != nullptr);
+    RunUntil(&loop, [&] { return observer.read_ok == 1; });
+    REQUIRE(observer.read_ok == 1);
+    CHECK(observer.last_data == std::vector<uint8_t>(8192, 0x5a));
+    CHECK(service.opens == 1);
+    CHECK(service.reads == 1);
+
+    // Kill the server's side: the client sees LOSTLINK on its open and the
+    // span go, the server's service sees LOSTLINK on the open it served.
+    for (Link* l : server.table.links()) l->Close("test kills the link");
+    RunUntil(&loop, [&] { return observer.removed == 1 && observer.lostlink == 1; });
+    CHECK(observer.removed == 1);
+    CHECK(observer.lostlink == 1);
+    CHECK(service.lostlinks == 1);
+
+    // The client reconnects by itself and sees the span again.
+    RunUntil(&loop, [&] { return observer.spans.size() == 2; }, 8000);
+    CHECK(observer.spans.size() == 2);
+
+    bool a = false, b = false;
+    server.table.Shutdown([&] { a = true; });
+    client.table.Shutdown([&] { b = true; });
+    RunUntil(&loop, [&] { return a && b; });
+    CHECK(a);
+    CHECK(b);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  std::string cmd = "rm -rf " + keys;
+  REQUIRE(system(cmd.c_str()) == 0);
+}
+
+TEST_CASE("a peer without a .none file is refused and never gets a LNK_CONN", "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string allow = MakeKeysDir(true);
+  std::string deny = MakeKeysDir(false);
+  {
+    Side server(&loop, deny, "test/server");
+    Side client(&loop, allow, "test/client");
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    int port = server.table.listen_port(0);
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(port)});
+    // Give it time to try a few times.
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    bool fired = false;
+    t.data = &fired;
+    uv_timer_start(&t, [](uv_timer_t* h) { *static_cast<bool*>(h->data) = true; }, 700, 0);
+    RunUntil(&loop, [&] { return fired; });
+    uv_close(reinterpret_cast<uv_handle_t*>(&t), nullptr);
+    for (Link* l : client.table.links()) CHECK_FALSE(l->up());
+    for (Link* l : server.table.links()) CHECK_FALSE(l->up());
+    bool a = false, b = false;
+    server.table.Shutdown([&] { a = true; });
+    client.table.Shutdown([&] { b = true; });
+    RunUntil(&loop, [&] { return a && b; });
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  std::string cmd = "rm -rf " + allow + " " + deny;
+  REQUIRE(system(cmd.c_str()) == 0);
+}
