@@ -10,7 +10,7 @@
 namespace xdisk {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
-const char kLetters[] = "EWIDT";
+const char* const kLevelNames[] = {"error", "warning", "info", "debug", "trace"};
 }  // namespace
 
 void SetLogLevel(LogLevel level) { g_level = static_cast<int>(level); }
@@ -30,7 +30,7 @@ bool ParseLogLevel(std::string_view text, LogLevel* out) {
 
 void Log(LogLevel level, std::string_view subject, const char* fmt, ...) {
   char line[2048];
-  int n = snprintf(line, sizeof line, "xdisk-fuse: %c %.*s%s", kLetters[static_cast<int>(level)],
+  int n = snprintf(line, sizeof line, "xdisk-fuse: %s: %.*s%s", kLevelNames[static_cast<int>(level)],
                    static_cast<int>(subject.size()), subject.data(), subject.empty() ? "" : ": ");
   if (n < 0) return;
   va_list ap;

@@ -2,7 +2,9 @@
 // (a link's peer address, a disk's serial, "main"), so that an operator can
 // grep one link's story out of a busy log:
 //
-//   xdisk-fuse: W link 127.0.0.1:987: dropping link: header crc mismatch
+//   xdisk-fuse: warning: link 127.0.0.1:987: dropping link: header crc mismatch
+//
+// The level is spelled out so that test scripts can grep for 'warning'.
 //
 // Thread safety: Log() may be called from any thread (one write(2) per line).
 #pragma once

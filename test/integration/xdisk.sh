@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# xdisk-fuse helpers for integration tests; source after functions.sh.
+#
+#   XDISK, PEER           the daemon binary and the independent python peer
+#   make_keys DIR ADDR... a keys directory allowing plaintext from each ADDR
+#   free_port             an unused TCP port on 127.0.0.1
+#   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
+#   start_importer VAR NAME MNT KEYS CONNECT... [-- EXTRA ARGS]
+#   wait_listening PORT   until something accepts on 127.0.0.1:PORT
+#   wait_disk MNT SERIAL  until MNT/serno/SERIAL exists
+
+XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
+PEER=${PEER:-$SOURCE_DIR/test/peer/dmsg_peer.py}
+[ -x "$XDISK" ] || skip "no daemon binary at $XDISK (build first)"
+
+make_keys() {
+  local dir=$1
+  shift
+  mkdir -p "$dir/remote"
+  local a
+  for a in "$@"; do : >"$dir/remote/$a.none"; done
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_listening() {
+  local port=$1 host=${2:-127.0.0.1}
+  wait_for "python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex((\"$host\",$port)))' 2>/dev/null" 10
+}
+
+# start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA]
+start_exporter() {
+  local var=$1 name=$2 port=$3 keys=$4
+  shift 4
+  local args=(--listen "127.0.0.1:$port" --keys "$keys" --state-dir "$WORK_DIR/state-$name")
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    args+=(--export "$1")
+    shift
+  done
+  [ "${1:-}" = "--" ] && shift
+  start_daemon "$var" "$name" "$XDISK" "${args[@]}" "$@"
+  wait_listening "$port" || fail "$name is not listening on $port"
+}
+
+# start_importer VAR NAME MNT KEYS HOST:PORT... [-- EXTRA]
+start_importer() {
+  local var=$1 name=$2 mnt=$3 keys=$4
+  shift 4
+  mkdir -p "$mnt"
+  local args=(--keys "$keys" --state-dir "$WORK_DIR/state-$name")
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    args+=(--connect "$1")
+    shift
+  done
+  [ "${1:-}" = "--" ] && shift
+  mount_fuse_cleanup "$mnt"
+  start_daemon "$var" "$name" "$XDISK" "${args[@]}" "$@" "$mnt"
+  wait_for "mountpoint -q '$mnt'" 10 || fail "$name did not mount $mnt"
+}
+
+wait_disk() {
+  wait_for "[ -e '$1/serno/$2' ]" "${3:-10}" || fail "disk $2 did not appear under $1"
+}
