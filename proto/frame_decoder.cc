@@ -1,0 +1,166 @@
+#include "proto/frame_decoder.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "proto/crc32c.h"
+
+namespace xdisk::dmsg {
+namespace {
+
+std::string Format(const char* fmt, auto... args) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), fmt, args...);
+  return buf;
+}
+
+}  // namespace
+
+const char* DecodeErrorName(DecodeError e) {
+  switch (e) {
+    case DecodeError::kNone:
+      return "none";
+    case DecodeError::kBadMagic:
+      return "bad magic";
+    case DecodeError::kBadHeaderSize:
+      return "bad header size";
+    case DecodeError::kAuxTooLarge:
+      return "aux too large";
+    case DecodeError::kAuxDescr:
+      return "aux descriptor";
+    case DecodeError::kHeaderCrc:
+      return "header crc";
+    case DecodeError::kAuxCrc:
+      return "aux crc";
+    case DecodeError::kSequence:
+      return "sequence";
+  }
+  return "unknown";
+}
+
+void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
+  // Compacting only once the consumed prefix is at least half the buffer
+  // makes each byte move at most once on average, so feeding many small
+  // frames stays linear. A poisoned decoder ignores input: it will never
+  // look at those bytes again.
+  if (poisoned_ != DecodeError::kNone) return;
+  if (pos_ == buf_.size()) {
+    buf_.clear();
+    pos_ = 0;
+  } else if (pos_ > 0 && pos_ >= buf_.size() / 2) {
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
+    pos_ = 0;
+  }
+  buf_.insert(buf_.end(), bytes.begin(), bytes.end());
+}
+
+FrameDecoder::Outcome FrameDecoder::Fail(DecodeError e, std::string detail, DecodeError* err,
+                                         std::string* detail_out) {
+  poisoned_ = e;
+  poisoned_detail_ = std::move(detail);
+  if (err) *err = poisoned_;
+  if (detail_out) *detail_out = poisoned_detail_;
+  return Outcome::kError;
+}
+
+FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::string* detail) {
+  if (poisoned_ != DecodeError::kNone) {
+    if (err) *err = poisoned_;
+    if (detail) *detail = poisoned_detail_;
+    return Outcome::kError;
+  }
+  if (err) *err = DecodeError::kNone;
+  const uint8_t* p = buf_.data() + pos_;
+  const size_t avail = buf_.size() - pos_;
+
+  // Stage 1: the base header. Checks 1-4 need nothing beyond it, so garbage
+  // is rejected after 64 bytes instead of after up to 2 KiB + 1 MiB. The
+  // parsed header is kept across kNeedMore returns so that a slowly arriving
+  // frame is parsed once, not once per Next().
+  if (stage_ == Stage::kBase) {
+    if (avail < kBaseHeaderBytes) return Outcome::kNeedMore;
+    cur_ = DecodeBaseHeader(std::span<const uint8_t>(p, kBaseHeaderBytes));
+    if (cur_.magic != kMagic) {
+      // libdmsg would accept 0x3248 from a big-endian sender, but no such
+      // DragonFly platform exists and extended headers are never swapped,
+      // so a swapped magic is treated as loss of sync like any other.
+      return Fail(DecodeError::kBadMagic,
+                  Format("magic 0x%04x, expected 0x%04x%s", cur_.magic, kMagic,
+                         cur_.magic == kMagicSwapped ? " (byte-swapped sender)" : ""),
+                  err, detail);
+    }
+    uint32_t units = HeaderUnits(cur_.cmd);
+    if (units < 1 || units > kHeaderMaxUnits) {
+      return Fail(DecodeError::kBadHeaderSize,
+                  Format("header size %u units (cmd 0x%08x), allowed 1..%u", units, cur_.cmd,
+                         kHeaderMaxUnits),
+                  err, detail);
+    }
+    // 64-bit arithmetic: aux_bytes near 4 GiB must not wrap when padded.
+    uint64_t aux_padded = PaddedAux(uint64_t{cur_.aux_bytes});
+    if (aux_padded > kAuxMax) {
+      return Fail(DecodeError::kAuxTooLarge,
+                  Format("aux_bytes %u (padded %llu) over the %zu byte limit", cur_.aux_bytes,
+                         static_cast<unsigned long long>(aux_padded), kAuxMax),
+                  err, detail);
+    }
+    if (cur_.aux_descr != 0) {
+      return Fail(DecodeError::kAuxDescr,
+                  Format("aux_descr 0x%llx, out-of-band aux is not supported",
+                         static_cast<unsigned long long>(cur_.aux_descr)),
+                  err, detail);
+    }
+    hdr_bytes_ = HeaderBytes(cur_.cmd);
+    aux_padded_ = static_cast<size_t>(aux_padded);
+    stage_ = Stage::kHeader;
+  }
+
+  // Stage 2: the whole padded header, for its CRC and the sequence number.
+  // The sequence is checked after the CRC so that a corrupted salt byte is
+  // reported as corruption, not as a lost message.
+  if (stage_ == Stage::kHeader) {
+    if (avail < hdr_bytes_) return Outcome::kNeedMore;
+    static constexpr uint8_t kZeroCrc[4] = {};
+    uint32_t crc = Crc32c(p, kBaseHeaderBytes - 4);
+    crc = Crc32cExtend(crc, kZeroCrc, sizeof(kZeroCrc));
+    crc = Crc32cExtend(crc, p + kBaseHeaderBytes, hdr_bytes_ - kBaseHeaderBytes);
+    if (crc != cur_.hdr_crc) {
+      return Fail(DecodeError::kHeaderCrc,
+                  Format("%s: hdr_crc 0x%08x, computed 0x%08x over %zu bytes",
+                         CommandName(cur_.cmd).c_str(), cur_.hdr_crc, crc, hdr_bytes_),
+                  err, detail);
+    }
+    uint32_t want = static_cast<uint32_t>(frames_ & 0xFF);
+    if ((cur_.salt & 0xFF) != want) {
+      return Fail(DecodeError::kSequence,
+                  Format("%s: sequence %u, expected %u (frame %llu)", CommandName(cur_.cmd).c_str(),
+                         cur_.salt & 0xFF, want, static_cast<unsigned long long>(frames_)),
+                  err, detail);
+    }
+    stage_ = Stage::kAux;
+  }
+
+  // Stage 3: the padded aux data.
+  if (avail < hdr_bytes_ + aux_padded_) return Outcome::kNeedMore;
+  const uint8_t* aux = p + hdr_bytes_;
+  if (cur_.aux_bytes > 0) {
+    // The CRC covers the pad bytes as received, which need not be zero.
+    uint32_t crc = Crc32c(aux, aux_padded_);
+    if (crc != cur_.aux_crc) {
+      return Fail(DecodeError::kAuxCrc,
+                  Format("%s msgid 0x%llx: aux_crc 0x%08x, computed 0x%08x over %zu bytes",
+                         CommandName(cur_.cmd).c_str(), static_cast<unsigned long long>(cur_.msgid),
+                         cur_.aux_crc, crc, aux_padded_),
+                  err, detail);
+    }
+  }
+  out->hdr = cur_;
+  out->ext.assign(p + kBaseHeaderBytes, p + hdr_bytes_);
+  out->aux.assign(aux, aux + cur_.aux_bytes);
+  pos_ += hdr_bytes_ + aux_padded_;
+  ++frames_;
+  stage_ = Stage::kBase;
+  return Outcome::kFrame;
+}
+
+}  // namespace xdisk::dmsg

@@ -66,11 +66,21 @@ class FrameDecoder {
   uint64_t frames_decoded() const { return frames_; }
 
  private:
+  // Which part of the frame at pos_ is still awaited; the checks for the
+  // earlier parts have passed and cur_ holds its parsed base header.
+  enum class Stage { kBase, kHeader, kAux };
+
+  Outcome Fail(DecodeError e, std::string detail, DecodeError* err, std::string* detail_out);
+
   std::vector<uint8_t> buf_;
   size_t pos_ = 0;  // start of unconsumed bytes in buf_
   uint64_t frames_ = 0;
   DecodeError poisoned_ = DecodeError::kNone;
   std::string poisoned_detail_;
+  Stage stage_ = Stage::kBase;
+  Header cur_;
+  size_t hdr_bytes_ = 0;   // padded header size of the frame at pos_
+  size_t aux_padded_ = 0;  // padded aux size of the frame at pos_
 };
 
 }  // namespace xdisk::dmsg
