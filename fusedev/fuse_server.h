@@ -1,0 +1,228 @@
+// FuseServer: serves a DiskTree through the low-level libfuse API, driven
+// from a libuv loop that the caller owns. Each disk is a regular file whose
+// reads, writes, fsyncs and hole punches go to its BlockDevice.
+//
+// THREAD MODEL
+// - Every public method except RequestStop() must be called on the loop
+//   thread. Every FUSE request is read and handled on the loop thread
+//   (fuse_session_fd() watched by a uv_poll_t); every callback to the owner
+//   (log, on_exit) runs on the loop thread.
+// - One private helper thread sends kernel cache invalidations
+//   (fuse_lowlevel_notify_inval_entry/_inode). They must not be written from
+//   the thread that answers requests: the kernel takes the parent
+//   directory's lock to invalidate, and a process holding that lock may be
+//   waiting for a lookup only the loop thread can answer. The helper touches
+//   nothing but a queue and the session, and is joined before unmount.
+// - PR_SET_IO_FLUSHER is set on the thread that calls Start() (the loop
+//   thread) so that memory reclaim never waits on the server that must make
+//   progress for it (a loop device over our file is the classic case).
+//
+// LIFECYCLE
+//
+//   FuseServer(...)          nothing mounted, no handles.
+//     |
+//   Start() --error--> returns errno; nothing mounted; on_exit never runs;
+//     |                the server may be destroyed at once.
+//     | 0
+//   RUNNING: requests served; DiskTree changes invalidate kernel caches.
+//     |
+//   Stop() (loop thread), RequestStop() (any thread, signal handler),
+//   external unmount (`fusermount3 -u`, `umount`), or a fatal /dev/fuse error
+//     |
+//   STOPPING: 1. the notifier thread ends (requests are still served meanwhile);
+//             2. stop reading /dev/fuse, fuse_session_unmount (lazy as root:
+//                files still open, e.g. by a loop device, get ENOTCONN);
+//             3. wait until every BlockDevice callback for a request already
+//                handed to a device has run (their replies are dropped);
+//             4. BlockDevice::Close() for each disk still open; DiskTree open
+//                refs dropped; fuse_session_destroy; handles closed.
+//     |
+//   on_exit(status) -- the last thing the server does; the owner may destroy
+//                      the server inside it. status is 0 for Stop, RequestStop
+//                      and an external unmount, else a positive errno.
+//
+// Step 3 is bounded by the devices: a remote device completes with EIO after
+// its I/O timeout, so Stop cannot outlast that.
+//
+// REQUESTS
+// Each fuse_req_t is answered exactly once, often later from a BlockDevice
+// callback. Writes are acknowledged only when BlockDevice::Write completed
+// (no writeback cache: write-through). fsync and fdatasync map to
+// BlockDevice::Flush; FUSE flush (close) answers at once, because every
+// write was already acknowledged by the device. See fuse_server.cc for the
+// per-operation error codes.
+//
+// LIFETIME
+// - `loop` and `tree` must outlive the server. Every BlockDevice reachable
+//   through the tree must stay alive until on_exit ran (or the disk was
+//   closed and replaced).
+// - While started, the server owns the tree's change hook.
+// - libfuse's log function is process-global: the server routes it to its
+//   LogFn between Start() and the end of the stop. Run one server per process.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fusedev/block_device.h"
+#include "fusedev/disk_tree.h"
+
+struct fuse_session;
+struct fuse_req;
+
+namespace xdisk::fusedev {
+
+// A libuv handle with exactly one owner; defined in fuse_server.cc.
+template <typename H>
+struct HandleBox;
+
+enum class LogLevel { kDebug, kInfo, kWarning, kError };
+using LogFn = std::function<void(LogLevel level, const std::string& message)>;
+
+class FuseServer {
+ public:
+  struct Options {
+    std::string mountpoint;
+    // Each entry is passed to libfuse as `-o ENTRY` (allow_other, fsname=...,
+    // max_read=...). The server always adds default_permissions (the kernel
+    // enforces TreeAttrs' mode/uid/gid; without it allow_other would let every
+    // user open every disk) and fsname=xdisk,subtype=xdisk unless overridden.
+    std::vector<std::string> mount_options;
+    // Open every disk with FOPEN_DIRECT_IO (see fuse_server.cc for why).
+    bool direct_io = true;
+    // Kernel cache lifetimes in seconds. Removals are invalidated explicitly,
+    // so these only bound staleness if an invalidation races a lookup.
+    double entry_timeout = 1.0;
+    double attr_timeout = 1.0;
+    // Kernel limit on outstanding async requests (async reads, async direct
+    // I/O); the kernel default of 12 caps queue depth for loop devices.
+    unsigned max_background = 64;
+    bool debug = false;  // libfuse request tracing on stderr.
+  };
+
+  // status: 0 for a clean stop or external unmount, else a positive errno.
+  using ExitFn = std::function<void(int status)>;
+
+  FuseServer(uv_loop_t* loop, DiskTree* tree, Options options, LogFn log, ExitFn on_exit);
+  // Allowed before Start(), after a failed Start(), and from or after on_exit.
+  // Handles still open are closed and freed by the loop later, so the owner
+  // must run the loop before uv_loop_close().
+  ~FuseServer();
+  FuseServer(const FuseServer&) = delete;
+  FuseServer& operator=(const FuseServer&) = delete;
+
+  // Creates the session, mounts, and starts serving. Returns 0 or a positive
+  // errno, with a message in *error. Call at most once.
+  int Start(std::string* error);
+
+  // Begins the stop sequence (see LIFECYCLE). Idempotent; safe from any loop
+  // callback, including a uv_signal_t callback.
+  void Stop();
+
+  // Async-signal-safe and thread-safe: asks the loop to Stop(). Valid only
+  // between a successful Start() and on_exit.
+  void RequestStop();
+
+  bool running() const { return state_ == State::kRunning; }
+
+  // Warns through `log` for each `dir`/*request_timeout file holding a
+  // non-zero value (Linux 6.15+ aborts the whole connection when a request
+  // takes longer, which defeats parking I/O during an outage). Start() calls
+  // it for /proc/sys/fs/fuse. Returns the number of warnings.
+  static int WarnOnRequestTimeouts(const LogFn& log, const std::string& dir = "/proc/sys/fs/fuse");
+
+  // Counters, for logs and tests (loop thread).
+  struct Stats {
+    uint64_t inflight = 0;  // Requests waiting for a BlockDevice callback.
+    uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, opens = 0;
+    uint64_t notify_errors = 0;
+  };
+  Stats stats() const;
+
+  // Internal: the libfuse trampolines (struct Ops in fuse_server.cc) and the
+  // handle boxes reach the server through these. Not for owners.
+  struct Ops;
+  friend struct Ops;
+  void OnHandleClosed(bool is_poll);
+  void OnPoll(int status);
+  void OnAsync();
+
+ private:
+  enum class State { kNew, kRunning, kDrainingNotifier, kTeardown, kClosing, kStopped };
+  // Per-disk open state: the first open calls BlockDevice::Open and later
+  // opens wait in `waiters` for its result.
+  struct OpenDisk {
+    BlockDevice* dev = nullptr;  // The device that was opened; used until Close.
+    bool ready = false;          // Open() completed with 0.
+    int handles = 0;             // Replied opens not yet released.
+    std::vector<fuse_req*> waiters;
+  };
+
+  void BeginTeardown();
+  void MaybeFinish();
+  void Finish();
+  void Kick();  // Wakes the loop to re-check the stop sequence.
+  void Log(LogLevel level, const std::string& msg) const {
+    if (log_) log_(level, msg);
+  }
+  void Enqueue(const TreeChange& change);
+  void NotifierMain(uv_async_t* wake);
+  // The device of an open handle (fh = disk inode), or nullptr.
+  BlockDevice* OpenDevice(uint64_t fh) const;
+  void ReleaseHandle(Ino ino);
+  void OnDeviceOpened(Ino ino, int err);
+  // Replies to an open with a handle already counted in OpenDisk::handles;
+  // false if the kernel rejected the reply (interrupted open).
+  bool SendOpen(fuse_req* req, Ino ino);
+  // Receive buffers: a write keeps its buffer until the device completes.
+  void* TakeSpare();
+  void GiveBack(void* mem);
+
+  uv_loop_t* loop_;
+  DiskTree* tree_;
+  Options opts_;
+  LogFn log_;
+  ExitFn on_exit_;
+  State state_ = State::kNew;
+  int exit_status_ = 0;
+  struct fuse_session* se_ = nullptr;
+  bool mounted_ = false;
+
+  // Owned handles, freed by their close callbacks; nullptr once closed.
+  HandleBox<uv_poll_t>* poll_ = nullptr;
+  HandleBox<uv_async_t>* async_ = nullptr;
+  std::atomic<bool> stop_requested_{false};
+
+  // Current receive buffer (malloc'd by libfuse) and the length of the
+  // request in it; spare buffers come back from completed writes.
+  void* rx_mem_ = nullptr;
+  size_t rx_len_ = 0;
+  std::vector<void*> spare_;
+
+  uint64_t inflight_ = 0;
+  Stats stats_;
+  std::map<Ino, OpenDisk> open_;
+  std::map<uint64_t, std::vector<DirEntry>> dir_handles_;
+  uint64_t next_dir_handle_ = 1;
+
+  // Notifier thread state (guarded by mu_ except the atomics).
+  std::thread notifier_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<TreeChange> queue_;
+  bool notifier_quit_ = false;
+  std::atomic<bool> notifier_done_{false};
+  std::atomic<uint64_t> notify_errors_{0};
+};
+
+}  // namespace xdisk::fusedev
