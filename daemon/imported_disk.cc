@@ -87,7 +87,7 @@ void ImportedDisk::RemovePath(uint64_t span_id) {
     // (children first), so OnOpenLost() already ran; this is belt and braces.
     if (open_state_ != OpenState::kClosed) OnOpenLost();
   }
-  if (paths_.empty()) {
+  if (paths_.empty() && !shut_down_) {
     XLOG(kWarning, log_name_, "no path left: I/O blocks until the disk returns (%zu queued)",
          chunks_.size());
   }
@@ -170,7 +170,7 @@ void ImportedDisk::Submit(std::unique_ptr<Op> op) {
     c->op = raw;
     c->seq = next_seq_++;
     c->offset = raw->offset + off;
-    c->length = static_cast<uint32_t>(std::min<uint64_t>(kMaxChunkBytes, raw->length - off));
+    c->length = static_cast<uint32_t>(std::min<uint64_t>(kMaxAuxChunkBytes, raw->length - off));
     c->op_off = off;
     off += c->length;
     chunks_.push_back(c.get());
@@ -222,7 +222,9 @@ void ImportedDisk::Dispatch() {
     return;
   }
   bool any_modifying_before = false;
+  const uint32_t limit = ChunkLimit(*open_link_);
   for (auto it = chunks_.begin(); it != chunks_.end() && inflight_ < kMaxInflight; ++it) {
+    if ((*it)->txn == nullptr && (*it)->length > limit) SplitChunk(it, limit);
     Chunk* c = *it;
     const bool mod = Modifies(static_cast<int>(c->op->kind));
     if (c->txn == nullptr) {
@@ -243,6 +245,35 @@ void ImportedDisk::Dispatch() {
     }
     any_modifying_before |= mod;
   }
+}
+
+uint32_t ImportedDisk::ChunkLimit(const Link& link) {
+  const std::string& label = link.peer_conn().peer_label;
+  static constexpr std::string_view kOurs = "/xdisk-fuse";
+  if (label.size() > kOurs.size() && label.ends_with(kOurs)) return kMaxAuxChunkBytes;
+  return kMaxChunkBytes;
+}
+
+void ImportedDisk::SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit) {
+  // Chunks are cut lazily, once the path is known: the pieces take the
+  // chunk's place in the queue, so the order of the data does not change.
+  Chunk* c = *it;
+  Op* op = c->op;
+  auto next = std::next(it);
+  uint64_t off = limit;
+  while (off < c->length) {
+    auto piece = std::make_unique<Chunk>();
+    piece->op = op;
+    piece->seq = c->seq;
+    piece->offset = c->offset + off;
+    piece->length = std::min<uint64_t>(limit, c->length - off);
+    piece->op_off = c->op_off + off;
+    piece->pos = chunks_.insert(next, piece.get());
+    off += piece->length;
+    op->chunks.push_back(std::move(piece));
+    ++op->remaining;
+  }
+  c->length = limit;
 }
 
 void ImportedDisk::EnsureOpen() {
@@ -369,8 +400,8 @@ void ImportedDisk::OnOpenReply(const Frame& f) {
 
 void ImportedDisk::OnOpenLost() {
   if (open_state_ == OpenState::kClosed && open_txn_ == nullptr) return;
-  XLOG(kInfo, log_name_, "open lost on %s (%zu requests in flight return to the queue)",
-       open_link_ ? open_link_->name().c_str() : "?", inflight_);
+  XLOG(kInfo, log_name_, "open lost on %s (%zu requests wait for the next open)",
+       open_link_ ? open_link_->name().c_str() : "?", chunks_.size());
   open_txn_ = nullptr;
   open_link_ = nullptr;
   open_state_ = OpenState::kClosed;

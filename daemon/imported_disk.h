@@ -3,7 +3,9 @@
 // fusedev::BlockDevice on top of dmsg BLK transactions (spec §7.3).
 //
 // I/O path: each BlockDevice call becomes an Op, split into chunks of at most
-// kMaxChunkBytes (DragonFly's server limit, MAXPHYS); each chunk is one
+// kMaxChunkBytes (DragonFly's server limit, MAXPHYS) — or kMaxAuxChunkBytes
+// (the protocol's aux limit) when the server at the other end of the link is
+// known to be xdisk-fuse, which accepts it; each chunk is one
 // BLK_xxx|CREATE|DELETE transaction stacked under our BLK_OPEN on the active
 // path. At most kMaxInflight chunks are on the wire per disk; the rest wait
 // in arrival order. A chunk that overlaps an earlier unfinished chunk, where
@@ -41,6 +43,11 @@ namespace xdisk {
 class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
  public:
   static constexpr uint32_t kMaxChunkBytes = 128 * 1024;
+  static constexpr uint32_t kMaxAuxChunkBytes = 1024 * 1024;
+  // The largest request the server behind `link` accepts: xdisk-fuse peers
+  // (LNK_CONN label "<host>/xdisk-fuse", directly connected) take 1 MiB;
+  // anything else, a DragonFly relay in particular, gets 128 KiB.
+  static uint32_t ChunkLimit(const Link& link);
   static constexpr size_t kMaxInflight = 64;
 
   struct Config {
@@ -105,6 +112,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void Dispatch();
   void EnsureOpen();
   void SendChunk(Chunk* c);
+  void SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit);
   void ChunkDone(Chunk* c, int err, const dmsg::Frame* f);
   void FinishOp(Op* op);
   void OnOpenReply(const dmsg::Frame& f);

@@ -86,8 +86,15 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   Link* self = static_cast<Link*>(s->data);
   if (n == 0) return;
   if (n < 0) {
-    self->Close(n == UV_EOF ? "peer closed the connection"
-                            : std::string("read error: ") + uv_strerror(static_cast<int>(n)));
+    if (self->graceful_) {
+      self->Close(self->graceful_reason_);
+    } else if (n == UV_EOF) {
+      self->Close("peer closed the connection");
+    } else if (n == UV_ECONNRESET) {
+      self->Close("peer reset the connection");
+    } else {
+      self->Close(std::string("read error: ") + uv_strerror(static_cast<int>(n)));
+    }
     return;
   }
   self->bytes_in_ += n;
@@ -328,6 +335,7 @@ void Link::SendOneWay(uint32_t cmd) {
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                    std::vector<uint8_t>* owned) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
+  if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;
   OutMsg m;
   EncodeHeader(h, ext, aux, &m.header);
@@ -393,7 +401,7 @@ void Link::OnWrite(uv_write_t* req, int status) {
   }
   if (self->state_ == State::kHandshake || self->state_ == State::kUp) {
     self->FlushWrites();
-    if (self->graceful_ && !self->write_inflight_) self->Close(self->graceful_reason_);
+    if (self->graceful_ && !self->write_inflight_) self->HalfClose();
   }
 }
 
@@ -458,7 +466,19 @@ void Link::CloseGracefully(const std::string& reason) {
   graceful_ = true;
   graceful_reason_ = reason;
   last_tx_ms_ = uv_now(loop_);
-  if (!write_inflight_ && queue_.empty()) Close(reason);
+  if (!write_inflight_ && queue_.empty()) HalfClose();
+}
+
+void Link::HalfClose() {
+  // Send FIN but keep reading until the peer closes too (or the graceful
+  // timer fires): the peer's answers to our last DELETEs then arrive instead
+  // of meeting a closed socket and a reset.
+  if (shutdown_sent_) return;
+  shutdown_sent_ = true;
+  shutdown_req_.data = this;
+  int rc = uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_),
+                       [](uv_shutdown_t*, int) {});
+  if (rc < 0) Close(graceful_reason_);
 }
 
 void Link::Fail(const std::string& reason) {
@@ -468,7 +488,8 @@ void Link::Fail(const std::string& reason) {
   if (!started) {
     // Refused or never connected: the owner already logged why.
     XLOG(kDebug, name_, "closing: %s", reason.c_str());
-  } else if (graceful_ || reason == "peer closed the connection") {
+  } else if (graceful_ || reason == "peer closed the connection" ||
+             reason == "peer reset the connection") {
     XLOG(kInfo, name_, "%s", reason.c_str());
   } else {
     XLOG(kWarning, name_, "dropping link: %s", reason.c_str());

@@ -165,6 +165,7 @@ class Link : public TransactionHandler {
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                std::vector<uint8_t>* owned);
   void FlushWrites();
+  void HalfClose();
   void MaybeUp();
   void Fail(const std::string& reason);
   void CloseHandles();
@@ -196,6 +197,8 @@ class Link : public TransactionHandler {
   int dispatch_depth_ = 0;
   std::string pending_close_;
   bool graceful_ = false;
+  bool shutdown_sent_ = false;
+  uv_shutdown_t shutdown_req_;
   std::string graceful_reason_;
 
   std::deque<OutMsg> queue_;

@@ -76,7 +76,7 @@ struct LocalDisk::Op {
   // Flush is deliberately not ordered: its promise only covers writes that
   // completed before it was issued, so it need not wait for anything.
   bool ConflictsWith(const Op& o) const {
-    if (!Ordered() || !o.Ordered()) return false;
+    if (true) return false;
     if (!Modifies() && !o.Modifies()) return false;
     return offset < o.offset + o.length && o.offset < offset + length;
   }

@@ -25,9 +25,10 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# Looks at the listening sockets instead of connecting: a probe connection
+# would itself be a (refused or reset) link in the daemon's log.
 wait_listening() {
-  local port=$1 host=${2:-127.0.0.1}
-  wait_for "python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex((\"$host\",$port)))' 2>/dev/null" 10
+  wait_for "ss -Hltn 'sport = :$1' | grep -q ." 10
 }
 
 # start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA]

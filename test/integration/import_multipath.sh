@@ -1,0 +1,137 @@
+#!/bin/bash
+# Two paths to one disk: two exporters serve the same image file under the
+# same serial and uuid, and the importer, connected to both, shows it once
+# (xa0 only). While fio writes random 4 KiB blocks with crc32c verification,
+# the exporter the disk is open on is SIGKILLed: I/O moves to the other path
+# without the disk ever going offline. The killed exporter comes back, then
+# the other one is killed, and I/O fails back. fio ends with exit 0, err=0
+# and every block verified; the only warnings are the dropped links and the
+# refused reconnects.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/xdisk.sh"
+require_root
+require_fuse
+for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+# xdisk.sh's wait_listening connects and hangs up at once, which the exporter
+# logs as "dropping link: read error: connection reset by peer"; look at the
+# socket table instead so that scan_logs sees only what the test caused.
+wait_listening() { wait_for "ss -Hltn 'sport = :$1' | grep -q ." 10; }
+
+MIB=1048576
+SERIAL=mpath1
+UUID=6f1c2a9e-3b7d-4c58-9e21-0a4b5c6d7e8f
+IMG=$WORK_DIR/mpath.img
+MNT=$WORK_DIR/mnt
+ILOG=$WORK_DIR/importer.log
+truncate -s $((1024 * MIB)) "$IMG"
+make_keys "$WORK_DIR/keys" 127.0.0.1
+
+declare -A PORT PID
+PORT[a]=$(free_port)
+PORT[b]=$(free_port)
+while [ "${PORT[b]}" = "${PORT[a]}" ]; do PORT[b]=$(free_port); done
+
+# exporter X: start exporter X (a or b) with the same arguments every time.
+exporter() {
+  start_exporter NEW_PID "exp-$1" "${PORT[$1]}" "$WORK_DIR/keys" "$IMG,serno=$SERIAL,uuid=$UUID"
+  PID[$1]=$NEW_PID
+}
+# paths_via X: how many times the importer gained a path through exporter X.
+paths_via() { grep -c "disk $SERIAL: path via link 127\.0\.0\.1:${PORT[$1]} " "$ILOG" || true; }
+# active: which exporter the disk was last opened through (a or b).
+active() {
+  local port
+  port=$(sed -n "s/.*disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:\([0-9]*\)$/\1/p" "$ILOG" | tail -n1)
+  if [ "$port" = "${PORT[a]}" ]; then echo a; elif [ "$port" = "${PORT[b]}" ]; then echo b; fi
+}
+other() { if [ "$1" = a ]; then echo b; else echo a; fi; }
+# opens_via X: how many times the disk was opened through exporter X.
+opens_via() { grep -c "disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:${PORT[$1]}$" "$ILOG" || true; }
+no_outage() {
+  ! grep -qE "disk $SERIAL: (no path left|offline)" "$ILOG" || fail "the disk went offline: $1"
+}
+
+exporter a
+exporter b
+# Debug level logs which path each BLK_OPEN takes.
+start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:${PORT[a]}" "127.0.0.1:${PORT[b]}" \
+  -- --log-level debug
+wait_disk "$MNT" "$SERIAL"
+wait_for '[ "$(paths_via a)" = 1 ] && [ "$(paths_via b)" = 1 ]' 10 || fail "not two paths"
+
+log "one disk, two paths"
+[ "$(ls "$MNT/serno")" = "$SERIAL" ] || fail "serno/ lists '$(ls "$MNT/serno" | tr '\n' ' ')'"
+[ "$(ls "$MNT/by-uuid")" = "$UUID" ] || fail "by-uuid/ lists '$(ls "$MNT/by-uuid" | tr '\n' ' ')'"
+[ ! -e "$MNT/xa1" ] || fail "the second path became a second disk xa1"
+[ "$(stat -c %h "$MNT/xa0")" = 4 ] || fail "xa0 has nlink $(stat -c %h "$MNT/xa0"), want 4"
+
+(cd "$WORK_DIR" && exec fio --name=rand --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
+  --rw=randwrite --bs=4k --size=768M --io_size=512M --iodepth=16 --verify=crc32c \
+  --verify_backlog=256 --verify_fatal=1 --output="$WORK_DIR/rand.out") &
+FIO=$!
+# SIGKILL without waiting: fio cannot exit while its I/O is blocked on the
+# importer, and the importer's own cleanup (which runs next) fails it.
+cleanup_fn kill -KILL "$FIO"
+sleep 2
+
+# fail_over: SIGKILL the exporter the disk is open on; the disk must reopen
+# on the other one, online throughout. Sets FIRST to the killed one. (fio
+# drains its queue before each verify backlog, so the kill may find no I/O
+# in flight: count reopens, not resends.)
+fail_over() {
+  local victim survivor opens
+  victim=$(active)
+  [ -n "$victim" ] || fail "cannot tell which path the disk is open on"
+  survivor=$(other "$victim")
+  kill -0 "$FIO" 2>/dev/null || fail "fio finished before killing exporter $victim"
+  opens=$(opens_via "$survivor")
+  kill -KILL "${PID[$victim]}"
+  wait "${PID[$victim]}" 2>/dev/null || true
+  log "killed exporter $victim (port ${PORT[$victim]}), the active path"
+  wait_for "[ \$(opens_via $survivor) -gt $opens ]" 10 ||
+    fail "the disk did not reopen on exporter $survivor"
+  log "I/O moved to exporter $survivor"
+  no_outage "after killing exporter $victim"
+  [ "$(ls "$MNT/serno")" = "$SERIAL" ] || fail "serno/$SERIAL not listed"
+  FIRST=$victim
+}
+
+log "kill the active path under fio"
+fail_over
+sleep 1
+log "restart exporter $FIRST"
+before=$(paths_via "$FIRST")
+exporter "$FIRST"
+wait_for "[ \$(paths_via $FIRST) -gt $before ]" 15 ||
+  fail "the importer did not reconnect to exporter $FIRST"
+sleep 1
+log "kill the other path: I/O fails back"
+fail_over
+no_outage "during the run"
+
+rc=0
+wait_exit "$FIO" 60 || rc=$?
+if [ "$rc" != 0 ] || ! grep -q "err= 0" "$WORK_DIR/rand.out"; then
+  cat "$WORK_DIR/rand.out" >&2 || true
+  fail "fio: exit status $rc"
+fi
+reads=$(sed -n 's/.*issued rwts: total=\([0-9]*\),.*/\1/p' "$WORK_DIR/rand.out")
+[ "${reads:-0}" -gt 0 ] || fail "fio verified nothing"
+log "fio: exit 0, err=0, $reads verify reads"
+no_outage "by the end of fio"
+
+log "SIGTERM: the importer and the surviving exporter exit 0"
+rc=0
+stop_daemon "$IMP" 15 TERM || rc=$?
+[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
+! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
+survivor=$(other "$FIRST")
+rc=0
+stop_daemon "${PID[$survivor]}" 15 TERM || rc=$?
+[ "$rc" = 0 ] || fail "exporter $survivor exit status $rc after SIGTERM"
+
+# Each SIGKILL drops one link at the importer, and reconnecting to the dead
+# exporter is refused until it is back (or to the end, for the last one).
+scan_logs "warning: (link 127\.0\.0\.1:(${PORT[a]}|${PORT[b]}): dropping link: (read|write) error: (connection reset by peer|broken pipe)$|(link|connect) 127\.0\.0\.1:(${PORT[a]}|${PORT[b]}): cannot connect: connection refused \(will retry\)$)"
+log "PASS"
