@@ -84,7 +84,7 @@ TransactionHandler* ExportedDisk::OnChildCreate(Link&, Transaction& parent, Tran
   }
 }
 
-void ExportedDisk::OnMessage(Link& link, Transaction& t, const Frame& f) {
+void ExportedDisk::OnMessage(Link& link, Transaction& t, Frame& f) {
   const uint32_t cmd = f.hdr.cmd;
   if (t.cmd == kBlkOpen) {
     if (cmd & kFlagCreate) {
@@ -99,7 +99,7 @@ void ExportedDisk::OnMessage(Link& link, Transaction& t, const Frame& f) {
   if (cmd & kFlagCreate) Serve(link, t, f);
 }
 
-void ExportedDisk::Serve(Link& link, Transaction& t, const Frame& f) {
+void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
   const BlkIo io = BlkIo::Decode(f.ext_span());
   const BlkCheck check = ValidateBlkRequest(t.cmd, io, media_bytes_, res_.blksize, res_.read_only);
   if (check.error != 0) {
@@ -123,9 +123,9 @@ void ExportedDisk::Serve(Link& link, Transaction& t, const Frame& f) {
       });
       break;
     case kBlkWrite: {
-      // A short aux is completed with zeros, a long one cut (§7.4).
-      std::vector<uint8_t> data(f.aux.begin(),
-                                f.aux.begin() + std::min<size_t>(f.aux.size(), io.bytes));
+      // A short aux is completed with zeros, a long one cut (§7.4). The
+      // frame is ours to take: no copy of the data.
+      std::vector<uint8_t> data = std::move(f.aux);
       data.resize(io.bytes, 0);
       r->charged = io.bytes;
       owner_->Charge(link, r->charged);

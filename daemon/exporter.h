@@ -15,7 +15,7 @@
 // device errors -> DMSG_ERR_IO (a DragonFly client retries forever on other
 // codes while open, §7.6).
 //
-// Backpressure: a link whose requests in flight exceed kLinkBudgetBytes stops
+// Backpressure: a link whose requests in flight exceed kLinkBudgetBytes (16 MiB) stops
 // being read until they drop below half of it. Overlapping writes run in
 // arrival order (LocalDisk guarantees it), so replays after a reconnect never
 // reorder data.
@@ -62,14 +62,15 @@ class ExportedDisk : public TransactionHandler {
   LocalDisk& disk() { return *disk_; }
   uint64_t span_id = 0;
 
-  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  // Takes f.aux of a BLK_WRITE (moves the data to the disk write).
+  void OnMessage(Link& link, Transaction& t, dmsg::Frame& f) override;
   TransactionHandler* OnChildCreate(Link& link, Transaction& parent, Transaction& child,
                                     const dmsg::Frame& f) override;
   void OnFreed(Link& link, Transaction& t) override;
 
  private:
   struct Request;
-  void Serve(Link& link, Transaction& t, const dmsg::Frame& f);
+  void Serve(Link& link, Transaction& t, dmsg::Frame& f);
   void Finish(Request* r, const Status& s, std::vector<uint8_t>&& data);
 
   Exporter* owner_;
@@ -81,7 +82,7 @@ class ExportedDisk : public TransactionHandler {
 
 class Exporter {
  public:
-  static constexpr size_t kLinkBudgetBytes = 64u << 20;
+  static constexpr size_t kLinkBudgetBytes = 16u << 20;
 
   Exporter(uv_loop_t* loop, SpanRegistry* registry, const dmsg::Uuid& host_uuid);
   ~Exporter();

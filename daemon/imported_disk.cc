@@ -118,7 +118,6 @@ void ImportedDisk::Read(uint64_t offset, uint32_t length, ReadFn done) {
   op->kind = OpKind::kRead;
   op->offset = offset;
   op->length = length;
-  op->rbuf.assign(length, 0);
   op->read_cb = std::move(done);
   ++stats_.reads;
   Submit(std::move(op));
@@ -318,7 +317,7 @@ void ImportedDisk::SendChunk(Chunk* c) {
 
 // ---- replies ----
 
-void ImportedDisk::OnMessage(Link&, Transaction& t, const Frame& f) {
+void ImportedDisk::OnMessage(Link&, Transaction& t, Frame& f) {
   const uint32_t cmd = f.hdr.cmd;
   if (&t == open_txn_) {
     if ((cmd & kFlagCreate) && open_state_ == OpenState::kOpening) OnOpenReply(f);
@@ -408,12 +407,19 @@ void ImportedDisk::OnOpenLost() {
   Kick();
 }
 
-void ImportedDisk::ChunkDone(Chunk* c, int err, const Frame* f) {
+void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
   Op* op = c->op;
   if (err == 0 && op->kind == OpKind::kRead && f != nullptr) {
-    // Short or absent data reads as zeros (§7.4); rbuf is zero-filled.
-    size_t n = std::min<size_t>(f->aux.size(), c->length);
-    memcpy(op->rbuf.data() + c->op_off, f->aux.data(), n);
+    if (op->chunks.size() == 1 && f->aux.size() >= c->length) {
+      // The common case: one chunk carries the whole read. Take its buffer.
+      op->rbuf = std::move(f->aux);
+      op->rbuf.resize(c->length);
+    } else {
+      // Short or absent data reads as zeros (§7.4).
+      if (op->rbuf.empty()) op->rbuf.assign(op->length, 0);
+      size_t n = std::min<size_t>(f->aux.size(), c->length);
+      memcpy(op->rbuf.data() + c->op_off, f->aux.data(), n);
+    }
   }
   chunks_.erase(c->pos);
   c->done = true;
@@ -425,6 +431,7 @@ void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
   if (owned->kind == OpKind::kRead) {
+    if (owned->error == 0 && owned->rbuf.size() != owned->length) owned->rbuf.assign(owned->length, 0);
     owned->read_cb(owned->error, owned->error ? std::span<const uint8_t>()
                                               : std::span<const uint8_t>(owned->rbuf));
   } else {

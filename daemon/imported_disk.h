@@ -92,7 +92,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void Trim(uint64_t offset, uint64_t length, DoneFn done) override;
 
   // TransactionHandler: replies to our BLK_OPEN and to our I/O chunks.
-  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  void OnMessage(Link& link, Transaction& t, dmsg::Frame& f) override;
   void OnFreed(Link& link, Transaction& t) override;
 
  private:
@@ -113,7 +113,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void EnsureOpen();
   void SendChunk(Chunk* c);
   void SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit);
-  void ChunkDone(Chunk* c, int err, const dmsg::Frame* f);
+  void ChunkDone(Chunk* c, int err, dmsg::Frame* f);
   void FinishOp(Op* op);
   void OnOpenReply(const dmsg::Frame& f);
   void OnOpenLost();

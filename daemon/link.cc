@@ -88,6 +88,10 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   if (n < 0) {
     if (self->graceful_) {
       self->Close(self->graceful_reason_);
+    } else if (n == UV_EOF && self->decoder_.buffered() > 0) {
+      // A short read is a fatal link error in DragonFly's daemon too (§5.4).
+      self->Close("truncated frame: connection closed after " +
+                  std::to_string(self->decoder_.buffered()) + " bytes of an incomplete frame");
     } else if (n == UV_EOF) {
       self->Close("peer closed the connection");
     } else if (n == UV_ECONNRESET) {
@@ -167,7 +171,7 @@ void Link::HandleOneWay(const Frame& f) {
   XLOG(kDebug, name_, "ignoring one-way %s", CommandName(f.hdr.cmd).c_str());
 }
 
-void Link::HandleNew(Transaction* t, const Frame& f) {
+void Link::HandleNew(Transaction* t, Frame& f) {
   TransactionHandler* handler = nullptr;
   if (t->parent == nullptr) {
     if (t->cmd == kLnkConn) {
@@ -187,15 +191,15 @@ void Link::HandleNew(Transaction* t, const Frame& f) {
   if (handler == nullptr) {
     XLOG(kDebug, name_, "answering NOSUPP to %s", CommandName(f.hdr.cmd).c_str());
     t->handler = nullptr;
+    // Frees `t` when the peer's CREATE also carried DELETE.
     Reply(t, kErrNoSupp, true);
-    if (t->tx_delete && t->rx_delete) txns_.MaybeFree(t);
     return;
   }
   t->handler = handler;
   Deliver(t, f);
 }
 
-void Link::Deliver(Transaction* t, const Frame& f) {
+void Link::Deliver(Transaction* t, Frame& f) {
   ++t->busy;
   // A DELETE from the peer terminates everything stacked under it (§5.3).
   if (f.hdr.cmd & kFlagDelete) TerminateChildren(t);
@@ -208,8 +212,10 @@ void Link::AfterDelivery(Transaction* t) {
   if (t->busy) return;
   if (t->rx_delete && !t->tx_delete && !t->deferred && state_ != State::kClosing &&
       state_ != State::kClosed) {
-    // The handler did not close its side: close it, so nothing leaks.
+    // The handler did not close its side: close it, so nothing leaks. Send()
+    // frees the transaction then (both sides closed): `t` is gone.
     Reply(t, 0, true);
+    return;
   }
   if (t->rx_delete && t->tx_delete) {
     if (t->handler) t->handler->OnFreed(*this, *t);
@@ -244,7 +250,7 @@ void Link::Terminate(Transaction* t) {
 
 // ---- LNK_CONN ----
 
-void Link::OnMessage(Link&, Transaction& t, const Frame& f) {
+void Link::OnMessage(Link&, Transaction& t, Frame& f) {
   if (state_ == State::kClosing || state_ == State::kClosed) return;
   const uint32_t cmd = f.hdr.cmd;
   if (&t == our_conn_) {

@@ -135,7 +135,7 @@ class Link : public TransactionHandler {
   TransactionTable& transactions() { return txns_; }
 
   // TransactionHandler for our and the peer's LNK_CONN transactions.
-  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  void OnMessage(Link& link, Transaction& t, dmsg::Frame& f) override;
 
  private:
   struct OutMsg {
@@ -155,8 +155,8 @@ class Link : public TransactionHandler {
   void DecodeAvailable();
   void Dispatch(dmsg::Frame& f);
   void HandleOneWay(const dmsg::Frame& f);
-  void HandleNew(Transaction* t, const dmsg::Frame& f);
-  void Deliver(Transaction* t, const dmsg::Frame& f);
+  void HandleNew(Transaction* t, dmsg::Frame& f);
+  void Deliver(Transaction* t, dmsg::Frame& f);
   void AfterDelivery(Transaction* t);
   void TerminateChildren(Transaction* t);
   void Terminate(Transaction* t);

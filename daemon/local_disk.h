@@ -130,7 +130,7 @@ class LocalDisk {
 
   // Stops accepting operations and calls `cb` on the loop thread once
   // in_flight() is 0 (on a later loop iteration if it already is). `cb` may
-  // destroy the LocalDisk. Calling it twice is a programming error.
+  // destroy the LocalDisk. Calling it twice is a programming error (aborts).
   // REQUIRES: loop thread.
   void CloseWhenIdle(CloseCallback cb);
 

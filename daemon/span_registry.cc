@@ -70,7 +70,7 @@ void SpanRegistry::OnLinkDown(Link& link, const std::string&) {
   for (auto& [id, s] : local_) s.open_on.erase(&link);
 }
 
-void SpanRegistry::OnMessage(Link& link, Transaction& t, const Frame& f) {
+void SpanRegistry::OnMessage(Link& link, Transaction& t, Frame& f) {
   const uint32_t cmd = f.hdr.cmd;
   if (t.ours) {
     // One of our spans: the peer acknowledges, refuses, or closes it.

@@ -69,7 +69,7 @@ class SpanRegistry : public LinkObserver, public TransactionHandler {
   void OnLinkClosed(Link&) override {}
 
   // TransactionHandler, for received spans and for our own.
-  void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) override;
+  void OnMessage(Link& link, Transaction& t, dmsg::Frame& f) override;
   TransactionHandler* OnChildCreate(Link& link, Transaction& parent, Transaction& child,
                                     const dmsg::Frame& f) override;
   void OnFreed(Link& link, Transaction& t) override;

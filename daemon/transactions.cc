@@ -13,7 +13,7 @@ std::string Describe(const Header& h) {
   char buf[96];
   snprintf(buf, sizeof buf, " (msgid %#llx circuit %#llx)", static_cast<unsigned long long>(h.msgid),
            static_cast<unsigned long long>(h.circuit));
-  return CommandName(h.cmd) + buf;
+  return ": " + CommandName(h.cmd) + buf;
 }
 }  // namespace
 

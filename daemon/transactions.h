@@ -33,12 +33,13 @@ class TransactionHandler {
   virtual ~TransactionHandler() = default;
 
   // A message arrived on `t` and the state has been updated (t.rx_delete is
-  // already true for a DELETE). Synthesised LOSTLINK terminations (link loss,
+  // already true for a DELETE). The handler may take f.aux (move it out):
+  // nothing reads the frame after this returns. Synthesised LOSTLINK terminations (link loss,
   // parent deleted) arrive here too, as LNK_ERROR|DELETE with error 0x21 and
   // ABORT set. If the message closed the peer's side and the handler did not
   // close ours nor set t.deferred, the link closes it after this returns
   // (LNK_ERROR|DELETE).
-  virtual void OnMessage(Link& link, Transaction& t, const dmsg::Frame& f) = 0;
+  virtual void OnMessage(Link& link, Transaction& t, dmsg::Frame& f) = 0;
 
   // The peer opened `child` under `parent` (which this handler handles).
   // Return the handler for the child, or nullptr to have the link answer

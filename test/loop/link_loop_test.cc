@@ -42,7 +42,7 @@ struct TestService : TransactionHandler {
   TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
     return this;
   }
-  void OnMessage(Link& link, Transaction& t, const Frame& f) override {
+  void OnMessage(Link& link, Transaction& t, Frame& f) override {
     if (f.hdr.error == kErrLostLink) {
       ++lostlinks;
       return;
@@ -67,7 +67,7 @@ struct TestClient : SpanObserver, TransactionHandler {
   std::vector<uint8_t> last_data;
   void OnSpanAdded(const RemoteSpan& s) override { spans.push_back(s); }
   void OnSpanRemoved(const RemoteSpan&, const std::string&) override { ++removed; }
-  void OnMessage(Link&, Transaction& t, const Frame& f) override {
+  void OnMessage(Link&, Transaction& t, Frame& f) override {
     if (f.hdr.error == kErrLostLink) {
       ++lostlink;
       return;
