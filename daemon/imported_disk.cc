@@ -302,8 +302,10 @@ void ImportedDisk::SendChunk(Chunk* c) {
   std::vector<uint8_t> ext = io.Encode();
   std::span<const uint8_t> aux;
   if (op->kind == OpKind::kWrite) aux = {op->wdata + c->op_off, c->length};
-  Transaction* t =
-      open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux, kFlagDelete);
+  // Write data is borrowed, not copied: the FUSE request keeps it alive until
+  // the Op completes, which is after this chunk's reply or LOSTLINK.
+  Transaction* t = open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux,
+                                    kFlagDelete, /*borrow_aux=*/true);
   if (t == nullptr) {
     OnOpenLost();
     return;

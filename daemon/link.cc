@@ -49,7 +49,6 @@ void Link::Start() {
   // Block traffic is latency-bound request/response: never wait for Nagle.
   uv_tcp_nodelay(&tcp_, 1);
   uv_tcp_keepalive(&tcp_, 1, 10);
-  read_buf_.resize(kReadBufferBytes);
   last_rx_ms_ = last_tx_ms_ = uv_now(loop_);
   state_ = State::kHandshake;
   int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), OnAlloc, OnRead);
@@ -78,8 +77,11 @@ void Link::SendConn() {
 // ---- receive path ----
 
 void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  // Read straight into the decoder's buffer: no copy between the socket and
+  // the frame decoder.
   Link* self = static_cast<Link*>(h->data);
-  *buf = uv_buf_init(reinterpret_cast<char*>(self->read_buf_.data()), self->read_buf_.size());
+  std::span<uint8_t> tail = self->decoder_.WritableTail(kReadBufferBytes);
+  *buf = uv_buf_init(reinterpret_cast<char*>(tail.data()), tail.size());
 }
 
 void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
@@ -103,7 +105,7 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   self->bytes_in_ += n;
   self->last_rx_ms_ = uv_now(self->loop_);
-  self->decoder_.Feed({self->read_buf_.data(), static_cast<size_t>(n)});
+  self->decoder_.Commit(static_cast<size_t>(n));
   self->DecodeAvailable();
 }
 
@@ -290,7 +292,7 @@ void Link::MaybeUp() {
 
 Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
                         std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                        uint32_t flags) {
+                        uint32_t flags, bool borrow_aux) {
   if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
   // Nothing new may hang under a transaction that is closing, at any level:
   // it would outlive its parent.
@@ -298,7 +300,9 @@ Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandl
     if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
   Transaction* t = txns_.OpenLocal(base_cmd, parent);
   t->handler = handler;
-  Send(t, base_cmd, flags, ext, aux);
+  Header h;
+  h.cmd = base_cmd;
+  if (txns_.PrepareSend(t, flags, &h)) Enqueue(h, ext, aux, nullptr, borrow_aux);
   return t;
 }
 
@@ -339,18 +343,22 @@ void Link::SendOneWay(uint32_t cmd) {
 }
 
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                   std::vector<uint8_t>* owned) {
+                   std::vector<uint8_t>* owned, bool borrow) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
   if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;
   OutMsg m;
   EncodeHeader(h, ext, aux, &m.header);
-  if (owned != nullptr) {
-    m.aux_owned = std::move(*owned);
+  if (borrow) {
+    m.aux = aux;
   } else {
-    m.aux_owned.assign(aux.begin(), aux.end());
+    if (owned != nullptr) {
+      m.aux_owned = std::move(*owned);
+    } else {
+      m.aux_owned.assign(aux.begin(), aux.end());
+    }
+    m.aux = m.aux_owned;
   }
-  m.aux = m.aux_owned;
   m.pad = PaddedAux(m.aux.size()) - m.aux.size();
   queued_bytes_ += m.header.size() + m.aux.size() + m.pad;
   XLOG(kTrace, name_, "tx %s msgid %#" PRIx64 " circuit %#" PRIx64 " err %u aux %zu",

@@ -103,9 +103,13 @@ class Link : public TransactionHandler {
   // Opens a transaction in table L under `parent` (nullptr = top level) and
   // sends its first message. `flags` may include DELETE (a one-message
   // request). Returns nullptr if the link is not usable.
+  //
+  // With `borrow_aux`, the aux bytes are not copied: the caller guarantees
+  // they stay valid until the transaction's final reply (or LOSTLINK) has
+  // been delivered, which is after the link is done writing them.
   Transaction* Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
                     std::span<const uint8_t> ext, std::span<const uint8_t> aux = {},
-                    uint32_t flags = 0);
+                    uint32_t flags = 0, bool borrow_aux = false);
   // Sends a message on `t`; CREATE/REPLY/REVTRANS/REVCIRC are computed.
   // Returns false if it was discarded (link down, t dying or closed).
   bool Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
@@ -163,7 +167,7 @@ class Link : public TransactionHandler {
   void SendConn();
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               std::vector<uint8_t>* owned);
+               std::vector<uint8_t>* owned, bool borrow = false);
   void FlushWrites();
   void HalfClose();
   void MaybeUp();
@@ -191,7 +195,6 @@ class Link : public TransactionHandler {
   bool conn_received_ = false;
   dmsg::LnkConn peer_conn_;
 
-  std::vector<uint8_t> read_buf_;
   bool read_paused_ = false;
   bool reading_ = false;
   int dispatch_depth_ = 0;

@@ -1,5 +1,6 @@
 #include "proto/frame_decoder.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -38,20 +39,49 @@ const char* DecodeErrorName(DecodeError e) {
   return "unknown";
 }
 
-void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
-  // Compacting only once the consumed prefix is at least half the buffer
-  // makes each byte move at most once on average, so feeding many small
-  // frames stays linear. A poisoned decoder ignores input: it will never
-  // look at those bytes again.
-  if (poisoned_ != DecodeError::kNone) return;
-  if (pos_ == buf_.size()) {
-    buf_.clear();
-    pos_ = 0;
-  } else if (pos_ > 0 && pos_ >= buf_.size() / 2) {
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
+void FrameDecoder::Compact() {
+  // Compacting only once the consumed prefix is at least half the buffered
+  // bytes makes each byte move at most once on average, so feeding many
+  // small frames stays linear.
+  if (pos_ == end_) {
+    pos_ = end_ = 0;
+  } else if (pos_ > 0 && pos_ >= end_ / 2) {
+    memmove(buf_.get(), buf_.get() + pos_, end_ - pos_);
+    end_ -= pos_;
     pos_ = 0;
   }
-  buf_.insert(buf_.end(), bytes.begin(), bytes.end());
+}
+
+void FrameDecoder::Reserve(size_t min) {
+  if (cap_ - end_ >= min) return;
+  size_t cap = std::max(cap_ * 2, end_ + min);
+  std::unique_ptr<uint8_t[]> grown(new uint8_t[cap]);
+  if (end_ > pos_) memcpy(grown.get(), buf_.get() + pos_, end_ - pos_);
+  end_ -= pos_;
+  pos_ = 0;
+  buf_ = std::move(grown);
+  cap_ = cap;
+}
+
+void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
+  // A poisoned decoder ignores input: it will never look at those bytes
+  // again.
+  if (poisoned_ != DecodeError::kNone || bytes.empty()) return;
+  Compact();
+  Reserve(bytes.size());
+  memcpy(buf_.get() + end_, bytes.data(), bytes.size());
+  end_ += bytes.size();
+}
+
+std::span<uint8_t> FrameDecoder::WritableTail(size_t min) {
+  Compact();
+  Reserve(min);
+  return {buf_.get() + end_, cap_ - end_};
+}
+
+void FrameDecoder::Commit(size_t n) {
+  if (poisoned_ != DecodeError::kNone) return;
+  end_ += std::min(n, cap_ - end_);
 }
 
 FrameDecoder::Outcome FrameDecoder::Fail(DecodeError e, std::string detail, DecodeError* err,
@@ -70,8 +100,8 @@ FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::stri
     return Outcome::kError;
   }
   if (err) *err = DecodeError::kNone;
-  const uint8_t* p = buf_.data() + pos_;
-  const size_t avail = buf_.size() - pos_;
+  const uint8_t* p = buf_.get() + pos_;
+  const size_t avail = end_ - pos_;
 
   // Stage 1: the base header. Checks 1-4 need nothing beyond it, so garbage
   // is rejected after 64 bytes instead of after up to 2 KiB + 1 MiB. The

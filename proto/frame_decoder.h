@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -59,8 +60,15 @@ class FrameDecoder {
   // offending values. kNeedMore means: feed more bytes.
   Outcome Next(Frame* out, DecodeError* err, std::string* detail = nullptr);
 
+  // Zero-copy feeding, for a socket reader: returns writable space of at
+  // least `min` bytes at the end of the buffer; after reading n bytes into
+  // it, call Commit(n). Equivalent to Feed() of those bytes. The span is
+  // valid until the next call on the decoder.
+  std::span<uint8_t> WritableTail(size_t min);
+  void Commit(size_t n);
+
   // Bytes buffered but not yet consumed by a returned frame.
-  size_t buffered() const { return buf_.size() - pos_; }
+  size_t buffered() const { return end_ - pos_; }
   // Number of frames returned so far (the next expected sequence number is
   // frames_decoded() & 0xFF).
   uint64_t frames_decoded() const { return frames_; }
@@ -72,7 +80,14 @@ class FrameDecoder {
 
   Outcome Fail(DecodeError e, std::string detail, DecodeError* err, std::string* detail_out);
 
-  std::vector<uint8_t> buf_;
+  void Compact();
+  void Reserve(size_t min);
+
+  // Raw storage (not zero-initialised on growth): bytes [pos_, end_) are
+  // buffered input, [end_, cap_) free space.
+  std::unique_ptr<uint8_t[]> buf_;
+  size_t cap_ = 0;
+  size_t end_ = 0;
   size_t pos_ = 0;  // start of unconsumed bytes in buf_
   uint64_t frames_ = 0;
   DecodeError poisoned_ = DecodeError::kNone;

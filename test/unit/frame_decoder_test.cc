@@ -491,3 +491,38 @@ TEST_CASE("DecodeErrorName names every error", "[decoder]") {
   CHECK(std::string(DecodeErrorName(DecodeError::kAuxCrc)) == "aux crc");
   CHECK(std::string(DecodeErrorName(DecodeError::kSequence)) == "sequence");
 }
+
+TEST_CASE("zero-copy feeding through WritableTail/Commit decodes like Feed", "[decoder]") {
+  using namespace xdisk::dmsg;
+  // Two frames, the second with aux, written into the decoder's own buffer
+  // in odd-sized pieces, as a socket reader does.
+  std::vector<uint8_t> stream, one;
+  Header h;
+  h.cmd = kLnkPing;
+  EncodeFrame(h, {}, {}, &one);
+  stream.insert(stream.end(), one.begin(), one.end());
+  std::vector<uint8_t> aux(1000, 0x42);
+  h.cmd = kLnkError | kFlagCreate;
+  h.msgid = 9;
+  h.salt = 1;
+  EncodeFrame(h, {}, aux, &one);
+  stream.insert(stream.end(), one.begin(), one.end());
+
+  FrameDecoder d;
+  size_t off = 0;
+  std::vector<Frame> frames;
+  while (off < stream.size()) {
+    std::span<uint8_t> tail = d.WritableTail(7);
+    REQUIRE(tail.size() >= 7);
+    size_t n = std::min<size_t>({tail.size(), stream.size() - off, 37});
+    memcpy(tail.data(), stream.data() + off, n);
+    d.Commit(n);
+    off += n;
+    Frame f;
+    DecodeError err;
+    while (d.Next(&f, &err) == FrameDecoder::Outcome::kFrame) frames.push_back(f);
+  }
+  REQUIRE(frames.size() == 2);
+  CHECK(frames[1].aux == aux);
+  CHECK(d.buffered() == 0);
+}
