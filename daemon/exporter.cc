@@ -114,6 +114,17 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
   r->cmd = t.cmd;
   t.user = r.get();
   t.deferred = true;
+  // Memory-backed exports (tmpfs) with nothing else in flight: serve reads
+  // and writes right here on the loop thread. The queue is empty, so no
+  // ordering is bypassed, and two thread hand-offs are saved (QD1 latency).
+  if (disk_->memory_backed() && disk_->in_flight() == 0 &&
+      (t.cmd == kBlkRead || (t.cmd == kBlkWrite && f.aux.size() == io.bytes))) {
+    std::vector<uint8_t> data;
+    Status s = t.cmd == kBlkRead ? disk_->ReadNow(io.offset, io.bytes, &data)
+                                 : disk_->WriteNow(io.offset, f.aux);
+    Finish(r.get(), s, std::move(data));
+    return;
+  }
   switch (t.cmd) {
     case kBlkRead:
       r->charged = io.bytes;

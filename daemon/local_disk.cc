@@ -1,5 +1,8 @@
 #include "daemon/local_disk.h"
 
+#include <linux/magic.h>
+#include <sys/vfs.h>
+
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -144,7 +147,44 @@ LocalDisk::LocalDisk(uv_loop_t* loop, std::string path, int fd, bool read_only,
       read_only_(read_only),
       is_block_device_(is_block_device),
       size_(size),
-      block_size_(block_size) {}
+      block_size_(block_size) {
+  struct statfs fs;
+  if (!is_block_device && fstatfs(fd, &fs) == 0)
+    memory_backed_ = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
+}
+
+Status LocalDisk::ReadNow(uint64_t offset, uint32_t length, std::vector<uint8_t>* out) const {
+  out->resize(length);
+  uint64_t done = 0;
+  while (done < length) {
+    ssize_t n = pread(fd_, out->data() + done, length - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, Context("read", offset, length));
+    }
+    if (n == 0) {
+      // A file that shrank underneath us reads as zeros past its end.
+      std::fill(out->begin() + static_cast<std::ptrdiff_t>(done), out->end(), 0);
+      break;
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status LocalDisk::WriteNow(uint64_t offset, std::span<const uint8_t> data) const {
+  uint64_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = pwrite(fd_, data.data() + done, data.size() - done,
+                       static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, Context("write", offset, data.size()));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
 
 LocalDisk::~LocalDisk() {
   if (in_flight_ != 0) {
