@@ -12,25 +12,12 @@ set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
-# meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
-# so that a use-after-free in the daemon shows up here too.
-export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 requires python3
 requires timeout
 requires losetup
 requires blockdev
 
 MIB=1048576
-# require_alive PID WHEN: fail with the daemon's exit status (139 = SIGSEGV)
-# if it is gone.
-require_alive() {
-  kill -0 "$1" 2>/dev/null && return 0
-  local rc=0
-  wait "$1" || rc=$?
-  fail "the daemon died $2 (exit status $rc)"
-}
-peer() { timeout 120 python3 "$PEER" "$@"; }
-json() { python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])' "$1" "$2"; }
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
 IMG=$WORK_DIR/backing.img

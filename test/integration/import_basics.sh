@@ -15,7 +15,6 @@ for c in fusermount3 mountpoint cmp dd truncate python3 hostname ss; do requires
 # xdisk.sh's wait_listening connects and hangs up at once, which the exporter
 # logs as "dropping link: read error: connection reset by peer"; look at the
 # socket table instead so that scan_logs sees only what the test caused.
-wait_listening() { wait_for "ss -Hltn 'sport = :$1' | grep -q ." 10; }
 
 MIB=1048576
 SERIAL=basic1

@@ -13,9 +13,6 @@ set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
-# meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
-# so that a use-after-free in the daemon shows up here too.
-export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 require_fuse
 requires python3
 requires timeout

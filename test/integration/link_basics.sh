@@ -11,13 +11,9 @@ set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
-# meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
-# so that a use-after-free in the daemon shows up here too.
-export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 requires python3
 requires timeout
 
-peer() { timeout 60 python3 "$PEER" "$@"; }
 
 # expect_usage_error OPTION_TEXT ARGS...: exit 2, the message names OPTION_TEXT.
 expect_usage_error() {

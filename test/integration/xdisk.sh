@@ -8,8 +8,14 @@
 #   start_importer VAR NAME MNT KEYS CONNECT... [-- EXTRA ARGS]
 #   wait_listening PORT   until something accepts on 127.0.0.1:PORT
 #   wait_disk MNT SERIAL  until MNT/serno/SERIAL exists
+#   peer ARGS...          the python peer, bounded by a 120 s timeout
+#   json FILE KEY         KEY of the JSON object on FILE's first line
+#   require_alive PID WHEN  fail with the daemon's exit status if it is gone
 
 XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
+# meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
+# so that a use-after-free in the daemon shows up here too.
+export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 PEER=${PEER:-$SOURCE_DIR/test/peer/dmsg_peer.py}
 [ -x "$XDISK" ] || skip "no daemon binary at $XDISK (build first)"
 
@@ -63,4 +69,18 @@ start_importer() {
 
 wait_disk() {
   wait_for "[ -e '$1/serno/$2' ]" "${3:-10}" || fail "disk $2 did not appear under $1"
+}
+
+peer() { timeout 120 python3 "$PEER" "$@"; }
+
+json() {
+  python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])' "$1" "$2"
+}
+
+# Fails with the daemon's exit status (139 = SIGSEGV) if PID is gone.
+require_alive() {
+  kill -0 "$1" 2>/dev/null && return 0
+  local rc=0
+  wait "$1" || rc=$?
+  fail "the daemon died $2 (exit status $rc)"
 }
