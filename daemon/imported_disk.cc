@@ -302,10 +302,8 @@ void ImportedDisk::SendChunk(Chunk* c) {
   std::vector<uint8_t> ext = io.Encode();
   std::span<const uint8_t> aux;
   if (op->kind == OpKind::kWrite) aux = {op->wdata + c->op_off, c->length};
-  // Write data is borrowed, not copied: the FUSE request keeps it alive until
-  // the Op completes, which is after this chunk's reply or LOSTLINK.
-  Transaction* t = open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux,
-                                    kFlagDelete, /*borrow_aux=*/true);
+  Transaction* t =
+      open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux, kFlagDelete);
   if (t == nullptr) {
     OnOpenLost();
     return;
@@ -460,6 +458,13 @@ void ImportedDisk::CheckTimeouts() {
     if (!on_wire) expired.push_back(op.get());
   }
   for (Op* op : expired) {
+    // A callback of an earlier expired Op may have dispatched (and so put
+    // on the wire) chunks of this one, or finished it: check again.
+    bool still_queued = std::any_of(ops_.begin(), ops_.end(), [&](auto& o) { return o.get() == op; });
+    if (!still_queued) continue;
+    bool on_wire = false;
+    for (auto& c : op->chunks) on_wire |= (c->txn != nullptr);
+    if (on_wire) continue;
     XLOG(kWarning, log_name_, "I/O at %" PRIu64 "+%" PRIu64 " failed: blocked for over %" PRIu64 " s",
          op->offset, op->length, config_.io_timeout_ms / 1000);
     std::vector<Chunk*> pending;

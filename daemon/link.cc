@@ -292,7 +292,7 @@ void Link::MaybeUp() {
 
 Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
                         std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                        uint32_t flags, bool borrow_aux) {
+                        uint32_t flags) {
   if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
   // Nothing new may hang under a transaction that is closing, at any level:
   // it would outlive its parent.
@@ -302,7 +302,7 @@ Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandl
   t->handler = handler;
   Header h;
   h.cmd = base_cmd;
-  if (txns_.PrepareSend(t, flags, &h)) Enqueue(h, ext, aux, nullptr, borrow_aux);
+  if (txns_.PrepareSend(t, flags, &h)) Enqueue(h, ext, aux, nullptr);
   return t;
 }
 
@@ -314,7 +314,8 @@ bool Link::Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<con
   bool live = state_ == State::kHandshake || state_ == State::kUp;
   bool ok = txns_.PrepareSend(t, flags, &h) && live;
   if (ok) ok = Enqueue(h, ext, aux, nullptr);
-  if (t->rx_delete && t->tx_delete && !t->busy) {
+  // Dying transactions are freed by Terminate(), which is walking them.
+  if (t->rx_delete && t->tx_delete && !t->busy && !t->dying) {
     if (t->handler) t->handler->OnFreed(*this, *t);
     txns_.MaybeFree(t);
   }
@@ -329,7 +330,7 @@ bool Link::SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags,
   bool live = state_ == State::kHandshake || state_ == State::kUp;
   bool ok = txns_.PrepareSend(t, flags, &h) && live;
   if (ok) ok = Enqueue(h, ext, aux, &aux);
-  if (t->rx_delete && t->tx_delete && !t->busy) {
+  if (t->rx_delete && t->tx_delete && !t->busy && !t->dying) {
     if (t->handler) t->handler->OnFreed(*this, *t);
     txns_.MaybeFree(t);
   }
@@ -343,22 +344,21 @@ void Link::SendOneWay(uint32_t cmd) {
 }
 
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                   std::vector<uint8_t>* owned, bool borrow) {
+                   std::vector<uint8_t>* owned) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
   if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;
   OutMsg m;
   EncodeHeader(h, ext, aux, &m.header);
-  if (borrow) {
-    m.aux = aux;
+  // The link always owns what it sends: a transaction terminated locally
+  // (its parent deleted) may leave its message queued or half-written while
+  // the caller, told LOSTLINK, frees or reuses its buffer.
+  if (owned != nullptr) {
+    m.aux_owned = std::move(*owned);
   } else {
-    if (owned != nullptr) {
-      m.aux_owned = std::move(*owned);
-    } else {
-      m.aux_owned.assign(aux.begin(), aux.end());
-    }
-    m.aux = m.aux_owned;
+    m.aux_owned.assign(aux.begin(), aux.end());
   }
+  m.aux = m.aux_owned;
   m.pad = PaddedAux(m.aux.size()) - m.aux.size();
   queued_bytes_ += m.header.size() + m.aux.size() + m.pad;
   XLOG(kTrace, name_, "tx %s msgid %#" PRIx64 " circuit %#" PRIx64 " err %u aux %zu",
@@ -397,7 +397,10 @@ void Link::FlushWrites() {
     write_inflight_ = false;
     inflight_bytes_ = 0;
     delete w;
-    Close(std::string("write error: ") + uv_strerror(rc));
+    // We may be inside Open()/Send() of a caller that still holds its
+    // transaction: fail from the timer, never from the send path.
+    if (pending_close_.empty()) pending_close_ = std::string("write error: ") + uv_strerror(rc);
+    uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
   }
 }
 
@@ -441,6 +444,12 @@ void Link::SetReadPaused(bool paused) {
 void Link::OnTimer(uv_timer_t* t) {
   Link* self = static_cast<Link*>(t->data);
   if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
+  if (!self->pending_close_.empty() && self->dispatch_depth_ == 0) {
+    std::string reason = std::move(self->pending_close_);
+    self->pending_close_.clear();
+    self->Fail(reason);
+    return;
+  }
   uint64_t now = uv_now(self->loop_);
   if (self->graceful_) {
     if (now - self->last_tx_ms_ >= kGracefulCloseMs) self->Close("closed (flush timed out)");
@@ -514,7 +523,9 @@ void Link::Fail(const std::string& reason) {
   queued_bytes_ = 0;
   // Every open transaction ends as if the peer had sent LOSTLINK (§5.7),
   // children before parents.
-  for (Transaction* t : txns_.SubtreePostOrder(nullptr)) Terminate(t);
+  std::vector<Transaction*> all = txns_.SubtreePostOrder(nullptr);
+  for (Transaction* t : all) t->dying = true;
+  for (Transaction* t : all) Terminate(t);
   txns_.Clear();
   our_conn_ = peer_conn_txn_ = nullptr;
   observer_->OnLinkDown(*this, reason);

@@ -89,6 +89,11 @@ class Link : public TransactionHandler {
   // Sets socket options, starts reading and sends our LNK_CONN.
   void Start();
 
+  // Terminates everything stacked under `t` locally with LOSTLINK (§5.3),
+  // as if the peer had closed `t`. Used before we DELETE a parent whose
+  // children the peer will consider gone: nothing more is sent on them.
+  void TerminateChildren(Transaction* t);
+
   // Drops the link: LOSTLINK for everything, OnLinkDown, close handles.
   // Safe to call more than once and from inside handler callbacks (then it
   // takes effect when the current frame's dispatch returns).
@@ -103,13 +108,9 @@ class Link : public TransactionHandler {
   // Opens a transaction in table L under `parent` (nullptr = top level) and
   // sends its first message. `flags` may include DELETE (a one-message
   // request). Returns nullptr if the link is not usable.
-  //
-  // With `borrow_aux`, the aux bytes are not copied: the caller guarantees
-  // they stay valid until the transaction's final reply (or LOSTLINK) has
-  // been delivered, which is after the link is done writing them.
   Transaction* Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
                     std::span<const uint8_t> ext, std::span<const uint8_t> aux = {},
-                    uint32_t flags = 0, bool borrow_aux = false);
+                    uint32_t flags = 0);
   // Sends a message on `t`; CREATE/REPLY/REVTRANS/REVCIRC are computed.
   // Returns false if it was discarded (link down, t dying or closed).
   bool Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
@@ -162,12 +163,11 @@ class Link : public TransactionHandler {
   void HandleNew(Transaction* t, dmsg::Frame& f);
   void Deliver(Transaction* t, dmsg::Frame& f);
   void AfterDelivery(Transaction* t);
-  void TerminateChildren(Transaction* t);
   void Terminate(Transaction* t);
   void SendConn();
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               std::vector<uint8_t>* owned, bool borrow = false);
+               std::vector<uint8_t>* owned);
   void FlushWrites();
   void HalfClose();
   void MaybeUp();

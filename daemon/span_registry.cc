@@ -43,6 +43,10 @@ void SpanRegistry::RemoveLocalSpan(uint64_t id) {
   local_.erase(it);
   for (auto& [link, t] : open_on) {
     tags_.erase(t);
+    // The peer treats everything stacked under the span as gone once our
+    // DELETE arrives (§5.3); end it here first so that no late reply (an I/O
+    // finishing after this) reaches the peer for a transaction it dropped.
+    link->TerminateChildren(t);
     link->Reply(t, 0, true);
   }
 }

@@ -149,6 +149,7 @@ Frame TransactionTable::SynthesizeLostLink(Transaction* t) {
   f.hdr.error = kErrLostLink;
   t->rx_create = true;
   t->rx_delete = true;
+  t->rx_delete_synthesized = true;
   t->dying = true;
   return f;
 }
@@ -197,10 +198,16 @@ bool TransactionTable::MaybeFree(Transaction* t) {
   bool ours = t->ours;
   // A dying transaction's rx_delete was synthesised: the peer's real DELETE
   // may still come. Remember the id so it is dropped, not fatal.
-  if (t->dying) {
+  if (t->rx_delete_synthesized) {
     auto& ghosts = ours ? ghost_local_ : ghost_remote_;
-    if (ghosts.size() >= kMaxGhosts) ghosts.clear();
-    ghosts.insert(id);
+    if (ghost_order_.size() >= kMaxGhosts) {
+      // Evict the oldest: a peer that owes that many DELETEs is not coming
+      // back for the first ones.
+      auto [old_ours, old_id] = ghost_order_.front();
+      ghost_order_.pop_front();
+      (old_ours ? ghost_local_ : ghost_remote_).erase(old_id);
+    }
+    if (ghosts.insert(id).second) ghost_order_.emplace_back(ours, id);
   }
   table.erase(id);
   return true;
@@ -211,6 +218,7 @@ void TransactionTable::Clear() {
   remote_.clear();
   ghost_local_.clear();
   ghost_remote_.clear();
+  ghost_order_.clear();
 }
 
 }  // namespace xdisk

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <deque>
 #include <unordered_set>
 #include <vector>
 
@@ -65,6 +66,8 @@ struct Transaction {
   // Terminated locally (link lost or parent deleted): anything a handler
   // sends on it is discarded, as DragonFly's kernel does (§5.3).
   bool dying = false;
+  // rx_delete was synthesised (LOSTLINK): the peer's real DELETE may still come.
+  bool rx_delete_synthesized = false;
   std::vector<Transaction*> children;
   TransactionHandler* handler = nullptr;
   void* user = nullptr;         // the handler's per-transaction state
@@ -140,6 +143,7 @@ class TransactionTable {
   // Msgids of transactions we terminated locally whose peer side had not
   // sent DELETE yet; their late messages are dropped, not fatal.
   std::unordered_set<uint64_t> ghost_local_, ghost_remote_;
+  std::deque<std::pair<bool, uint64_t>> ghost_order_;  // oldest first, for eviction
   uint64_t next_msgid_ = 1;
 };
 

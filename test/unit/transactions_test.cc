@@ -184,3 +184,16 @@ TEST_CASE("our msgids are never reused", "[transactions]") {
     REQUIRE(t.MaybeFree(o));
   }
 }
+
+TEST_CASE("only transactions whose peer still owes a DELETE become ghosts", "[transactions]") {
+  TransactionTable t;
+  // The peer's one-message request: its DELETE is real, ours comes later.
+  auto r = t.Receive(H(kBlkRead | kFlagCreate | kFlagDelete, 44));
+  REQUIRE(r.verdict == V::kNew);
+  Transaction* req = r.txn;
+  req->dying = true;  // terminated locally (say, its span was withdrawn)
+  req->tx_delete = true;
+  REQUIRE(t.MaybeFree(req));
+  // Nothing is owed, so a later message naming it is a real violation.
+  CHECK(t.Receive(H(kLnkError | kFlagDelete, 44)).verdict == V::kProtocolError);
+}
