@@ -59,6 +59,32 @@ struct TestService : TransactionHandler {
   }
 };
 
+// Like TestService, but holds reads unanswered until Answer() (slow disk).
+struct DeferredService : TransactionHandler {
+  Link* link = nullptr;
+  Transaction* held = nullptr;
+  int lostlinks = 0, freed = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error == kErrLostLink) {
+      ++lostlinks;
+      return;
+    }
+    if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate)) l.Reply(&t, 0, false);
+    if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagCreate)) {
+      link = &l;
+      held = &t;
+      t.deferred = true;
+    }
+  }
+  void OnFreed(Link&, Transaction& t) override {
+    ++freed;
+    if (&t == held) held = nullptr;
+  }
+};
+
 // The client side: records spans and replies.
 struct TestClient : SpanObserver, TransactionHandler {
   std::vector<RemoteSpan> spans;
@@ -200,5 +226,62 @@ TEST_CASE("a peer without a .none file is refused and never gets a LNK_CONN", "[
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(uv_loop_close(&loop) == 0);
   std::string cmd = "rm -rf " + allow + " " + deny;
+  REQUIRE(system(cmd.c_str()) == 0);
+}
+
+TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE goes out",
+          "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    Side server(&loop, keys, "test/server");
+    Side client(&loop, keys, "test/client");
+    DeferredService service;
+    TestClient observer;
+    client.registry.AddObserver(&observer);
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    LnkSpan span;
+    span.peer_type = kPeerBlock;
+    span.media_bytes = 1 << 20;
+    span.blksize = 512;
+    span.pfs_label = "withdrawn";
+    uint64_t id = server.registry.AddLocalSpan(span, &service);
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
+    RunUntil(&loop, [&] { return observer.spans.size() == 1; });
+    REQUIRE(observer.spans.size() == 1);
+    const RemoteSpan rs = observer.spans[0];
+    BlkOpen o;
+    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
+    RunUntil(&loop, [&] { return observer.open_ok == 1; });
+    BlkIo io;
+    io.bytes = 512;
+    REQUIRE(rs.link->Open(kBlkRead, open, &observer, io.Encode(), {}, kFlagDelete) != nullptr);
+    RunUntil(&loop, [&] { return service.held != nullptr; });
+    REQUIRE(service.held != nullptr);
+
+    // Withdraw: the held read and the open end locally on the server.
+    server.registry.RemoveLocalSpan(id);
+    // The read's peer side was already closed (CREATE|DELETE): its handler
+    // hears OnFreed; the open, still open both ways, gets a LOSTLINK.
+    CHECK(service.held == nullptr);
+    CHECK(service.lostlinks == 1);
+    // The client sees the span go and LOSTLINK for its open and read; its
+    // strict receive rules never see a reply for a transaction it dropped,
+    // so the link stays up.
+    RunUntil(&loop, [&] { return observer.removed == 1; });
+    CHECK(observer.removed == 1);
+    CHECK(observer.lostlink == 2);
+    CHECK(observer.read_ok == 0);
+    CHECK(rs.link->up());
+
+    bool a = false, b = false;
+    server.table.Shutdown([&] { a = true; });
+    client.table.Shutdown([&] { b = true; });
+    RunUntil(&loop, [&] { return a && b; });
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+  std::string cmd = "rm -rf " + keys;
   REQUIRE(system(cmd.c_str()) == 0);
 }
