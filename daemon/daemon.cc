@@ -9,11 +9,11 @@
 #include "daemon/exporter.h"
 #include "daemon/importer.h"
 #include "daemon/link_table.h"
-#include "fusedev/disk_tree.h"
-#include "fusedev/fuse_server.h"
 #include "daemon/log.h"
 #include "daemon/peer_policy.h"
 #include "daemon/span_registry.h"
+#include "fusedev/disk_tree.h"
+#include "fusedev/fuse_server.h"
 
 namespace xdisk {
 
@@ -115,7 +115,8 @@ struct Daemon::Impl {
     if (!resolved.empty()) {
       auto text = LoadOrCreateHostUuid(opts.state_dir);
       if (!text.ok()) {
-        XLOG(kError, "main", "--state-dir %s: %s", opts.state_dir.c_str(), text.status().message().c_str());
+        XLOG(kError, "main", "--state-dir %s: %s", opts.state_dir.c_str(),
+             text.status().message().c_str());
         return 1;
       }
       auto u = dmsg::UuidFromString(*text);
@@ -162,7 +163,6 @@ struct Daemon::Impl {
       }
     }
     for (const HostPort& hp : opts.connect) table->Connect(hp);
-
 
     XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -140,8 +140,7 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
       data.resize(io.bytes, 0);
       r->charged = io.bytes;
       owner_->Charge(link, r->charged);
-      disk_->Write(io.offset, std::move(data),
-                   [this, r](Status s) { Finish(r.get(), s, {}); });
+      disk_->Write(io.offset, std::move(data), [this, r](Status s) { Finish(r.get(), s, {}); });
       break;
     }
     case kBlkFlush:
@@ -191,7 +190,8 @@ Exporter::Exporter(uv_loop_t* loop, SpanRegistry* registry, const Uuid& host_uui
 Exporter::~Exporter() = default;
 
 Status Exporter::Add(const ResolvedExport& res) {
-  if (disks_.count(res.serial)) return Status::InvalidArgument("serial '" + res.serial + "' is already exported");
+  if (disks_.count(res.serial))
+    return Status::InvalidArgument("serial '" + res.serial + "' is already exported");
   auto disk = LocalDisk::Open(loop_, res.path, res.read_only);
   if (!disk.ok()) return disk.status();
   auto ed = std::make_unique<ExportedDisk>(this, res, std::move(disk.value()));

@@ -344,7 +344,9 @@ void ImportedDisk::OnMessage(Link&, Transaction& t, Frame& f) {
     return;
   }
   XLOG(kWarning, log_name_, "%s at %" PRIu64 "+%u failed: %s",
-       c->op->kind == OpKind::kRead ? "read" : c->op->kind == OpKind::kWrite ? "write" : "request",
+       c->op->kind == OpKind::kRead    ? "read"
+       : c->op->kind == OpKind::kWrite ? "write"
+                                       : "request",
        c->offset, c->length, ErrorName(err).c_str());
   ChunkDone(c, EIO, nullptr);
   Dispatch();
@@ -431,7 +433,8 @@ void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
   if (owned->kind == OpKind::kRead) {
-    if (owned->error == 0 && owned->rbuf.size() != owned->length) owned->rbuf.assign(owned->length, 0);
+    if (owned->error == 0 && owned->rbuf.size() != owned->length)
+      owned->rbuf.assign(owned->length, 0);
     owned->read_cb(owned->error, owned->error ? std::span<const uint8_t>()
                                               : std::span<const uint8_t>(owned->rbuf));
   } else {
@@ -460,13 +463,15 @@ void ImportedDisk::CheckTimeouts() {
   for (Op* op : expired) {
     // A callback of an earlier expired Op may have dispatched (and so put
     // on the wire) chunks of this one, or finished it: check again.
-    bool still_queued = std::any_of(ops_.begin(), ops_.end(), [&](auto& o) { return o.get() == op; });
+    bool still_queued =
+        std::any_of(ops_.begin(), ops_.end(), [&](auto& o) { return o.get() == op; });
     if (!still_queued) continue;
     bool on_wire = false;
     for (auto& c : op->chunks) on_wire |= (c->txn != nullptr);
     if (on_wire) continue;
-    XLOG(kWarning, log_name_, "I/O at %" PRIu64 "+%" PRIu64 " failed: blocked for over %" PRIu64 " s",
-         op->offset, op->length, config_.io_timeout_ms / 1000);
+    XLOG(kWarning, log_name_,
+         "I/O at %" PRIu64 "+%" PRIu64 " failed: blocked for over %" PRIu64 " s", op->offset,
+         op->length, config_.io_timeout_ms / 1000);
     std::vector<Chunk*> pending;
     for (auto& c : op->chunks)
       if (!c->done) pending.push_back(c.get());

@@ -55,8 +55,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
   };
 
-  ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize,
-               Config config);
+  ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize, Config config);
   ~ImportedDisk() override;
   ImportedDisk(const ImportedDisk&) = delete;
   ImportedDisk& operator=(const ImportedDisk&) = delete;
@@ -136,8 +135,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   Link* open_link_ = nullptr;
   Transaction* open_txn_ = nullptr;
   OpenState open_state_ = OpenState::kClosed;
-  bool wanted_open_ = false;           // between FUSE's Open() and Close()
-  std::vector<DoneFn> open_waiters_;   // Open() calls waiting for BLK_OPEN
+  bool wanted_open_ = false;          // between FUSE's Open() and Close()
+  std::vector<DoneFn> open_waiters_;  // Open() calls waiting for BLK_OPEN
   uint64_t retry_at_ms_ = 0;
 
   std::list<std::unique_ptr<Op>> ops_;

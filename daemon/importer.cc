@@ -54,7 +54,8 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
     ImportedDisk& d = *it->second;
     if (d.size() != span.info.media_bytes || d.block_size() != blksize) {
       XLOG(kWarning, span.link->name(),
-           "not importing span '%s': size %" PRIu64 "/%u differs from the disk already known "
+           "not importing span '%s': size %" PRIu64
+           "/%u differs from the disk already known "
            "under that serial (%" PRIu64 "/%u); two disks claim one serial",
            serial.c_str(), span.info.media_bytes, blksize, d.size(), d.block_size());
       return;

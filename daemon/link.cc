@@ -384,7 +384,9 @@ void Link::FlushWrites() {
     if (!m.aux.empty())
       w->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(m.aux.data())),
                                     m.aux.size()));
-    if (m.pad) w->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(kZeros)), m.pad));
+    if (m.pad)
+      w->bufs.push_back(
+          uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(kZeros)), m.pad));
     w->bytes += m.header.size() + m.aux.size() + m.pad;
   }
   queued_bytes_ = 0;

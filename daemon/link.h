@@ -54,8 +54,8 @@ class LinkObserver {
 };
 
 struct LinkConfig {
-  std::string label;                 // our LNK_CONN peer_label, "<host>/xdisk-fuse"
-  dmsg::Uuid peer_id{};              // our host uuid
+  std::string label;     // our LNK_CONN peer_label, "<host>/xdisk-fuse"
+  dmsg::Uuid peer_id{};  // our host uuid
   uint8_t peer_type = dmsg::kPeerRouter;
   uint64_t peer_mask = ~0ull;
   uint64_t ping_interval_ms = 1000;  // PING after this much silence
@@ -129,8 +129,8 @@ class Link : public TransactionHandler {
   State state() const { return state_; }
   bool up() const { return state_ == State::kUp; }
   Direction direction() const { return dir_; }
-  const std::string& name() const { return name_; }   // "link 127.0.0.1:987"
-  const std::string& peer() const { return peer_; }   // "127.0.0.1:987"
+  const std::string& name() const { return name_; }  // "link 127.0.0.1:987"
+  const std::string& peer() const { return peer_; }  // "127.0.0.1:987"
   // The peer's LNK_CONN (valid once up).
   const dmsg::LnkConn& peer_conn() const { return peer_conn_; }
   size_t write_queue_bytes() const { return queued_bytes_ + inflight_bytes_; }

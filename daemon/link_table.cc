@@ -50,7 +50,8 @@ int LinkTable::listen_port(size_t n) const {
   if (n >= listeners_.size()) return -1;
   sockaddr_storage ss;
   int len = sizeof ss;
-  if (uv_tcp_getsockname(&listeners_[n]->tcp, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return -1;
+  if (uv_tcp_getsockname(&listeners_[n]->tcp, reinterpret_cast<sockaddr*>(&ss), &len) < 0)
+    return -1;
   if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
 }
@@ -94,8 +95,8 @@ void LinkTable::OnConnection(uv_stream_t* server, int status) {
     XLOG(kWarning, l->name, "accept failed: %s", uv_strerror(status));
     return;
   }
-  auto link = std::make_unique<Link>(self->loop_, self, self->config_, Link::Direction::kIncoming,
-                                     "?");
+  auto link =
+      std::make_unique<Link>(self->loop_, self, self->config_, Link::Direction::kIncoming, "?");
   if (link->Init() < 0) return;
   Link* raw = link.get();
   self->links_[raw] = std::move(link);
@@ -145,7 +146,8 @@ void LinkTable::StartResolve(Connector* c) {
   hints.ai_flags = AI_NUMERICSERV;
   c->resolve.data = c;
   std::string port = std::to_string(c->addr.port);
-  int rc = uv_getaddrinfo(loop_, &c->resolve, OnResolved, c->addr.host.c_str(), port.c_str(), &hints);
+  int rc =
+      uv_getaddrinfo(loop_, &c->resolve, OnResolved, c->addr.host.c_str(), port.c_str(), &hints);
   if (rc < 0) {
     ScheduleRetry(c, std::string("cannot resolve: ") + uv_strerror(rc));
     return;
@@ -178,8 +180,8 @@ void LinkTable::OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* r
     self->ScheduleRetry(c, "refused by peer policy: " + why);
     return;
   }
-  auto link = std::make_unique<Link>(self->loop_, self, self->config_, Link::Direction::kOutgoing,
-                                     peer);
+  auto link =
+      std::make_unique<Link>(self->loop_, self, self->config_, Link::Direction::kOutgoing, peer);
   if (link->Init() < 0) {
     self->ScheduleRetry(c, "cannot create socket");
     return;

@@ -1,13 +1,12 @@
 #include "daemon/local_disk.h"
 
-#include <linux/magic.h>
-#include <sys/vfs.h>
-
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -175,8 +174,8 @@ Status LocalDisk::ReadNow(uint64_t offset, uint32_t length, std::vector<uint8_t>
 Status LocalDisk::WriteNow(uint64_t offset, std::span<const uint8_t> data) const {
   uint64_t done = 0;
   while (done < data.size()) {
-    ssize_t n = pwrite(fd_, data.data() + done, data.size() - done,
-                       static_cast<off_t>(offset + done));
+    ssize_t n =
+        pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, Context("write", offset, data.size()));

@@ -30,8 +30,9 @@ bool ParseLogLevel(std::string_view text, LogLevel* out) {
 
 void Log(LogLevel level, std::string_view subject, const char* fmt, ...) {
   char line[2048];
-  int n = snprintf(line, sizeof line, "xdisk-fuse: %s: %.*s%s", kLevelNames[static_cast<int>(level)],
-                   static_cast<int>(subject.size()), subject.data(), subject.empty() ? "" : ": ");
+  int n =
+      snprintf(line, sizeof line, "xdisk-fuse: %s: %.*s%s", kLevelNames[static_cast<int>(level)],
+               static_cast<int>(subject.size()), subject.data(), subject.empty() ? "" : ": ");
   if (n < 0) return;
   va_list ap;
   va_start(ap, fmt);

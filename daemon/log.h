@@ -29,8 +29,8 @@ void Log(LogLevel level, std::string_view subject, const char* fmt, ...)
 
 }  // namespace xdisk
 
-#define XLOG(level, subject, ...)                                   \
-  do {                                                              \
-    if (::xdisk::LogEnabled(::xdisk::LogLevel::level))              \
+#define XLOG(level, subject, ...)                                     \
+  do {                                                                \
+    if (::xdisk::LogEnabled(::xdisk::LogLevel::level))                \
       ::xdisk::Log(::xdisk::LogLevel::level, (subject), __VA_ARGS__); \
   } while (0)

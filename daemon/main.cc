@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   std::string out;
   auto parsed = xdisk::ParseOptions(argc, argv, &opts, &out);
   if (!parsed.ok()) {
-    fprintf(stderr, "xdisk-fuse: %s\nTry 'xdisk-fuse --help'.\n", parsed.status().message().c_str());
+    fprintf(stderr, "xdisk-fuse: %s\nTry 'xdisk-fuse --help'.\n",
+            parsed.status().message().c_str());
     return 2;
   }
   if (*parsed == xdisk::ParseOutcome::kExitOk) {

@@ -58,7 +58,8 @@ Result<HostPort> ParseHostPort(std::string_view text) {
     return hp;
   }
   hp.host = std::string(text.substr(0, first));
-  if (hp.host.empty()) return Status::InvalidArgument("missing host in '" + std::string(text) + "'");
+  if (hp.host.empty())
+    return Status::InvalidArgument("missing host in '" + std::string(text) + "'");
   auto port = ParsePort(text.substr(first + 1));
   if (!port.ok()) return port.status();
   hp.port = *port;
@@ -66,39 +67,38 @@ Result<HostPort> ParseHostPort(std::string_view text) {
 }
 
 std::string UsageText() {
-  return
-      "Usage: xdisk-fuse [OPTIONS] [MOUNTPOINT]\n"
-      "\n"
-      "Exports local disks to dmsg peers and, given MOUNTPOINT, imports every\n"
-      "remote disk it learns of into a FUSE tree (xaN, serno/, by-label/, by-uuid/).\n"
-      "Runs in the foreground and logs to stderr.\n"
-      "\n"
-      "Links:\n"
-      "  --listen ADDR[:PORT]     accept dmsg links on ADDR (repeatable; port 987)\n"
-      "  --connect HOST[:PORT]    keep a dmsg link to HOST (repeatable; reconnects\n"
-      "                           with backoff 0.1 s .. 5 s)\n"
-      "  --keys DIR               peer policy directory (default /etc/xdisk-fuse):\n"
-      "                           DIR/remote/ADDR.none allows a plaintext link\n"
-      "  --ping-interval MS       PING after MS of silence (default 1000)\n"
-      "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"
-      "\n"
-      "Exports:\n"
-      "  --export PATH[,serno=S][,label=L][,uuid=U][,ro][,blksize=N]\n"
-      "                           serve a block device or file (repeatable)\n"
-      "  --state-dir DIR          persistent identities (default /var/lib/xdisk-fuse)\n"
-      "\n"
-      "Import (with MOUNTPOINT):\n"
-      "  -o OPT[,OPT...]          FUSE mount options (allow_other, ...)\n"
-      "  --mode OCTAL             file mode of the disk files (default 0600)\n"
-      "  --io-timeout SEC         fail blocked I/O with EIO after SEC (default 0:\n"
-      "                           wait forever for the disk to return)\n"
-      "\n"
-      "General:\n"
-      "  --hostname NAME          name used in labels (default: gethostname)\n"
-      "  -v, --verbose            more logging (repeatable)\n"
-      "  --log-level LEVEL        error, warning, info (default), debug, trace\n"
-      "  -h, --help               this text\n"
-      "  -V, --version            print the version\n";
+  return "Usage: xdisk-fuse [OPTIONS] [MOUNTPOINT]\n"
+         "\n"
+         "Exports local disks to dmsg peers and, given MOUNTPOINT, imports every\n"
+         "remote disk it learns of into a FUSE tree (xaN, serno/, by-label/, by-uuid/).\n"
+         "Runs in the foreground and logs to stderr.\n"
+         "\n"
+         "Links:\n"
+         "  --listen ADDR[:PORT]     accept dmsg links on ADDR (repeatable; port 987)\n"
+         "  --connect HOST[:PORT]    keep a dmsg link to HOST (repeatable; reconnects\n"
+         "                           with backoff 0.1 s .. 5 s)\n"
+         "  --keys DIR               peer policy directory (default /etc/xdisk-fuse):\n"
+         "                           DIR/remote/ADDR.none allows a plaintext link\n"
+         "  --ping-interval MS       PING after MS of silence (default 1000)\n"
+         "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"
+         "\n"
+         "Exports:\n"
+         "  --export PATH[,serno=S][,label=L][,uuid=U][,ro][,blksize=N]\n"
+         "                           serve a block device or file (repeatable)\n"
+         "  --state-dir DIR          persistent identities (default /var/lib/xdisk-fuse)\n"
+         "\n"
+         "Import (with MOUNTPOINT):\n"
+         "  -o OPT[,OPT...]          FUSE mount options (allow_other, ...)\n"
+         "  --mode OCTAL             file mode of the disk files (default 0600)\n"
+         "  --io-timeout SEC         fail blocked I/O with EIO after SEC (default 0:\n"
+         "                           wait forever for the disk to return)\n"
+         "\n"
+         "General:\n"
+         "  --hostname NAME          name used in labels (default: gethostname)\n"
+         "  -v, --verbose            more logging (repeatable)\n"
+         "  --log-level LEVEL        error, warning, info (default), debug, trace\n"
+         "  -h, --help               this text\n"
+         "  -V, --version            print the version\n";
 }
 
 Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptions* opts,
@@ -152,8 +152,9 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
       break;
     }
     static constexpr std::string_view kWithValue[] = {
-        "--listen", "--connect", "--keys", "--export", "--state-dir", "-o", "--mode",
-        "--io-timeout", "--ping-interval", "--link-timeout", "--log-level", "--hostname"};
+        "--listen",    "--connect", "--keys",       "--export",        "--state-dir",
+        "-o",          "--mode",    "--io-timeout", "--ping-interval", "--link-timeout",
+        "--log-level", "--hostname"};
     if (std::find(std::begin(kWithValue), std::end(kWithValue), name) == std::end(kWithValue))
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     auto v = need_value();
@@ -161,7 +162,8 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
     std::string_view val = *v;
     if (name == "--listen" || name == "--connect") {
       auto hp = ParseHostPort(val);
-      if (!hp.ok()) return Status::InvalidArgument(std::string(name) + ": " + hp.status().message());
+      if (!hp.ok())
+        return Status::InvalidArgument(std::string(name) + ": " + hp.status().message());
       (name == "--listen" ? opts->listen : opts->connect).push_back(*hp);
     } else if (name == "--keys") {
       if (val.empty()) return bad(val, "empty directory");
@@ -177,7 +179,8 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
       std::string s(val);
       while (start <= s.size()) {
         size_t comma = s.find(',', start);
-        std::string one = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        std::string one =
+            s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         if (!one.empty()) opts->fuse_options.push_back(one);
         if (comma == std::string::npos) break;
         start = comma + 1;
@@ -216,7 +219,8 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
   if (positional.size() == 1) opts->mountpoint = std::string(positional[0]);
   if (opts->listen.empty() && opts->connect.empty() && opts->mountpoint.empty() &&
       opts->exports.empty())
-    return Status::InvalidArgument("nothing to do: give MOUNTPOINT, --listen, --connect or --export");
+    return Status::InvalidArgument(
+        "nothing to do: give MOUNTPOINT, --listen, --connect or --export");
   return ParseOutcome::kRun;
 }
 

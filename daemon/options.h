@@ -25,17 +25,17 @@ Result<HostPort> ParseHostPort(std::string_view text);
 struct DaemonOptions {
   std::vector<HostPort> listen;
   std::vector<HostPort> connect;
-  std::vector<std::string> exports;   // raw --export values (daemon/export_identity.h)
+  std::vector<std::string> exports;  // raw --export values (daemon/export_identity.h)
   std::string keys_dir = "/etc/xdisk-fuse";
   std::string state_dir = "/var/lib/xdisk-fuse";
-  std::string mountpoint;             // empty: no FUSE import
+  std::string mountpoint;                 // empty: no FUSE import
   std::vector<std::string> fuse_options;  // -o values, split on ','
   uint32_t file_mode = 0600;
-  uint64_t io_timeout_s = 0;          // 0: block forever
+  uint64_t io_timeout_s = 0;  // 0: block forever
   uint64_t ping_interval_ms = 1000;
   uint64_t link_timeout_ms = 10000;
-  int verbosity = 2;                  // LogLevel as int
-  std::string hostname;               // empty: gethostname()
+  int verbosity = 2;     // LogLevel as int
+  std::string hostname;  // empty: gethostname()
 };
 
 enum class ParseOutcome { kRun, kExitOk };

@@ -87,7 +87,8 @@ void SpanRegistry::OnMessage(Link& link, Transaction& t, Frame& f) {
         auto it = local_.find(tag->second.id);
         if (it != local_.end()) it->second.open_on.erase(&link);
         if (f.hdr.error != kErrLostLink)
-          XLOG(kInfo, link.name(), "peer closed our span (error %s)", ErrorName(f.hdr.error).c_str());
+          XLOG(kInfo, link.name(), "peer closed our span (error %s)",
+               ErrorName(f.hdr.error).c_str());
       }
     }
     return;
@@ -114,15 +115,16 @@ void SpanRegistry::OnMessage(Link& link, Transaction& t, Frame& f) {
     tags_.erase(tag);
     if (it == remote_.end()) return;
     std::string why = f.hdr.error == kErrLostLink ? "link lost" : "withdrawn by peer";
-    XLOG(kInfo, link.name(), "span '%s' removed: %s", it->second.info.pfs_label.c_str(), why.c_str());
+    XLOG(kInfo, link.name(), "span '%s' removed: %s", it->second.info.pfs_label.c_str(),
+         why.c_str());
     RemoteSpan gone = it->second;
     remote_.erase(it);
     for (SpanObserver* o : observers_) o->OnSpanRemoved(gone, why);
   }
 }
 
-TransactionHandler* SpanRegistry::OnChildCreate(Link& link, Transaction& parent,
-                                                Transaction& child, const Frame& f) {
+TransactionHandler* SpanRegistry::OnChildCreate(Link& link, Transaction& parent, Transaction& child,
+                                                const Frame& f) {
   auto tag = tags_.find(&parent);
   if (tag == tags_.end() || !tag->second.local) return nullptr;
   auto it = local_.find(tag->second.id);

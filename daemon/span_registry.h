@@ -27,8 +27,8 @@
 namespace xdisk {
 
 struct RemoteSpan {
-  uint64_t id = 0;        // registry-unique, never reused
-  Link* link = nullptr;   // valid until OnSpanRemoved returns
+  uint64_t id = 0;       // registry-unique, never reused
+  Link* link = nullptr;  // valid until OnSpanRemoved returns
   Transaction* txn = nullptr;
   dmsg::LnkSpan info;
 };

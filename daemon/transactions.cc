@@ -11,8 +11,8 @@ constexpr size_t kMaxGhosts = 1 << 16;
 
 std::string Describe(const Header& h) {
   char buf[96];
-  snprintf(buf, sizeof buf, " (msgid %#llx circuit %#llx)", static_cast<unsigned long long>(h.msgid),
-           static_cast<unsigned long long>(h.circuit));
+  snprintf(buf, sizeof buf, " (msgid %#llx circuit %#llx)",
+           static_cast<unsigned long long>(h.msgid), static_cast<unsigned long long>(h.circuit));
   return ": " + CommandName(h.cmd) + buf;
 }
 }  // namespace
@@ -41,7 +41,8 @@ TransactionTable::RxResult TransactionTable::Receive(const Header& h) {
       if (abort) return {Verdict::kIgnore, nullptr, "ABORT for a finished transaction"};
       return {Verdict::kOneWay};
     }
-    if (t->rx_delete) return {Verdict::kProtocolError, nullptr, "message after DELETE" + Describe(h)};
+    if (t->rx_delete)
+      return {Verdict::kProtocolError, nullptr, "message after DELETE" + Describe(h)};
     return {Verdict::kDeliver, t};
   }
 
@@ -49,7 +50,8 @@ TransactionTable::RxResult TransactionTable::Receive(const Header& h) {
     // The peer opens a transaction (table R). The msgid names its own state,
     // so REVTRANS makes no sense here.
     if (revtrans) return {Verdict::kProtocolError, nullptr, "CREATE with REVTRANS" + Describe(h)};
-    if (h.msgid == 0) return {Verdict::kProtocolError, nullptr, "CREATE with msgid 0" + Describe(h)};
+    if (h.msgid == 0)
+      return {Verdict::kProtocolError, nullptr, "CREATE with msgid 0" + Describe(h)};
     if (FindRemote(h.msgid) != nullptr) {
       return {Verdict::kProtocolError, nullptr, "duplicate CREATE" + Describe(h)};
     }
@@ -96,7 +98,8 @@ TransactionTable::RxResult TransactionTable::Receive(const Header& h) {
   }
   if (create) {
     // REPLY|CREATE: the first message of the peer's side of our transaction.
-    if (t->rx_create) return {Verdict::kProtocolError, nullptr, "duplicate reply CREATE" + Describe(h)};
+    if (t->rx_create)
+      return {Verdict::kProtocolError, nullptr, "duplicate reply CREATE" + Describe(h)};
     t->rx_create = true;
   } else if (!t->rx_create) {
     // DELETE without CREATE on a transaction whose peer side never opened.

@@ -9,10 +9,10 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
-#include <deque>
 #include <unordered_set>
 #include <vector>
 
@@ -58,9 +58,9 @@ class TransactionHandler {
 
 struct Transaction {
   uint64_t msgid = 0;
-  bool ours = false;            // in table L (we opened it)
+  bool ours = false;  // in table L (we opened it)
   Transaction* parent = nullptr;
-  uint32_t cmd = 0;             // base command of the opening CREATE
+  uint32_t cmd = 0;  // base command of the opening CREATE
   bool tx_create = false, tx_delete = false;
   bool rx_create = false, rx_delete = false;
   // Terminated locally (link lost or parent deleted): anything a handler
@@ -70,7 +70,7 @@ struct Transaction {
   bool rx_delete_synthesized = false;
   std::vector<Transaction*> children;
   TransactionHandler* handler = nullptr;
-  void* user = nullptr;         // the handler's per-transaction state
+  void* user = nullptr;  // the handler's per-transaction state
   // Set by a handler that will answer later (disk I/O in flight): the link
   // then does not close our side when the peer's DELETE has arrived.
   bool deferred = false;
@@ -82,11 +82,11 @@ struct Transaction {
 class TransactionTable {
  public:
   enum class Verdict {
-    kOneWay,          // not part of a transaction: handle as a one-way message
-    kNew,             // the peer opened a new transaction: `txn` is the new R entry
-    kDeliver,         // a message on an existing transaction `txn`
-    kIgnore,          // drop this message silently (allowed by §5.4), log at debug
-    kProtocolError,   // a daemon-assertion case: drop the link, log `reason`
+    kOneWay,         // not part of a transaction: handle as a one-way message
+    kNew,            // the peer opened a new transaction: `txn` is the new R entry
+    kDeliver,        // a message on an existing transaction `txn`
+    kIgnore,         // drop this message silently (allowed by §5.4), log at debug
+    kProtocolError,  // a daemon-assertion case: drop the link, log `reason`
   };
   struct RxResult {
     RxResult(Verdict v, Transaction* t = nullptr, std::string r = {})

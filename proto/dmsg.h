@@ -21,13 +21,13 @@
 namespace xdisk::dmsg {
 
 // ---- Framing limits (§3.5) ----
-inline constexpr uint16_t kMagic = 0x4832;          // wire bytes 32 48
-inline constexpr uint16_t kMagicSwapped = 0x3248;   // a big-endian sender; rejected
-inline constexpr size_t kAlign = 64;                // header and aux padding unit
+inline constexpr uint16_t kMagic = 0x4832;         // wire bytes 32 48
+inline constexpr uint16_t kMagicSwapped = 0x3248;  // a big-endian sender; rejected
+inline constexpr size_t kAlign = 64;               // header and aux padding unit
 inline constexpr size_t kBaseHeaderBytes = 64;
-inline constexpr size_t kHeaderMaxBytes = 2048;     // 32 units
+inline constexpr size_t kHeaderMaxBytes = 2048;  // 32 units
 inline constexpr uint32_t kHeaderMaxUnits = 32;
-inline constexpr size_t kAuxMax = 1u << 20;         // padded aux limit, 1 MiB
+inline constexpr size_t kAuxMax = 1u << 20;  // padded aux limit, 1 MiB
 
 // ---- cmd field (§3.3) ----
 inline constexpr uint32_t kFlagCreate = 0x80000000;
@@ -36,7 +36,7 @@ inline constexpr uint32_t kFlagReply = 0x20000000;
 inline constexpr uint32_t kFlagAbort = 0x10000000;
 inline constexpr uint32_t kFlagRevTrans = 0x08000000;
 inline constexpr uint32_t kFlagRevCirc = 0x04000000;
-inline constexpr uint32_t kFlagUnused = 0x03000000;   // FLAG1|FLAG0: must be 0
+inline constexpr uint32_t kFlagUnused = 0x03000000;  // FLAG1|FLAG0: must be 0
 inline constexpr uint32_t kFlagsMask = 0xFF000000;
 inline constexpr uint32_t kProtoMask = 0x00F00000;
 inline constexpr uint32_t kCmdCodeMask = 0x000FFF00;
@@ -84,7 +84,9 @@ inline constexpr uint32_t kBlkModeWrite = 0x2;
 
 inline constexpr uint32_t HeaderUnits(uint32_t cmd) { return cmd & kSizeMask; }
 inline constexpr size_t HeaderBytes(uint32_t cmd) { return HeaderUnits(cmd) * kAlign; }
-inline constexpr size_t PaddedAux(size_t aux_bytes) { return (aux_bytes + kAlign - 1) & ~(kAlign - 1); }
+inline constexpr size_t PaddedAux(size_t aux_bytes) {
+  return (aux_bytes + kAlign - 1) & ~(kAlign - 1);
+}
 inline constexpr uint32_t BaseCmd(uint32_t cmd) { return cmd & kBaseCmdMask; }
 
 // "BLK_READ|CREATE|DELETE"-style name for logs; unknown commands print hex.

@@ -37,7 +37,7 @@ enum class DecodeError {
   kAuxDescr,       // aux_descr not 0 (out-of-band aux is not supported)
   kHeaderCrc,
   kAuxCrc,
-  kSequence,       // salt low byte is not the expected sequence number
+  kSequence,  // salt low byte is not the expected sequence number
 };
 
 // "bad magic", "header crc", ...

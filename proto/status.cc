@@ -13,14 +13,21 @@ Status Status::FromErrno(int err, std::string_view context) {
 
 int Status::errno_value() const {
   switch (kind_) {
-    case Kind::kOk: return 0;
-    case Kind::kIoError: return err_ ? err_ : EIO;
-    case Kind::kInvalidArgument: return EINVAL;
-    case Kind::kNotFound: return ENOENT;
-    case Kind::kPermissionDenied: return EACCES;
-    case Kind::kUnavailable: return EAGAIN;
+    case Kind::kOk:
+      return 0;
+    case Kind::kIoError:
+      return err_ ? err_ : EIO;
+    case Kind::kInvalidArgument:
+      return EINVAL;
+    case Kind::kNotFound:
+      return ENOENT;
+    case Kind::kPermissionDenied:
+      return EACCES;
+    case Kind::kUnavailable:
+      return EAGAIN;
     case Kind::kProtocol:
-    case Kind::kCorruption: return EIO;
+    case Kind::kCorruption:
+      return EIO;
   }
   return EIO;
 }

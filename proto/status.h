@@ -26,20 +26,24 @@ class [[nodiscard]] Status {
     kOk = 0,
     kInvalidArgument,  // Bad option, bad request parameter.
     kNotFound,
-    kIoError,          // A system call failed; errno() says which.
-    kProtocol,         // The peer broke the dmsg protocol.
-    kCorruption,       // Checksums or framing of stored data do not match.
+    kIoError,     // A system call failed; errno() says which.
+    kProtocol,    // The peer broke the dmsg protocol.
+    kCorruption,  // Checksums or framing of stored data do not match.
     kPermissionDenied,
-    kUnavailable,      // Try again later (no path, link down).
+    kUnavailable,  // Try again later (no path, link down).
   };
 
   Status() = default;
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return Status(Kind::kInvalidArgument, std::move(msg)); }
+  static Status InvalidArgument(std::string msg) {
+    return Status(Kind::kInvalidArgument, std::move(msg));
+  }
   static Status NotFound(std::string msg) { return Status(Kind::kNotFound, std::move(msg)); }
   static Status Protocol(std::string msg) { return Status(Kind::kProtocol, std::move(msg)); }
   static Status Corruption(std::string msg) { return Status(Kind::kCorruption, std::move(msg)); }
-  static Status PermissionDenied(std::string msg) { return Status(Kind::kPermissionDenied, std::move(msg)); }
+  static Status PermissionDenied(std::string msg) {
+    return Status(Kind::kPermissionDenied, std::move(msg));
+  }
   static Status Unavailable(std::string msg) { return Status(Kind::kUnavailable, std::move(msg)); }
   // `err` is a positive errno value; the message gets ": strerror" appended.
   static Status FromErrno(int err, std::string_view context);
@@ -52,7 +56,8 @@ class [[nodiscard]] Status {
   std::string ToString() const;
 
  private:
-  Status(Kind kind, std::string msg, int err = 0) : kind_(kind), err_(err), message_(std::move(msg)) {}
+  Status(Kind kind, std::string msg, int err = 0)
+      : kind_(kind), err_(err), message_(std::move(msg)) {}
   Kind kind_ = Kind::kOk;
   int err_ = 0;
   std::string message_;
@@ -62,8 +67,8 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}             // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {}       // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
   bool ok() const { return std::holds_alternative<T>(v_); }
   const Status& status() const {
     static const Status kOk;

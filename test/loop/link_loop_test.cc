@@ -1,11 +1,10 @@
 // Loop tests: two link tables in one process over loopback TCP, exchanging
 // LNK_CONN, spans and a stacked transaction; then one side is killed. Every
 // test ends with uv_loop_close() == 0.
-#include <catch2/catch.hpp>
-
 #include <stdlib.h>
 #include <uv.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -181,7 +180,8 @@ TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then o
     CHECK(service.lostlinks == 1);
 
     // The client reconnects by itself and sees the span again.
-    RunUntil(&loop, [&] { return observer.spans.size() == 2; }, 8000);
+    RunUntil(
+        &loop, [&] { return observer.spans.size() == 2; }, 8000);
     CHECK(observer.spans.size() == 2);
 
     bool a = false, b = false;
@@ -213,7 +213,8 @@ TEST_CASE("a peer without a .none file is refused and never gets a LNK_CONN", "[
     uv_timer_init(&loop, &t);
     bool fired = false;
     t.data = &fired;
-    uv_timer_start(&t, [](uv_timer_t* h) { *static_cast<bool*>(h->data) = true; }, 700, 0);
+    uv_timer_start(
+        &t, [](uv_timer_t* h) { *static_cast<bool*>(h->data) = true; }, 700, 0);
     RunUntil(&loop, [&] { return fired; });
     uv_close(reinterpret_cast<uv_handle_t*>(&t), nullptr);
     for (Link* l : client.table.links()) CHECK_FALSE(l->up());

@@ -157,8 +157,7 @@ TEST_CASE("Portable and hardware CRC-32C agree for every length and alignment", 
   }
 }
 
-TEST_CASE("the three-way hardware CRC agrees with the portable one on large buffers",
-          "[crc32c]") {
+TEST_CASE("the three-way hardware CRC agrees with the portable one on large buffers", "[crc32c]") {
   if (!xdisk::Crc32cHardwareAvailable()) return;
   std::mt19937 rng(7);
   std::vector<uint8_t> buf(300000 + 8);  // room for the largest length at the largest start

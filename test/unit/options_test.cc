@@ -1,9 +1,8 @@
 // Command-line parsing: every error names the option.
-#include <catch2/catch.hpp>
-
-#include <vector>
-
 #include "daemon/options.h"
+
+#include <catch2/catch.hpp>
+#include <vector>
 
 using namespace xdisk;
 

@@ -1,15 +1,14 @@
 // Default-deny peer policy in the manner of DragonFly's remote/ directory.
-#include <catch2/catch.hpp>
+#include "daemon/peer_policy.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <string>
-
-#include "daemon/peer_policy.h"
 
 using namespace xdisk;
 

@@ -1,7 +1,7 @@
 // The per-link transaction rules of spec §5, on TransactionTable alone.
-#include <catch2/catch.hpp>
-
 #include "daemon/transactions.h"
+
+#include <catch2/catch.hpp>
 
 using namespace xdisk;
 using namespace xdisk::dmsg;
