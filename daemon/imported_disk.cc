@@ -376,9 +376,7 @@ void ImportedDisk::OnOpenReply(const Frame& f) {
       XLOG(kInfo, log_name_, "open via %s, %zu requests to (re)send", open_link_->name().c_str(),
            chunks_.size());
     open_state_ = OpenState::kOpen;
-    auto waiters = std::move(open_waiters_);
-    open_waiters_.clear();
-    for (auto& w : waiters) w(0);
+    FinishOpenWaiters(0);
     Dispatch();
     return;
   }
@@ -393,10 +391,15 @@ void ImportedDisk::OnOpenReply(const Frame& f) {
   if (!(f.hdr.cmd & kFlagDelete)) l->Reply(t, 0, true);
   retry_at_ms_ = uv_now(loop_) + config_.retry_delay_ms;
   // An open(2) waiting for this fails, as on DragonFly (§7.6).
+  if (!open_waiters_.empty()) wanted_open_ = false;
+  FinishOpenWaiters(EIO);
+}
+
+void ImportedDisk::FinishOpenWaiters(int err) {
+  // Moved out first: a waiter may call Open() again.
   auto waiters = std::move(open_waiters_);
   open_waiters_.clear();
-  if (!waiters.empty()) wanted_open_ = false;
-  for (auto& w : waiters) w(EIO);
+  for (auto& w : waiters) w(err);
 }
 
 void ImportedDisk::OnOpenLost() {
@@ -478,10 +481,8 @@ void ImportedDisk::CheckTimeouts() {
     for (Chunk* c : pending) ChunkDone(c, EIO, nullptr);
   }
   if (!paths_.empty() || open_waiters_.empty()) return;
-  auto waiters = std::move(open_waiters_);
-  open_waiters_.clear();
   wanted_open_ = false;
-  for (auto& w : waiters) w(EIO);
+  FinishOpenWaiters(EIO);
 }
 
 void ImportedDisk::Shutdown() {
@@ -491,9 +492,7 @@ void ImportedDisk::Shutdown() {
   for (Chunk* c : chunks_)
     if (c->txn == nullptr) queued.push_back(c);
   for (Chunk* c : queued) ChunkDone(c, EIO, nullptr);
-  auto waiters = std::move(open_waiters_);
-  open_waiters_.clear();
-  for (auto& w : waiters) w(EIO);
+  FinishOpenWaiters(EIO);
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);

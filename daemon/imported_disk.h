@@ -116,6 +116,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void FinishOp(Op* op);
   void OnOpenReply(const dmsg::Frame& f);
   void OnOpenLost();
+  void FinishOpenWaiters(int err);
   void CheckTimeouts();
   const Path* BestPath() const;
   static bool Conflicts(const Chunk& a, const Chunk& b);

@@ -219,10 +219,7 @@ void Link::AfterDelivery(Transaction* t) {
     Reply(t, 0, true);
     return;
   }
-  if (t->rx_delete && t->tx_delete) {
-    if (t->handler) t->handler->OnFreed(*this, *t);
-    txns_.MaybeFree(t);
-  }
+  FreeIfClosed(t);
 }
 
 void Link::TerminateChildren(Transaction* t) {
@@ -308,33 +305,31 @@ Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandl
 
 bool Link::Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
                 std::span<const uint8_t> aux, uint32_t error) {
-  Header h;
-  h.cmd = base_cmd;
-  h.error = error;
-  bool live = state_ == State::kHandshake || state_ == State::kUp;
-  bool ok = txns_.PrepareSend(t, flags, &h) && live;
-  if (ok) ok = Enqueue(h, ext, aux, nullptr);
-  // Dying transactions are freed by Terminate(), which is walking them.
-  if (t->rx_delete && t->tx_delete && !t->busy && !t->dying) {
-    if (t->handler) t->handler->OnFreed(*this, *t);
-    txns_.MaybeFree(t);
-  }
-  return ok;
+  return SendOn(t, base_cmd, flags, ext, aux, nullptr, error);
 }
 
 bool Link::SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags,
                      std::span<const uint8_t> ext, std::vector<uint8_t>&& aux, uint32_t error) {
+  return SendOn(t, base_cmd, flags, ext, aux, &aux, error);
+}
+
+bool Link::SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
+                  std::span<const uint8_t> aux, std::vector<uint8_t>* owned, uint32_t error) {
   Header h;
   h.cmd = base_cmd;
   h.error = error;
   bool live = state_ == State::kHandshake || state_ == State::kUp;
   bool ok = txns_.PrepareSend(t, flags, &h) && live;
-  if (ok) ok = Enqueue(h, ext, aux, &aux);
-  if (t->rx_delete && t->tx_delete && !t->busy && !t->dying) {
-    if (t->handler) t->handler->OnFreed(*this, *t);
-    txns_.MaybeFree(t);
-  }
+  if (ok) ok = Enqueue(h, ext, aux, owned);
+  // Dying transactions are freed by Terminate(), which is walking them.
+  if (!t->dying) FreeIfClosed(t);
   return ok;
+}
+
+void Link::FreeIfClosed(Transaction* t) {
+  if (t->busy || !t->rx_delete || !t->tx_delete) return;
+  if (t->handler) t->handler->OnFreed(*this, *t);
+  txns_.MaybeFree(t);
 }
 
 void Link::SendOneWay(uint32_t cmd) {

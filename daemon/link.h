@@ -164,6 +164,13 @@ class Link : public TransactionHandler {
   void Deliver(Transaction* t, dmsg::Frame& f);
   void AfterDelivery(Transaction* t);
   void Terminate(Transaction* t);
+  // Send() and SendOwned(): `owned`, when set, holds the bytes of `aux` and
+  // is taken instead of copied.
+  bool SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
+              std::span<const uint8_t> aux, std::vector<uint8_t>* owned, uint32_t error);
+  // Frees `t` (OnFreed first) once DELETE went both ways and no delivery to
+  // it is running.
+  void FreeIfClosed(Transaction* t);
   void SendConn();
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
