@@ -22,11 +22,7 @@ IMG=$WORK_DIR/basic.img
 MNT=$WORK_DIR/mnt
 truncate -s $((1024 * MIB)) "$IMG"
 
-PORT=$(free_port)
-make_keys "$WORK_DIR/keys" 127.0.0.1
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT"
-wait_disk "$MNT" "$SERIAL"
+start_pair
 
 log "listing and size"
 [ "$(ls "$MNT/serno")" = "$SERIAL" ] || fail "serno/ lists '$(ls "$MNT/serno" | tr '\n' ' ')'"
@@ -76,13 +72,7 @@ cmp -n $MIB <(dd if="$MNT/xa0" bs=1M skip=200 count=1 status=none) /dev/zero ||
   fail "disk at 200 MiB not zero"
 
 log "SIGTERM: importer unmounts and exits 0, then the exporter exits 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+stop_pair
 
 scan_logs ""
 log "PASS"

@@ -22,11 +22,7 @@ FS=$WORK_DIR/fs
 truncate -s $((256 * MIB)) "$IMG"
 mkdir -p "$FS"
 
-PORT=$(free_port)
-make_keys "$WORK_DIR/keys" 127.0.0.1
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT"
-wait_disk "$MNT" "$SERIAL"
+start_pair
 
 log "loop --direct-io=on over xa0, mkfs.ext4"
 attach_loop LOOP "$MNT/xa0" --direct-io=on
@@ -69,13 +65,7 @@ e2fsck -fn "$IMG" >"$WORK_DIR/e2fsck-img.log" 2>&1 || {
 }
 
 log "SIGTERM: both daemons exit 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+stop_pair
 
 scan_logs ""
 log "PASS"

@@ -94,13 +94,7 @@ grep -qE "disk $SERIAL: open via .*, [1-9][0-9]* requests to \(re\)send" "$WORK_
   fail "no blocked I/O was resent after the cut"
 
 log "SIGTERM: both daemons exit 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+stop_pair
 
 # Expected from the cut: both sides drop the silent link, the importer loses
 # its only path, and reconnecting fails while the veth is down.

@@ -24,11 +24,7 @@ IMG=$WORK_DIR/outage.img
 MNT=$WORK_DIR/mnt
 truncate -s $((1024 * MIB)) "$IMG"
 
-PORT=$(free_port)
-make_keys "$WORK_DIR/keys" 127.0.0.1
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT"
-wait_disk "$MNT" "$SERIAL"
+start_pair
 
 # start_fio VAR NAME FIO-ARGS...: fio in the background on MNT/xa0, cwd
 # $WORK_DIR (its verify state files land there), output in $WORK_DIR/NAME.out.
@@ -105,13 +101,7 @@ check_fio "$FIO" seqr 2048
 [ "$(reopens)" -gt "$before" ] || fail "no blocked read was resent after outage 2"
 
 log "SIGTERM: both daemons exit 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+stop_pair
 
 # The importer's link drops when the exporter dies, it loses its only path,
 # and reconnecting fails until the exporter is back.

@@ -23,11 +23,7 @@ IMG=$WORK_DIR/trim.img
 MNT=$WORK_DIR/mnt
 truncate -s $((256 * MIB)) "$IMG"
 
-PORT=$(free_port)
-make_keys "$WORK_DIR/keys" 127.0.0.1
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT"
-wait_disk "$MNT" "$SERIAL"
+start_pair
 
 # kib_allocated: the image's allocated space in KiB (st_blocks is in 512 B).
 kib_allocated() { echo $(($(stat -c %b "$IMG") * $(stat -c %B "$IMG") / 1024)); }
@@ -78,13 +74,7 @@ cmp -n $((16 * MIB)) -i $((48 * MIB)) "$LOOP" "$RAND" || fail "48..64 MiB via th
 losetup -d "$LOOP"
 
 log "SIGTERM: both daemons exit 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+stop_pair
 
 scan_logs ""
 log "PASS"

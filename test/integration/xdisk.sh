@@ -8,6 +8,10 @@
 #   start_importer VAR NAME MNT KEYS CONNECT... [-- EXTRA ARGS]
 #   wait_listening PORT   until something accepts on 127.0.0.1:PORT
 #   wait_disk MNT SERIAL  until MNT/serno/SERIAL exists
+#   start_pair [-- IMPORTER ARGS]  exporter of $IMG as $SERIAL on a free port
+#                         (PORT, keys in $WORK_DIR/keys), importer mounting
+#                         $MNT; sets EXP and IMP and waits for the disk
+#   stop_pair             SIGTERM both: each exits 0, the mount is gone
 #   peer ARGS...          the python peer, bounded by a 120 s timeout
 #   json FILE KEY         KEY of the JSON object on FILE's first line
 #   require_alive PID WHEN  fail with the daemon's exit status if it is gone
@@ -83,4 +87,22 @@ require_alive() {
   local rc=0
   wait "$1" || rc=$?
   fail "the daemon died $2 (exit status $rc)"
+}
+
+start_pair() {
+  PORT=$(free_port)
+  make_keys "$WORK_DIR/keys" 127.0.0.1
+  start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+  start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" "$@"
+  wait_disk "$MNT" "$SERIAL"
+}
+
+stop_pair() {
+  local rc=0
+  stop_daemon "$IMP" 15 TERM || rc=$?
+  [ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
+  ! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
+  rc=0
+  stop_daemon "$EXP" 15 TERM || rc=$?
+  [ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
 }

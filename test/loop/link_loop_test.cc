@@ -118,6 +118,36 @@ struct Side {
   LinkTable table;
 };
 
+// Shuts both tables down and runs the loop until both report done.
+void ShutdownBoth(uv_loop_t* loop, Side& a, Side& b) {
+  bool a_done = false, b_done = false;
+  a.table.Shutdown([&] { a_done = true; });
+  b.table.Shutdown([&] { b_done = true; });
+  RunUntil(loop, [&] { return a_done && b_done; });
+  CHECK(a_done);
+  CHECK(b_done);
+}
+
+// Runs the loop dry, checks that nothing was left open, removes `dirs`.
+void CloseLoop(uv_loop_t* loop, const std::string& dirs) {
+  uv_run(loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(loop) == 0);
+  std::string cmd = "rm -rf " + dirs;
+  REQUIRE(system(cmd.c_str()) == 0);
+}
+
+LnkSpan BlockSpan(const std::string& serial) {
+  LnkSpan span;
+  span.peer_type = kPeerBlock;
+  span.pfs_type = kPfsTypeServer;
+  span.proto_version = 1;
+  span.media_bytes = 1 << 20;
+  span.blksize = 512;
+  span.peer_label = "test/disk";
+  span.pfs_label = serial;
+  return span;
+}
+
 }  // namespace
 
 TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then one dies",
@@ -135,15 +165,7 @@ TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then o
     REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
     int port = server.table.listen_port(0);
     REQUIRE(port > 0);
-    LnkSpan span;
-    span.peer_type = kPeerBlock;
-    span.pfs_type = kPfsTypeServer;
-    span.proto_version = 1;
-    span.media_bytes = 1 << 20;
-    span.blksize = 512;
-    span.peer_label = "test/disk";
-    span.pfs_label = "serial-1";
-    server.registry.AddLocalSpan(span, &service);
+    server.registry.AddLocalSpan(BlockSpan("serial-1"), &service);
     client.table.Connect({"127.0.0.1", static_cast<uint16_t>(port)});
 
     RunUntil(&loop, [&] { return observer.spans.size() == 1; });
@@ -184,17 +206,9 @@ TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then o
         &loop, [&] { return observer.spans.size() == 2; }, 8000);
     CHECK(observer.spans.size() == 2);
 
-    bool a = false, b = false;
-    server.table.Shutdown([&] { a = true; });
-    client.table.Shutdown([&] { b = true; });
-    RunUntil(&loop, [&] { return a && b; });
-    CHECK(a);
-    CHECK(b);
+    ShutdownBoth(&loop, server, client);
   }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  CHECK(uv_loop_close(&loop) == 0);
-  std::string cmd = "rm -rf " + keys;
-  REQUIRE(system(cmd.c_str()) == 0);
+  CloseLoop(&loop, keys);
 }
 
 TEST_CASE("a peer without a .none file is refused and never gets a LNK_CONN", "[link_loop]") {
@@ -219,15 +233,9 @@ TEST_CASE("a peer without a .none file is refused and never gets a LNK_CONN", "[
     uv_close(reinterpret_cast<uv_handle_t*>(&t), nullptr);
     for (Link* l : client.table.links()) CHECK_FALSE(l->up());
     for (Link* l : server.table.links()) CHECK_FALSE(l->up());
-    bool a = false, b = false;
-    server.table.Shutdown([&] { a = true; });
-    client.table.Shutdown([&] { b = true; });
-    RunUntil(&loop, [&] { return a && b; });
+    ShutdownBoth(&loop, server, client);
   }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  CHECK(uv_loop_close(&loop) == 0);
-  std::string cmd = "rm -rf " + allow + " " + deny;
-  REQUIRE(system(cmd.c_str()) == 0);
+  CloseLoop(&loop, allow + " " + deny);
 }
 
 TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE goes out",
@@ -242,12 +250,7 @@ TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE go
     TestClient observer;
     client.registry.AddObserver(&observer);
     REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
-    LnkSpan span;
-    span.peer_type = kPeerBlock;
-    span.media_bytes = 1 << 20;
-    span.blksize = 512;
-    span.pfs_label = "withdrawn";
-    uint64_t id = server.registry.AddLocalSpan(span, &service);
+    uint64_t id = server.registry.AddLocalSpan(BlockSpan("withdrawn"), &service);
     client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
     RunUntil(&loop, [&] { return observer.spans.size() == 1; });
     REQUIRE(observer.spans.size() == 1);
@@ -276,13 +279,7 @@ TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE go
     CHECK(observer.read_ok == 0);
     CHECK(rs.link->up());
 
-    bool a = false, b = false;
-    server.table.Shutdown([&] { a = true; });
-    client.table.Shutdown([&] { b = true; });
-    RunUntil(&loop, [&] { return a && b; });
+    ShutdownBoth(&loop, server, client);
   }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  CHECK(uv_loop_close(&loop) == 0);
-  std::string cmd = "rm -rf " + keys;
-  REQUIRE(system(cmd.c_str()) == 0);
+  CloseLoop(&loop, keys);
 }

@@ -11,6 +11,7 @@
 #include "proto/crc32c.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
+#include "test/unit/spec_vectors.h"
 
 using namespace xdisk::dmsg;
 
@@ -18,19 +19,10 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-Bytes FromHexDump(std::string_view dump) {
-  Bytes out;
-  std::istringstream in{std::string(dump)};
-  std::string line;
-  while (std::getline(in, line)) {
-    auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::istringstream words(line.substr(colon + 1));
-    std::string w;
-    while (words >> w) out.push_back(static_cast<uint8_t>(std::stoul(w, nullptr, 16)));
-  }
-  return out;
-}
+using xdisk::spec_vectors::FromHexDump;
+using xdisk::spec_vectors::kTv3;
+using xdisk::spec_vectors::kTv4;
+using xdisk::spec_vectors::kTv5Header;
 
 uint32_t Le32(const Bytes& b, size_t off) {
   return uint32_t{b[off]} | uint32_t{b[off + 1]} << 8 | uint32_t{b[off + 2]} << 16 |
@@ -59,31 +51,6 @@ Uuid Counting(uint8_t first) {
   for (size_t i = 0; i < u.size(); ++i) u[i] = static_cast<uint8_t>(first + i);
   return u;
 }
-
-constexpr std::string_view kTv3 = R"(
-0000: 32 48 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-0010: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-0020: 01 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-0030: 00 00 00 00 00 00 00 00 00 00 00 00 41 a4 26 f4
-)";
-
-constexpr std::string_view kTv4 = R"(
-0000: 32 48 00 00 05 00 00 00 78 56 34 12 00 f8 ff ff
-0010: ef be ad de 00 f8 ff ff 00 00 00 00 00 00 00 00
-0020: 02 03 50 c4 00 00 00 00 00 00 00 00 00 00 00 00
-0030: 00 00 00 00 00 00 00 00 00 00 00 00 a8 77 10 c5
-0040: 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00
-0050: 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00
-0060: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-0070: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-)";
-
-constexpr std::string_view kTv5Header = R"(
-0000: 32 48 00 00 07 00 00 00 78 56 34 12 00 f8 ff ff
-0010: 00 10 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-0020: 01 ff 0f ec 06 cc 4d b7 64 00 00 00 00 00 00 00
-0030: 00 00 00 00 00 00 00 00 00 00 00 00 8b ea 59 75
-)";
 
 Header Tv4Header() {
   Header h;
