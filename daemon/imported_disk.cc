@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstring>
+#include <ctime>
 
 #include "daemon/log.h"
 
@@ -33,12 +34,19 @@ struct ImportedDisk::Op {
   size_t remaining = 0;
   int error = 0;
   uint64_t start_ms = 0;
+  uint64_t start_ns = 0;  // uv_hrtime(), for the latency histogram
   std::vector<std::unique_ptr<Chunk>> chunks;
   std::list<std::unique_ptr<Op>>::iterator self;
 };
 
 namespace {
 bool Modifies(int kind) { return kind == 1 || kind == 3; }  // kWrite, kTrim
+
+uint64_t WallClockMs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
 }  // namespace
 
 ImportedDisk::ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize,
@@ -73,6 +81,7 @@ const ImportedDisk::Path* ImportedDisk::BestPath() const {
 
 void ImportedDisk::AddPath(const RemoteSpan& span) {
   paths_.push_back(Path{span.id, span.link, span.txn, span.info.dist});
+  UpdateBlocked();
   XLOG(kInfo, log_name_, "path via %s (dist %u)%s", span.link->name().c_str(), span.info.dist,
        paths_.size() == 1 && !chunks_.empty() ? ": resuming blocked I/O" : "");
   Kick();
@@ -87,6 +96,7 @@ void ImportedDisk::RemovePath(uint64_t span_id) {
     // (children first), so OnOpenLost() already ran; this is belt and braces.
     if (open_state_ != OpenState::kClosed) OnOpenLost();
   }
+  UpdateBlocked();
   if (paths_.empty() && !shut_down_) {
     XLOG(kWarning, log_name_, "no path left: I/O blocks until the disk returns (%zu queued)",
          chunks_.size());
@@ -98,6 +108,7 @@ void ImportedDisk::RemovePath(uint64_t span_id) {
 
 void ImportedDisk::Open(DoneFn done) {
   wanted_open_ = true;
+  UpdateBlocked();
   if (open_state_ == OpenState::kOpen) {
     done(0);
     return;
@@ -108,6 +119,7 @@ void ImportedDisk::Open(DoneFn done) {
 
 void ImportedDisk::Close() {
   wanted_open_ = false;
+  UpdateBlocked();
   // Closing the BLK_OPEN with chunks still under it would make the server
   // drop them unanswered; Dispatch() closes it once they drained.
   Dispatch();
@@ -155,6 +167,7 @@ void ImportedDisk::Trim(uint64_t offset, uint64_t length, DoneFn done) {
 void ImportedDisk::Submit(std::unique_ptr<Op> op) {
   Op* raw = op.get();
   raw->start_ms = uv_now(loop_);
+  raw->start_ns = uv_hrtime();
   if (shut_down_) {
     ops_.push_back(std::move(op));
     raw->self = std::prev(ops_.end());
@@ -179,6 +192,7 @@ void ImportedDisk::Submit(std::unique_ptr<Op> op) {
   raw->remaining = raw->chunks.size();
   ops_.push_back(std::move(op));
   raw->self = std::prev(ops_.end());
+  UpdateBlocked();
   Dispatch();
 }
 
@@ -435,6 +449,16 @@ void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
 void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
+  if (owned->error == 0) {
+    const int k = static_cast<int>(owned->kind);
+    stats_.latency[k].Record((uv_hrtime() - owned->start_ns) / 1000);
+    if (owned->kind == OpKind::kRead) stats_.read_bytes += owned->length;
+    if (owned->kind == OpKind::kWrite) stats_.write_bytes += owned->length;
+    if (owned->kind == OpKind::kTrim) stats_.trim_bytes += owned->length;
+  } else {
+    ++stats_.errors;
+  }
+  UpdateBlocked();
   if (owned->kind == OpKind::kRead) {
     if (owned->error == 0 && owned->rbuf.size() != owned->length)
       owned->rbuf.assign(owned->length, 0);
@@ -496,6 +520,25 @@ void ImportedDisk::Shutdown() {
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+}
+
+ImportedDisk::State ImportedDisk::state() const {
+  if (!paths_.empty()) return State::kOnline;
+  return (wanted_open_ || !chunks_.empty()) ? State::kBlocked : State::kOffline;
+}
+
+void ImportedDisk::UpdateBlocked() {
+  const bool blocked = state() == State::kBlocked;
+  if (blocked && stats_.blocked_since_ms == 0) stats_.blocked_since_ms = WallClockMs();
+  if (!blocked) stats_.blocked_since_ms = 0;
+}
+
+std::vector<ImportedDisk::PathInfo> ImportedDisk::paths() const {
+  std::vector<PathInfo> out;
+  for (const Path& p : paths_)
+    out.push_back(PathInfo{p.link->name(), p.dist,
+                           open_state_ != OpenState::kClosed && p.span_id == active_span_});
+  return out;
 }
 
 ImportedDisk::Stats ImportedDisk::stats() const {

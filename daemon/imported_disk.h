@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/latency_histogram.h"
 #include "daemon/link.h"
 #include "daemon/span_registry.h"
 #include "fusedev/block_device.h"
@@ -72,13 +73,28 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
 
   const std::string& serial() const { return serial_; }
 
-  // Counters for logs, tests and xdiskctl.
+  // Counters for logs, tests and xdiskctl. Ops are counted when submitted,
+  // bytes and latency when they complete successfully.
   struct Stats {
-    uint64_t queued = 0, inflight = 0;
+    uint64_t queued = 0, inflight = 0;  // chunks waiting / on the wire
     uint64_t reads = 0, writes = 0, flushes = 0, trims = 0;
+    uint64_t read_bytes = 0, write_bytes = 0, trim_bytes = 0;
+    uint64_t errors = 0;  // ops completed with an error
     uint64_t resent = 0, reopens = 0;
+    // Wall-clock ms since the epoch when the disk last became blocked (no
+    // path while requests wait or the file is open); 0 when not blocked.
+    uint64_t blocked_since_ms = 0;
+    LatencyHistogram latency[4];  // by OpKind: read, write, flush, trim
   };
   Stats stats() const;
+  enum class State { kOnline, kBlocked, kOffline };
+  State state() const;
+  struct PathInfo {
+    std::string link;  // the link's name ("10.0.0.2:987")
+    uint32_t dist;
+    bool active;  // our BLK_OPEN is on it
+  };
+  std::vector<PathInfo> paths() const;
 
   // fusedev::BlockDevice
   uint64_t size() const override { return size_; }
@@ -118,6 +134,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void OnOpenLost();
   void FinishOpenWaiters(int err);
   void CheckTimeouts();
+  void UpdateBlocked();
   const Path* BestPath() const;
   static bool Conflicts(const Chunk& a, const Chunk& b);
   static void OnKick(uv_idle_t* h);

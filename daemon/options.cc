@@ -29,7 +29,31 @@ Result<uint16_t> ParsePort(std::string_view s) {
   return static_cast<uint16_t>(v);
 }
 
+// "1073741824", "512M", "1G", "64k" (binary units).
+bool ParseSize(std::string_view s, uint64_t* out) {
+  if (s.empty()) return false;
+  uint64_t mult = 1;
+  switch (s.back()) {
+    case 'k': case 'K': mult = 1ull << 10; break;
+    case 'm': case 'M': mult = 1ull << 20; break;
+    case 'g': case 'G': mult = 1ull << 30; break;
+    case 't': case 'T': mult = 1ull << 40; break;
+    default: break;
+  }
+  if (mult != 1) s.remove_suffix(1);
+  uint64_t v;
+  if (!ParseU64(s, &v) || v > UINT64_MAX / mult) return false;
+  *out = v * mult;
+  return true;
+}
+
 }  // namespace
+
+std::string DaemonOptions::JournalDir() const {
+  if (journal_dir == "none") return "";
+  if (!journal_dir.empty()) return journal_dir;
+  return state_dir + "/journal";
+}
 
 Result<HostPort> ParseHostPort(std::string_view text) {
   HostPort hp;
@@ -92,6 +116,15 @@ std::string UsageText() {
          "  --mode OCTAL             file mode of the disk files (default 0600)\n"
          "  --io-timeout SEC         fail blocked I/O with EIO after SEC (default 0:\n"
          "                           wait forever for the disk to return)\n"
+         "  --journal DIR            journal of outstanding requests (default\n"
+         "                           STATE-DIR/journal; 'none' turns it off)\n"
+         "  --sync remote|journal    remote (default): writes complete when the\n"
+         "                           remote has them; journal: when the local journal\n"
+         "                           has them durably (write-back)\n"
+         "  --journal-max SIZE       writes wait while the journal is this big\n"
+         "                           (default 1G; k, M, G suffixes)\n"
+         "  --journal-strict         refuse a journal with damage in the middle\n"
+         "  --journal-dump DIR       print the records of the journals in DIR, exit\n"
          "\n"
          "General:\n"
          "  --hostname NAME          name used in labels (default: gethostname)\n"
@@ -147,6 +180,11 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
       opts->verbosity = std::min(opts->verbosity + 1, 4);
       continue;
     }
+    if (name == "--journal-strict") {
+      if (Status st = no_value(); !st.ok()) return st;
+      opts->journal_strict = true;
+      continue;
+    }
     if (name == "--") {
       for (++i; i < argc; ++i) positional.push_back(argv[i]);
       break;
@@ -154,7 +192,7 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
     static constexpr std::string_view kWithValue[] = {
         "--listen",    "--connect", "--keys",       "--export",        "--state-dir",
         "-o",          "--mode",    "--io-timeout", "--ping-interval", "--link-timeout",
-        "--log-level", "--hostname"};
+        "--log-level", "--hostname", "--journal", "--sync", "--journal-max", "--journal-dump"};
     if (std::find(std::begin(kWithValue), std::end(kWithValue), name) == std::end(kWithValue))
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     auto v = need_value();
@@ -209,10 +247,31 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
       if (val.empty() || val.size() > 63 || val.find('/') != std::string_view::npos)
         return bad(val, "bad host name");
       opts->hostname = std::string(val);
+    } else if (name == "--journal") {
+      if (val.empty()) return bad(val, "empty directory");
+      opts->journal_dir = std::string(val);
+    } else if (name == "--sync") {
+      if (val == "remote") {
+        opts->sync = DaemonOptions::SyncMode::kRemote;
+      } else if (val == "journal") {
+        opts->sync = DaemonOptions::SyncMode::kJournal;
+      } else {
+        return bad(val, "expected remote or journal, got");
+      }
+    } else if (name == "--journal-max") {
+      uint64_t m;
+      if (!ParseSize(val, &m) || m < (4ull << 20)) return bad(val, "bad size (at least 4M)");
+      opts->journal_max = m;
+    } else if (name == "--journal-dump") {
+      if (val.empty()) return bad(val, "empty directory");
+      opts->journal_dump = std::string(val);
     } else {
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     }
   }
+  if (!opts->journal_dump.empty()) return ParseOutcome::kRun;
+  if (opts->sync == DaemonOptions::SyncMode::kJournal && opts->journal_dir == "none")
+    return Status::InvalidArgument("--sync: journal needs a journal (--journal is 'none')");
   if (positional.size() > 1)
     return Status::InvalidArgument("too many arguments: '" + std::string(positional[1]) +
                                    "' (one MOUNTPOINT at most)");

@@ -36,6 +36,15 @@ struct DaemonOptions {
   uint64_t link_timeout_ms = 10000;
   int verbosity = 2;     // LogLevel as int
   std::string hostname;  // empty: gethostname()
+  // Journal of outstanding requests (daemon/journal.h).
+  std::string journal_dir;  // empty: <state_dir>/journal; "none": no journal
+  enum class SyncMode { kRemote, kJournal } sync = SyncMode::kRemote;
+  uint64_t journal_max = 1ull << 30;
+  bool journal_strict = false;
+  std::string journal_dump;  // --journal-dump DIR: print and exit
+
+  // The journal directory in effect ("" when journaling is off).
+  std::string JournalDir() const;
 };
 
 enum class ParseOutcome { kRun, kExitOk };
