@@ -84,6 +84,9 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     // Wall-clock ms since the epoch when the disk last became blocked (no
     // path while requests wait or the file is open); 0 when not blocked.
     uint64_t blocked_since_ms = 0;
+    // The disk's journal (0 without one): bytes of its segment files, and
+    // pending (unretired) records and their write data.
+    uint64_t journal_bytes = 0, journal_pending = 0, journal_pending_bytes = 0;
     LatencyHistogram latency[4];  // by OpKind: read, write, flush, trim
   };
   Stats stats() const;
