@@ -3,8 +3,12 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 
+#include "daemon/control_server.h"
+#include "daemon/control_service.h"
+#include "daemon/daemon_control.h"
 #include "daemon/export_identity.h"
 #include "daemon/exporter.h"
 #include "daemon/importer.h"
@@ -16,6 +20,33 @@
 #include "fusedev/fuse_server.h"
 
 namespace xdisk {
+
+namespace {
+
+// The command line this process was started with. SIGHUP re-parses it (and
+// with it the configuration file); reading it back from the kernel keeps
+// main() and the Daemon's constructor as they are.
+Result<std::vector<std::string>> OwnCommandLine() {
+  FILE* f = fopen("/proc/self/cmdline", "re");
+  if (f == nullptr) return Status::FromErrno(errno, "/proc/self/cmdline");
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  fclose(f);
+  std::vector<std::string> args;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\0', start);
+    if (end == std::string::npos) end = text.size();
+    args.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  if (args.empty()) return Status::NotFound("/proc/self/cmdline is empty");
+  return args;
+}
+
+}  // namespace
 
 struct Daemon::Impl {
   explicit Impl(DaemonOptions o) : opts(std::move(o)), policy(opts.keys_dir) {}
@@ -30,6 +61,13 @@ struct Daemon::Impl {
   std::unique_ptr<fusedev::DiskTree> tree;
   std::unique_ptr<Importer> importer;
   std::unique_ptr<fusedev::FuseServer> fuse;
+  // Control socket and SIGHUP reload (StartControl). Destroyed after the
+  // loop ran dry, before the modules they point at.
+  std::unique_ptr<DaemonControl> daemon_control;
+  std::unique_ptr<control::ControlService> control_service;
+  std::unique_ptr<control::ControlServer> control_server;
+  uv_signal_t sighup;
+  bool sighup_open = false;
   bool stopping = false;
   int exit_code = 0;
 
@@ -43,6 +81,11 @@ struct Daemon::Impl {
     if (stopping) return;
     stopping = true;
     exit_code = code;
+    if (control_server) control_server->Close();
+    if (sighup_open) {
+      sighup_open = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&sighup), nullptr);
+    }
     // Blocked I/O fails now (the FUSE server waits for every request handed
     // to a disk), then the mount goes. Withdraw what we advertised before the
     // links go, so peers see a clean DELETE rather than a lost link.
@@ -61,7 +104,18 @@ struct Daemon::Impl {
     tree = std::make_unique<fusedev::DiskTree>(attrs);
     ImportedDisk::Config dc;
     dc.io_timeout_ms = opts.io_timeout_s * 1000;
-    importer = std::make_unique<Importer>(&loop, tree.get(), dc);
+    dc.sync = opts.sync == DaemonOptions::SyncMode::kJournal ? ImportedDisk::SyncMode::kJournal
+                                                              : ImportedDisk::SyncMode::kRemote;
+    JournalConfig jc;
+    jc.dir = opts.JournalDir();
+    jc.max_bytes = opts.journal_max;
+    jc.segment_bytes = std::min<uint64_t>(jc.segment_bytes, opts.journal_max / 4);
+    jc.strict = opts.journal_strict;
+    importer = std::make_unique<Importer>(&loop, tree.get(), dc, jc);
+    if (Status st = importer->RecoverJournals(); !st.ok()) {
+      XLOG(kError, "main", "--journal %s: %s", jc.dir.c_str(), st.ToString().c_str());
+      return false;
+    }
     registry.AddObserver(importer.get());
     fusedev::FuseServer::Options fo;
     fo.mountpoint = opts.mountpoint;
@@ -85,6 +139,66 @@ struct Daemon::Impl {
     }
     XLOG(kInfo, "main", "mounted at %s", opts.mountpoint.c_str());
     return true;
+  }
+
+  // After listen, exports and mount: the control API sees a started daemon.
+  // A control socket that cannot be created is fatal when --control named
+  // it; the default path is best effort (another daemon may hold it).
+  void StartControl(const std::string& hostname) {
+    if (stopping) return;
+    DaemonControl::Parts parts;
+    parts.loop = &loop;
+    parts.table = table.get();
+    parts.exporter = exporter.get();
+    parts.importer = importer.get();
+    parts.tree = tree.get();
+    daemon_control = std::make_unique<DaemonControl>(parts, opts, hostname);
+    uv_signal_init(&loop, &sighup);
+    sighup.data = this;
+    uv_signal_start(&sighup, OnHangup, SIGHUP);
+    sighup_open = true;
+    if (opts.control_path == "none") return;
+    const bool named = !opts.control_path.empty();
+    const std::string path = named ? opts.control_path : control::kDefaultControlPath;
+    control_service = std::make_unique<control::ControlService>(daemon_control.get());
+    control_server = std::make_unique<control::ControlServer>(&loop, control_service.get());
+    if (Status s = control_server->Start(path); !s.ok()) {
+      if (named) {
+        XLOG(kError, "main", "%s", s.message().c_str());
+        Stop(1);
+      } else {
+        XLOG(kInfo, "main", "no control socket: %s", s.message().c_str());
+      }
+    }
+  }
+
+  static void OnHangup(uv_signal_t* h, int) { static_cast<Impl*>(h->data)->Reload(); }
+
+  // SIGHUP: re-parse the command line (re-reading the configuration file)
+  // and let DaemonControl apply what changed. Any error keeps the running
+  // configuration.
+  void Reload() {
+    if (stopping || !daemon_control) return;
+    auto args = OwnCommandLine();
+    if (!args.ok()) {
+      XLOG(kWarning, "reload", "%s; keeping the running configuration",
+           args.status().message().c_str());
+      return;
+    }
+    std::vector<const char*> argv;
+    for (const std::string& a : *args) argv.push_back(a.c_str());
+    DaemonOptions fresh;
+    std::string out;
+    auto parsed = ParseOptions(static_cast<int>(argv.size()), argv.data(), &fresh, &out);
+    if (!parsed.ok()) {
+      XLOG(kWarning, "reload", "%s; keeping the running configuration",
+           parsed.status().message().c_str());
+      return;
+    }
+    XLOG(kInfo, "reload", "SIGHUP: reloading exports and peers%s%s",
+         fresh.config_file.empty() ? "" : " from ", fresh.config_file.c_str());
+    if (Status s = daemon_control->Reload(fresh); !s.ok())
+      XLOG(kWarning, "reload", "%s; keeping the running configuration", s.message().c_str());
   }
 
   int Usage(const std::string& msg) {
@@ -111,16 +225,23 @@ struct Daemon::Impl {
       resolved.push_back(*res);
     }
     if (Status s = CheckUniqueSerials(resolved); !s.ok()) return Usage("--export: " + s.message());
+    // The host uuid is the peer_id of our links and spans. A daemon with
+    // no exports needs it too (exports may be added at runtime), but may
+    // run without it if the state directory is not writable.
     dmsg::Uuid host_uuid{};
-    if (!resolved.empty()) {
+    {
       auto text = LoadOrCreateHostUuid(opts.state_dir);
       if (!text.ok()) {
-        XLOG(kError, "main", "--state-dir %s: %s", opts.state_dir.c_str(),
-             text.status().message().c_str());
-        return 1;
+        if (!resolved.empty()) {
+          XLOG(kError, "main", "--state-dir %s: %s", opts.state_dir.c_str(),
+               text.status().message().c_str());
+          return 1;
+        }
+        XLOG(kInfo, "main", "--state-dir %s: %s; links carry no host uuid",
+             opts.state_dir.c_str(), text.status().message().c_str());
+      } else if (auto u = dmsg::UuidFromString(*text); u.ok()) {
+        host_uuid = *u;
       }
-      auto u = dmsg::UuidFromString(*text);
-      if (u.ok()) host_uuid = *u;
     }
 
     LinkConfig config;
@@ -162,10 +283,14 @@ struct Daemon::Impl {
         Stop(1);
       }
     }
+    StartControl(hostname);
     for (const HostPort& hp : opts.connect) table->Connect(hp);
 
     XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
     uv_run(&loop, UV_RUN_DEFAULT);
+    control_server.reset();
+    control_service.reset();
+    daemon_control.reset();
     fuse.reset();
     exporter.reset();
     table.reset();

@@ -37,6 +37,16 @@ struct ImportedDisk::Op {
   uint64_t start_ns = 0;  // uv_hrtime(), for the latency histogram
   std::vector<std::unique_ptr<Chunk>> chunks;
   std::list<std::unique_ptr<Op>>::iterator self;
+  // Journal: the record's seq (0: not journaled); background Ops carry a
+  // journal record to the remote, own their data and answer nobody.
+  uint64_t jseq = 0;
+  bool background = false;
+  std::vector<uint8_t> owned;
+  // Partly covered read (write-back): the journal's bytes for it, taken
+  // when it was submitted, laid over the remote's reply.
+  std::vector<uint8_t> snap;
+  std::vector<std::pair<uint64_t, uint64_t>> snap_ranges;
+  uint64_t flush_target = 0;   // background flush: retire up to this
 };
 
 namespace {
@@ -109,8 +119,10 @@ void ImportedDisk::RemovePath(uint64_t span_id) {
 void ImportedDisk::Open(DoneFn done) {
   wanted_open_ = true;
   UpdateBlocked();
-  if (open_state_ == OpenState::kOpen) {
+  if (open_state_ == OpenState::kOpen || writeback()) {
+    // Write-back disks work without their remote: open(2) succeeds now.
     done(0);
+    EnsureOpen();
     return;
   }
   open_waiters_.push_back(std::move(done));
@@ -126,45 +138,212 @@ void ImportedDisk::Close() {
 }
 
 void ImportedDisk::Read(uint64_t offset, uint32_t length, ReadFn done) {
+  ++stats_.reads;
+  if (MustHold(OpKind::kRead)) {
+    auto cb = std::make_shared<ReadFn>(std::move(done));
+    Hold(
+        OpKind::kRead, [this, offset, length, cb] { DoRead(offset, length, std::move(*cb)); },
+        [cb](int err) { (*cb)(err, {}); });
+    return;
+  }
+  DoRead(offset, length, std::move(done));
+}
+
+void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
+  ++stats_.writes;
+  if (MustHold(OpKind::kWrite)) {
+    auto cb = std::make_shared<DoneFn>(std::move(done));
+    Hold(
+        OpKind::kWrite, [this, offset, data, cb] { DoWrite(offset, data, std::move(*cb)); },
+        [cb](int err) { (*cb)(err); });
+    return;
+  }
+  DoWrite(offset, data, std::move(done));
+}
+
+void ImportedDisk::Flush(DoneFn done) {
+  ++stats_.flushes;
+  if (MustHold(OpKind::kFlush)) {
+    auto cb = std::make_shared<DoneFn>(std::move(done));
+    Hold(
+        OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); }, [cb](int err) { (*cb)(err); });
+    return;
+  }
+  DoFlush(std::move(done));
+}
+
+void ImportedDisk::Trim(uint64_t offset, uint64_t length, DoneFn done) {
+  ++stats_.trims;
+  if (MustHold(OpKind::kTrim)) {
+    auto cb = std::make_shared<DoneFn>(std::move(done));
+    Hold(
+        OpKind::kTrim, [this, offset, length, cb] { DoTrim(offset, length, std::move(*cb)); },
+        [cb](int err) { (*cb)(err); });
+    return;
+  }
+  DoTrim(offset, length, std::move(done));
+}
+
+void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kRead;
   op->offset = offset;
   op->length = length;
   op->read_cb = std::move(done);
-  ++stats_.reads;
+  if (writeback() && !shut_down_) {
+    const uint64_t covered = journal_->Covered(offset, length);
+    if (covered == length) {
+      // Every byte is pending in the journal: answer from it.
+      std::vector<uint8_t> buf(length, 0);
+      Status st = journal_->Overlay(offset, buf);
+      if (!st.ok()) XLOG(kError, log_name_, "read from journal: %s", st.ToString().c_str());
+      if (st.ok()) {
+        stats_.latency[0].Record(0);
+        stats_.read_bytes += length;
+      } else {
+        ++stats_.errors;
+      }
+      op->read_cb(st.ok() ? 0 : EIO, st.ok() ? std::span<const uint8_t>(buf)
+                                             : std::span<const uint8_t>());
+      return;
+    }
+    if (covered > 0) {
+      // The remote may not have these records yet, and they may be retired
+      // before the reply comes: keep their bytes with the read.
+      op->snap.assign(length, 0);
+      Status st = journal_->Overlay(offset, op->snap);
+      if (!st.ok()) {
+        XLOG(kError, log_name_, "read from journal: %s", st.ToString().c_str());
+        ++stats_.errors;
+        op->read_cb(EIO, {});
+        return;
+      }
+      op->snap_ranges = journal_->CoveredRanges(offset, length);
+    }
+  }
   Submit(std::move(op));
 }
 
-void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
+void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kWrite;
   op->offset = offset;
   op->length = data.size();
   op->wdata = data.data();
   op->done_cb = std::move(done);
-  ++stats_.writes;
+  if (journal_ok_ && !shut_down_) {
+    auto seq = journal_->AppendWrite(offset, data);
+    if (!seq.ok() && RefusedAlone(seq.status(), "write", offset, data.size(), op->done_cb)) return;
+    if (!seq.ok()) {
+      JournalFailed(seq.status());
+      if (MustHold(OpKind::kWrite)) {
+        // Behind what the journal still holds, like every request after it.
+        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
+        Hold(
+            OpKind::kWrite, [this, offset, data, cb] { DoWrite(offset, data, std::move(*cb)); },
+            [cb](int err) { (*cb)(err); });
+        return;
+      }
+    } else if (writeback()) {
+      // Complete once durable; the feeder carries the record to the remote.
+      durable_waiters_.push_back(
+          DurableWaiter{*seq, std::move(op->done_cb), uv_hrtime(), OpKind::kWrite});
+      stats_.write_bytes += data.size();
+      sync_wanted_ = true;
+      Kick();
+      return;
+    } else {
+      op->jseq = *seq;
+    }
+  }
   Submit(std::move(op));
 }
 
-void ImportedDisk::Flush(DoneFn done) {
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kFlush;
-  op->done_cb = std::move(done);
-  ++stats_.flushes;
-  Submit(std::move(op));
-}
-
-void ImportedDisk::Trim(uint64_t offset, uint64_t length, DoneFn done) {
+void ImportedDisk::DoTrim(uint64_t offset, uint64_t length, DoneFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kTrim;
   op->offset = offset;
   op->length = length;
   op->done_cb = std::move(done);
-  ++stats_.trims;
+  if (journal_ok_ && !shut_down_) {
+    auto seq = journal_->AppendTrim(offset, length);
+    if (!seq.ok() && RefusedAlone(seq.status(), "trim", offset, length, op->done_cb)) return;
+    if (!seq.ok()) {
+      JournalFailed(seq.status());
+      if (MustHold(OpKind::kTrim)) {
+        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
+        Hold(
+            OpKind::kTrim, [this, offset, length, cb] { DoTrim(offset, length, std::move(*cb)); },
+            [cb](int err) { (*cb)(err); });
+        return;
+      }
+    } else if (writeback()) {
+      durable_waiters_.push_back(
+          DurableWaiter{*seq, std::move(op->done_cb), uv_hrtime(), OpKind::kTrim});
+      stats_.trim_bytes += length;
+      sync_wanted_ = true;
+      Kick();
+      return;
+    } else {
+      op->jseq = *seq;
+    }
+  }
   Submit(std::move(op));
 }
 
+void ImportedDisk::DoFlush(DoneFn done) {
+  if (writeback() && !shut_down_) {
+    // fsync(2) on a write-back disk: done once the journal is durable.
+    const uint64_t target = journal_->last_seq();
+    if (journal_->durable_seq() >= target) {
+      done(0);
+      return;
+    }
+    durable_waiters_.push_back(DurableWaiter{target, std::move(done), uv_hrtime(), OpKind::kFlush});
+    sync_wanted_ = true;
+    Kick();
+    return;
+  }
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kFlush;
+  op->done_cb = std::move(done);
+  if (journal_ok_ && !shut_down_) {
+    auto seq = journal_->AppendFlush();
+    if (!seq.ok()) {
+      JournalFailed(seq.status());
+      if (MustHold(OpKind::kFlush)) {
+        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
+        Hold(
+            OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); },
+            [cb](int err) { (*cb)(err); });
+        return;
+      }
+    } else {
+      op->jseq = *seq;
+    }
+  }
+  Submit(std::move(op));
+}
+
+bool ImportedDisk::RefusedAlone(const Status& s, const char* what, uint64_t offset,
+                                uint64_t length, DoneFn& done) {
+  // A request the journal cannot hold (outside the disk): it fails by
+  // itself; the journal stays on.
+  if (s.kind() != Status::Kind::kInvalidArgument) return false;
+  XLOG(kWarning, log_name_, "%s at %" PRIu64 "+%" PRIu64 " refused: %s", what, offset, length,
+       s.message().c_str());
+  ++stats_.errors;
+  DoneFn cb = std::move(done);
+  cb(EINVAL);
+  return true;
+}
+
 void ImportedDisk::Submit(std::unique_ptr<Op> op) {
+  Enqueue(std::move(op));
+  Dispatch();
+}
+
+void ImportedDisk::Enqueue(std::unique_ptr<Op> op) {
   Op* raw = op.get();
   raw->start_ms = uv_now(loop_);
   raw->start_ns = uv_hrtime();
@@ -193,7 +372,6 @@ void ImportedDisk::Submit(std::unique_ptr<Op> op) {
   ops_.push_back(std::move(op));
   raw->self = std::prev(ops_.end());
   UpdateBlocked();
-  Dispatch();
 }
 
 // ---- dispatch ----
@@ -215,12 +393,20 @@ void ImportedDisk::OnKick(uv_idle_t* h) {
   auto* self = static_cast<ImportedDisk*>(h->data);
   uv_idle_stop(h);
   self->kicked_ = false;
+  if (self->journal_ != nullptr) {
+    // Once per loop turn: retire what the remote finished (kRemote) and
+    // start one group commit for everything appended this turn.
+    if (!self->writeback() && self->done_prefix_ > self->journal_->retired_seq())
+      self->RetireUpTo(self->done_prefix_);
+    if (self->sync_wanted_) self->StartSync();
+    self->ReleaseHeld();
+  }
   self->Dispatch();
 }
 
 void ImportedDisk::Dispatch() {
   if (shut_down_) return;
-  if (!wanted_open_ && chunks_.empty()) {
+  if (!wanted_open_ && chunks_.empty() && !journal_busy()) {
     if (open_state_ == OpenState::kOpen && open_txn_ != nullptr) {
       // Last release and nothing in flight: close the BLK_OPEN (§7.3 step 6).
       open_link_->Reply(open_txn_, 0, true);
@@ -234,7 +420,16 @@ void ImportedDisk::Dispatch() {
     EnsureOpen();
     return;
   }
+  if (pause_until_ms_ != 0) {
+    if (uv_now(loop_) < pause_until_ms_) return;  // the tick dispatches again
+    pause_until_ms_ = 0;
+  }
+  if (journal_ != nullptr) {
+    FeedBackground();
+    MaybeFlushBackground();
+  }
   bool any_modifying_before = false;
+  bool background_modifying_before = false;
   const uint32_t limit = ChunkLimit(*open_link_);
   for (auto it = chunks_.begin(); it != chunks_.end() && inflight_ < kMaxInflight; ++it) {
     if ((*it)->txn == nullptr && (*it)->length > limit) SplitChunk(it, limit);
@@ -251,12 +446,17 @@ void ImportedDisk::Dispatch() {
           }
         }
       }
+      // An application's fsync must cover journal records acknowledged
+      // before it (a journal switched off with records still to send).
+      if (c->op->kind == OpKind::kFlush && !c->op->background && background_modifying_before)
+        blocked = true;
       if (!blocked) {
         SendChunk(c);
         if (open_state_ != OpenState::kOpen) return;  // the link went away
       }
     }
     any_modifying_before |= mod;
+    background_modifying_before |= mod && c->op->background;
   }
 }
 
@@ -291,7 +491,7 @@ void ImportedDisk::SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit) {
 
 void ImportedDisk::EnsureOpen() {
   if (shut_down_ || open_state_ != OpenState::kClosed) return;
-  if (!wanted_open_ && chunks_.empty()) return;
+  if (!wanted_open_ && chunks_.empty() && !journal_busy()) return;
   if (uv_now(loop_) < retry_at_ms_) return;  // the tick retries
   const Path* p = BestPath();
   if (p == nullptr) return;  // blocked until a path appears
@@ -347,6 +547,17 @@ void ImportedDisk::OnMessage(Link&, Transaction& t, Frame& f) {
   if (err == 0) {
     ChunkDone(c, 0, &f);
     Dispatch();
+    return;
+  }
+  if (!shut_down_ && err != kErrLostLink && err != kErrCantCirc && c->op->background &&
+      config_.sync == SyncMode::kJournal && c->op->flush_target == 0) {
+    // A write-back record was acknowledged to the application long ago: it
+    // is never dropped. It stays in its place (so nothing overlapping
+    // overtakes it) and goes out again after a pause.
+    XLOG(kWarning, log_name_,
+         "journal record %" PRIu64 " refused by the remote at %" PRIu64 "+%u (%s); retrying in 1 s",
+         c->op->jseq, c->offset, c->length, ErrorName(err).c_str());
+    pause_until_ms_ = uv_now(loop_) + 1000;
     return;
   }
   if ((err == kErrLostLink || err == kErrCantCirc) && !shut_down_) {
@@ -423,7 +634,34 @@ void ImportedDisk::OnOpenLost() {
   open_txn_ = nullptr;
   open_link_ = nullptr;
   open_state_ = OpenState::kClosed;
+  if (journal_ != nullptr && config_.sync == SyncMode::kJournal) RestartFeed();
   Kick();
+}
+
+void ImportedDisk::RestartFeed() {
+  // What the remote acknowledged without a flush since the last retire may
+  // be lost with it (a power loss of the exporting host): everything not
+  // retired goes out again, in order, on the next open. The background Ops
+  // are all back in the queue (LOSTLINK reached their chunks before the
+  // open's own), so they are dropped and fed again.
+  std::vector<Op*> drop;
+  for (auto& op : ops_) {
+    if (!op->background) continue;
+    bool on_wire = false;
+    for (auto& c : op->chunks) on_wire |= (c->txn != nullptr);
+    if (!on_wire) drop.push_back(op.get());
+  }
+  for (Op* op : drop) {
+    for (auto& c : op->chunks)
+      if (!c->done) chunks_.erase(c->pos);
+    if (op->kind == OpKind::kWrite) feed_bytes_ -= op->length;
+    if (op->flush_target != 0) bg_flush_inflight_ = false;
+    --background_ops_;
+    ops_.erase(op->self);
+  }
+  completed_.clear();
+  done_prefix_ = journal_->retired_seq();
+  feed_next_ = done_prefix_ + 1;
 }
 
 void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
@@ -449,6 +687,42 @@ void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
 void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
+  if (!owned->snap_ranges.empty() && owned->error == 0) {
+    if (owned->rbuf.size() != owned->length) owned->rbuf.resize(owned->length, 0);
+    for (auto [start, end] : owned->snap_ranges)
+      memcpy(owned->rbuf.data() + (start - owned->offset),
+             owned->snap.data() + (start - owned->offset), end - start);
+  }
+  if (owned->background) {
+    --background_ops_;
+    if (owned->kind == OpKind::kWrite) feed_bytes_ -= owned->length;
+    if (shut_down_) return;
+    if (owned->kind == OpKind::kFlush && owned->flush_target != 0) {
+      bg_flush_inflight_ = false;
+      if (owned->error == 0) {
+        RetireUpTo(owned->flush_target);
+      } else {
+        // MaybeFlushBackground tries again a second after this one.
+        XLOG(kWarning, log_name_, "background flush failed; retrying in 1 s");
+        bg_flush_failed_ = true;
+      }
+    } else {
+      if (owned->error != 0)
+        XLOG(kError, log_name_,
+             "the remote refused journal record %" PRIu64 " (%s at %" PRIu64 "+%" PRIu64
+             "); it is dropped from the journal",
+             owned->jseq, owned->kind == OpKind::kWrite ? "write" : "request", owned->offset,
+             owned->length);
+      MarkDone(owned->jseq);
+    }
+    Kick();
+    return;
+  }
+  if (owned->jseq != 0 && !shut_down_) {
+    // Answered by the remote (or failed for good): retired on the next turn.
+    MarkDone(owned->jseq);
+    Kick();
+  }
   if (owned->error == 0) {
     const int k = static_cast<int>(owned->kind);
     stats_.latency[k].Record((uv_hrtime() - owned->start_ns) / 1000);
@@ -474,7 +748,7 @@ void ImportedDisk::FinishOp(Op* op) {
 void ImportedDisk::OnTick(uv_timer_t* h) {
   auto* self = static_cast<ImportedDisk*>(h->data);
   self->CheckTimeouts();
-  if (self->open_state_ == OpenState::kClosed) self->Dispatch();
+  if (self->open_state_ == OpenState::kClosed || self->pause_until_ms_ != 0) self->Dispatch();
 }
 
 void ImportedDisk::CheckTimeouts() {
@@ -482,6 +756,8 @@ void ImportedDisk::CheckTimeouts() {
   const uint64_t now = uv_now(loop_);
   std::vector<Op*> expired;
   for (auto& op : ops_) {
+    // Journal records wait for their remote however long it takes.
+    if (op->background) continue;
     if (now - op->start_ms < config_.io_timeout_ms) continue;
     bool on_wire = false;
     for (auto& c : op->chunks) on_wire |= (c->txn != nullptr);
@@ -504,6 +780,20 @@ void ImportedDisk::CheckTimeouts() {
       if (!c->done) pending.push_back(c.get());
     for (Chunk* c : pending) ChunkDone(c, EIO, nullptr);
   }
+  // Requests held behind the journal's backlog or for journal space.
+  std::vector<HeldOp> expired_held;
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (now - it->start_ms >= config_.io_timeout_ms) {
+      expired_held.push_back(std::move(*it));
+      it = held_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (!expired_held.empty())
+    XLOG(kWarning, log_name_, "%zu waiting requests failed: blocked for over %" PRIu64 " s",
+         expired_held.size(), config_.io_timeout_ms / 1000);
+  for (HeldOp& h : expired_held) h.fail(EIO);
   if (!paths_.empty() || open_waiters_.empty()) return;
   wanted_open_ = false;
   FinishOpenWaiters(EIO);
@@ -517,14 +807,257 @@ void ImportedDisk::Shutdown() {
     if (c->txn == nullptr) queued.push_back(c);
   for (Chunk* c : queued) ChunkDone(c, EIO, nullptr);
   FinishOpenWaiters(EIO);
+  // Requests that were never started, and writes whose record is not known
+  // to be durable yet, fail; their records (if any) stay in the journal and
+  // are sent after the next start.
+  auto held = std::move(held_);
+  held_.clear();
+  for (HeldOp& h : held) h.fail(EIO);
+  auto waiters = std::move(durable_waiters_);
+  durable_waiters_.clear();
+  for (DurableWaiter& w : waiters) w.done(EIO);
+  // kRemote: what the remote answered is done; write-back records need
+  // their flush first and stay.
+  if (journal_ != nullptr && config_.sync == SyncMode::kRemote) RetireUpTo(done_prefix_);
+  if (journal_ != nullptr && journal_->pending().empty()) {
+    if (Status st = journal_->RemoveIfEmpty(); !st.ok())
+      XLOG(kWarning, log_name_, "journal: %s", st.ToString().c_str());
+  }
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
 }
 
+// ---- journal ----
+
+void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
+  journal_ = std::move(journal);
+  journal_ok_ = true;
+  done_prefix_ = journal_->retired_seq();
+  feed_next_ = journal_->retired_seq() + 1;
+  // The backlog: records of an earlier run. kRemote sends all of them
+  // before any new request; write-back feeds everything anyway.
+  feed_limit_ = journal_->last_seq();
+  if (!journal_->pending().empty())
+    XLOG(kInfo, log_name_,
+         "journal: %zu pending records (%" PRIu64 " bytes of writes) from an earlier run%s",
+         journal_->pending().size(), journal_->pending_bytes(),
+         online() ? "" : "; sent when the disk returns");
+  Kick();
+}
+
+bool ImportedDisk::journal_busy() const {
+  return journal_ != nullptr && !journal_->pending().empty();
+}
+
+bool ImportedDisk::writeback() const {
+  return config_.sync == SyncMode::kJournal && journal_ != nullptr && journal_ok_;
+}
+
+bool ImportedDisk::GateClosed(OpKind kind) const {
+  if (journal_ == nullptr || shut_down_) return false;
+  if (writeback()) {
+    // Write-back: only writes and trims wait, and only for journal space.
+    return (kind == OpKind::kWrite || kind == OpKind::kTrim) && journal_->full();
+  }
+  // kRemote (or a journal switched off): nothing new goes out before the
+  // whole backlog is queued ahead of it.
+  return feed_next_ <= feed_limit_;
+}
+
+bool ImportedDisk::MustHold(OpKind kind) const {
+  if (writeback() && (kind == OpKind::kRead || kind == OpKind::kFlush))
+    return GateClosed(kind);  // never behind writes waiting for space
+  return !held_.empty() || GateClosed(kind);
+}
+
+void ImportedDisk::Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail) {
+  if (held_.empty())
+    XLOG(kDebug, log_name_, "requests wait for %s",
+         writeback() ? "journal space" : "the journal's backlog");
+  held_.push_back(HeldOp{kind, std::move(run), std::move(fail), uv_now(loop_)});
+  UpdateBlocked();
+}
+
+void ImportedDisk::ReleaseHeld() {
+  while (!held_.empty() && !shut_down_ && !GateClosed(held_.front().kind)) {
+    HeldOp h = std::move(held_.front());
+    held_.pop_front();
+    h.run();
+  }
+}
+
+void ImportedDisk::JournalFailed(const Status& s) {
+  XLOG(kError, log_name_,
+       "journal: %s; journaling is off for this disk, requests go straight to the remote",
+       s.ToString().c_str());
+  journal_ok_ = false;
+  if (config_.sync == SyncMode::kJournal) {
+    // Write-back: what the journal holds still goes out first, in order
+    // (the kRemote gate), and writes already appended complete once their
+    // records are durable. (kRemote needs neither: every record of this
+    // run already has its request queued or done.)
+    feed_limit_ = journal_->last_seq();
+    if (!sync_failed_) sync_wanted_ = true;
+  }
+  Kick();
+}
+
+void ImportedDisk::FeedBackground() {
+  const uint64_t end = writeback() ? journal_->last_seq() : feed_limit_;
+  if (feed_next_ > end) return;
+  const auto& pending = journal_->pending();
+  auto it = std::lower_bound(pending.begin(), pending.end(), feed_next_,
+                             [](const JournalPending& r, uint64_t seq) { return r.seq < seq; });
+  while (it != pending.end() && it->seq <= end && feed_bytes_ < kFeedWindowBytes &&
+         background_ops_ < kFeedWindowOps) {
+    const JournalPending& rec = *it++;
+    feed_next_ = rec.seq + 1;
+    auto op = std::make_unique<Op>();
+    op->background = true;
+    op->jseq = rec.seq;
+    op->offset = rec.offset;
+    op->length = rec.length;
+    op->done_cb = [](int) {};
+    switch (rec.kind) {
+      case JournalRecordKind::kWrite: {
+        auto data = journal_->ReadWriteData(rec);
+        if (!data.ok()) {
+          // Never skipped: it may be all there is of an acknowledged write.
+          XLOG(kError, log_name_, "journal record %" PRIu64 " unreadable, retrying in 1 s: %s",
+               rec.seq, data.status().ToString().c_str());
+          feed_next_ = rec.seq;
+          pause_until_ms_ = uv_now(loop_) + 1000;
+          return;
+        }
+        op->kind = OpKind::kWrite;
+        op->owned = std::move(*data);
+        op->length = op->owned.size();
+        op->wdata = op->owned.data();
+        feed_bytes_ += op->length;
+        break;
+      }
+      case JournalRecordKind::kTrim:
+        op->kind = OpKind::kTrim;
+        break;
+      case JournalRecordKind::kFlush:
+        op->kind = OpKind::kFlush;
+        op->length = 0;
+        break;
+    }
+    ++background_ops_;
+    Enqueue(std::move(op));
+  }
+  if (feed_next_ > end) feed_next_ = end + 1;
+  if (!writeback() && feed_next_ > feed_limit_ && !held_.empty()) Kick();  // gate opens
+}
+
+void ImportedDisk::MaybeFlushBackground() {
+  // Write-back only: a BLK_FLUSH after acknowledged records makes them safe
+  // on the remote; they are retired when it is acknowledged. One at a time,
+  // when the background queue drained or at least every second.
+  if (!writeback() || bg_flush_inflight_) return;
+  if (done_prefix_ <= journal_->retired_seq()) return;
+  const uint64_t now = uv_now(loop_);
+  const bool drained = background_ops_ == 0;
+  if ((!drained || bg_flush_failed_) && now - last_bg_flush_ms_ < 1000) return;
+  bg_flush_failed_ = false;
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kFlush;
+  op->background = true;
+  op->flush_target = done_prefix_;
+  op->done_cb = [](int) {};
+  bg_flush_inflight_ = true;
+  last_bg_flush_ms_ = now;
+  ++background_ops_;
+  Enqueue(std::move(op));
+}
+
+void ImportedDisk::MarkDone(uint64_t seq) {
+  if (journal_ == nullptr || seq == 0) return;
+  completed_.insert(seq);
+  // Advance over the pending records (in seq order) that are all done; a
+  // seq missing from the journal (damage) does not stall the prefix.
+  const auto& pending = journal_->pending();
+  auto it = std::lower_bound(pending.begin(), pending.end(), done_prefix_ + 1,
+                             [](const JournalPending& r, uint64_t s) { return r.seq < s; });
+  while (it != pending.end()) {
+    auto c = completed_.find(it->seq);
+    if (c == completed_.end()) break;
+    done_prefix_ = it->seq;
+    completed_.erase(c);
+    ++it;
+  }
+  while (!completed_.empty() && *completed_.begin() <= done_prefix_)
+    completed_.erase(completed_.begin());
+}
+
+void ImportedDisk::RetireUpTo(uint64_t seq) {
+  if (journal_ == nullptr || seq <= journal_->retired_seq()) return;
+  if (Status st = journal_->Retire(seq); !st.ok())
+    XLOG(kWarning, log_name_, "journal retire: %s", st.ToString().c_str());
+  if (!held_.empty()) Kick();  // space may have freed
+}
+
+void ImportedDisk::StartSync() {
+  sync_wanted_ = false;
+  if (sync_failed_) {
+    // The journal cannot be made durable: nothing waiting on it succeeds.
+    auto waiters = std::move(durable_waiters_);
+    durable_waiters_.clear();
+    for (DurableWaiter& w : waiters) w.done(EIO);
+    return;
+  }
+  if (sync_inflight_) {
+    sync_wanted_ = true;  // the next batch starts when this one ends
+    return;
+  }
+  if (journal_->durable_seq() >= journal_->last_seq()) {
+    FinishDurable();
+    return;
+  }
+  sync_batch_ = journal_->PrepareSync();
+  sync_inflight_ = true;
+  sync_work_.data = this;
+  uv_queue_work(loop_, &sync_work_, OnSyncWork, OnSyncDone);
+}
+
+void ImportedDisk::OnSyncWork(uv_work_t* w) {
+  auto* self = static_cast<ImportedDisk*>(w->data);
+  self->sync_status_ = Journal::RunSync(&self->sync_batch_);
+}
+
+void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
+  auto* self = static_cast<ImportedDisk*>(w->data);
+  self->sync_inflight_ = false;
+  if (!self->sync_status_.ok()) {
+    XLOG(kError, self->log_name_, "journal sync: %s", self->sync_status_.ToString().c_str());
+    // Not durable: what waits fails, and the journal is no longer trusted.
+    self->sync_failed_ = true;
+    if (self->journal_ok_) self->JournalFailed(self->sync_status_);
+    self->StartSync();
+    return;
+  }
+  self->journal_->SyncDone(self->sync_batch_);
+  self->FinishDurable();
+  if (self->sync_wanted_) self->StartSync();
+}
+
+void ImportedDisk::FinishDurable() {
+  const uint64_t durable = journal_->durable_seq();
+  const uint64_t now = uv_hrtime();
+  while (!durable_waiters_.empty() && durable_waiters_.front().seq <= durable) {
+    DurableWaiter w = std::move(durable_waiters_.front());
+    durable_waiters_.pop_front();
+    stats_.latency[static_cast<int>(w.kind)].Record((now - w.start_ns) / 1000);
+    w.done(0);
+  }
+}
+
 ImportedDisk::State ImportedDisk::state() const {
   if (!paths_.empty()) return State::kOnline;
-  return (wanted_open_ || !chunks_.empty()) ? State::kBlocked : State::kOffline;
+  return (wanted_open_ || !chunks_.empty() || !held_.empty()) ? State::kBlocked
+                                                                : State::kOffline;
 }
 
 void ImportedDisk::UpdateBlocked() {
@@ -543,6 +1076,11 @@ std::vector<ImportedDisk::PathInfo> ImportedDisk::paths() const {
 
 ImportedDisk::Stats ImportedDisk::stats() const {
   Stats s = stats_;
+  if (journal_ != nullptr) {
+    s.journal_bytes = journal_->bytes_on_disk();
+    s.journal_pending = journal_->pending().size();
+    s.journal_pending_bytes = journal_->pending_bytes();
+  }
   s.inflight = inflight_;
   s.queued = chunks_.size() - inflight_;
   return s;

@@ -20,7 +20,8 @@
 // Ops older than that fail with EIO. When a span with the same serial comes
 // back, the disk re-opens (if the FUSE file is open) and resumes.
 //
-// Threading: loop thread only. Lifetime: ImportedDisks live as long as the
+// Threading: loop thread only, except the journal's fdatasync, which runs
+// on the libuv threadpool (uv_queue_work) and touches nothing else. Lifetime: ImportedDisks live as long as the
 // Importer (never destroyed while the FUSE tree may reference them); Close()
 // releases the libuv handles before the loop is closed.
 #pragma once
@@ -29,11 +30,14 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "daemon/journal.h"
 #include "daemon/latency_histogram.h"
 #include "daemon/link.h"
 #include "daemon/span_registry.h"
@@ -51,10 +55,15 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   static uint32_t ChunkLimit(const Link& link);
   static constexpr size_t kMaxInflight = 64;
 
+  enum class SyncMode { kRemote, kJournal };
   struct Config {
     uint64_t io_timeout_ms = 0;      // 0: block forever
     uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
+    SyncMode sync = SyncMode::kRemote;
   };
+  // Data bytes of journal records loaded into the queue at a time.
+  static constexpr size_t kFeedWindowBytes = 32u << 20;
+  static constexpr size_t kFeedWindowOps = 1024;
 
   ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize, Config config);
   ~ImportedDisk() override;
@@ -66,6 +75,34 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void RemovePath(uint64_t span_id);
   size_t path_count() const { return paths_.size(); }
   bool online() const { return !paths_.empty(); }
+
+  // Journal (daemon/journal.h; docs/journal-format.md). With one attached:
+  //  - kRemote: every write, trim and flush is appended before it is sent
+  //    and retired once the remote answered. Records pending from an
+  //    earlier run (the backlog) are sent first, in order; new requests
+  //    wait until the whole backlog is in the queue.
+  //  - kJournal (write-back): writes and trims complete once their record
+  //    is durable (group commit: one fdatasync per loop turn on the
+  //    threadpool); fsync completes once everything appended is durable.
+  //    Records are sent to the remote in order in the background (at most
+  //    kFeedWindowBytes loaded at a time) and retired after a BLK_FLUSH
+  //    issued after their acknowledgement has been acknowledged. Reads
+  //    covered by pending records are answered from the journal; partly
+  //    covered reads go to the remote and get the journal's bytes (taken at
+  //    submission) laid over the reply. While the journal is full(), writes
+  //    wait. A record the remote refuses is retried every second, never
+  //    dropped; when the BLK_OPEN is lost, everything not retired is sent
+  //    again on the next one (an exporter that lost power may have lost
+  //    what it acknowledged but had not flushed).
+  // If an append fails, the journal is switched off for this disk (logged)
+  // and the disk continues as kRemote without one.
+  void AttachJournal(std::unique_ptr<Journal> journal);
+  const Journal* journal() const { return journal_.get(); }
+  // True while journal records wait to reach the remote.
+  bool journal_busy() const;
+  // True if reads and writes work without a path (write-back): such a disk
+  // stays in the tree while its remote is away.
+  bool usable_offline() const { return writeback(); }
 
   // Shutdown: queued Ops fail with EIO now, in-flight ones when their link
   // closes (LOSTLINK is no longer retried), and the libuv handles close.
@@ -126,6 +163,30 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   enum class OpenState { kClosed, kOpening, kOpen };
 
   void Submit(std::unique_ptr<Op> op);
+  void Enqueue(std::unique_ptr<Op> op);  // Submit without dispatching
+
+  // Journal paths (see AttachJournal).
+  bool writeback() const;
+  bool MustHold(OpKind kind) const;
+  bool GateClosed(OpKind kind) const;
+  void Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail);
+  void ReleaseHeld();
+  void DoWrite(uint64_t offset, std::span<const uint8_t> data, DoneFn done);
+  void DoTrim(uint64_t offset, uint64_t length, DoneFn done);
+  void DoFlush(DoneFn done);
+  void DoRead(uint64_t offset, uint32_t length, ReadFn done);
+  void JournalFailed(const Status& s);
+  bool RefusedAlone(const Status& s, const char* what, uint64_t offset, uint64_t length,
+                    DoneFn& done);
+  void RestartFeed();
+  void FeedBackground();
+  void MaybeFlushBackground();
+  void MarkDone(uint64_t seq);
+  void RetireUpTo(uint64_t seq);
+  void StartSync();
+  void FinishDurable();
+  static void OnSyncWork(uv_work_t* w);
+  static void OnSyncDone(uv_work_t* w, int status);
   void Kick();  // dispatch on the next loop turn, never re-entrantly
   void Dispatch();
   void EnsureOpen();
@@ -165,6 +226,40 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   size_t inflight_ = 0;
   uint64_t next_seq_ = 1;
   Stats stats_;
+
+  // Journal state.
+  struct HeldOp {
+    OpKind kind;
+    std::function<void()> run;
+    std::function<void(int)> fail;
+    uint64_t start_ms;  // for --io-timeout
+  };
+  struct DurableWaiter {
+    uint64_t seq;
+    DoneFn done;
+    uint64_t start_ns;
+    OpKind kind;
+  };
+  std::unique_ptr<Journal> journal_;
+  bool journal_ok_ = false;        // appends allowed
+  uint64_t feed_next_ = 1;         // next journal seq to load into the queue
+  uint64_t feed_limit_ = 0;        // kRemote: the backlog's last seq
+  size_t feed_bytes_ = 0;          // write data of background Ops queued
+  size_t background_ops_ = 0;      // background Ops queued or on the wire
+  std::deque<HeldOp> held_;        // requests waiting for the gate
+  std::set<uint64_t> completed_;   // seqs done on the remote, above done_prefix_
+  uint64_t done_prefix_ = 0;       // every pending seq <= this is done remotely
+  bool bg_flush_inflight_ = false;
+  uint64_t last_bg_flush_ms_ = 0;
+  bool bg_flush_failed_ = false;
+  uint64_t pause_until_ms_ = 0;    // a record to retry: nothing is sent before
+  std::deque<DurableWaiter> durable_waiters_;
+  uv_work_t sync_work_;
+  Journal::SyncBatch sync_batch_;
+  Status sync_status_;
+  bool sync_inflight_ = false;
+  bool sync_wanted_ = false;
+  bool sync_failed_ = false;
 
   uv_idle_t kick_;
   uv_timer_t tick_;

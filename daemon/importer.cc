@@ -31,8 +31,46 @@ std::string CheckImportSpan(const LnkSpan& span, std::string* serial, std::strin
   return "";
 }
 
-Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config)
-    : loop_(loop), tree_(tree), config_(config) {}
+Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config,
+                   JournalConfig journal)
+    : loop_(loop), tree_(tree), config_(config), journal_config_(std::move(journal)) {}
+
+Status Importer::RecoverJournals() {
+  if (journal_config_.dir.empty()) return Status::Ok();
+  auto serials = Journal::ListDisks(journal_config_.dir);
+  if (!serials.ok()) return serials.status();
+  for (const std::string& serial : *serials) {
+    ReplayReport report;
+    auto j = Journal::OpenExisting(journal_config_, serial, &report);
+    if (!j.ok() && j.status().kind() == Status::Kind::kNotFound) continue;  // nothing in it
+    if (!j.ok()) {
+      if (journal_config_.strict) return j.status();
+      XLOG(kError, "disk " + serial, "journal not used: %s", j.status().ToString().c_str());
+      continue;
+    }
+    if (!report.damage.empty() || report.torn_tail)
+      XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
+    std::unique_ptr<Journal> journal = std::move(*j);
+    if (journal->pending().empty()) {
+      if (Status st = journal->RemoveIfEmpty(); !st.ok())
+        XLOG(kWarning, "disk " + serial, "journal: %s", st.ToString().c_str());
+      continue;
+    }
+    const JournalDiskHeader& h = journal->header();
+    auto disk = std::make_unique<ImportedDisk>(loop_, h.serial, h.size, h.blksize, config_);
+    disk->AttachJournal(std::move(journal));
+    if (tree_ != nullptr) {
+      fusedev::DiskInfo info;
+      info.serial = h.serial;
+      info.label = h.label;
+      info.size = h.size;
+      info.blksize = h.blksize;
+      tree_->AddOrUpdate(info, disk.get());
+    }
+    disks_.emplace(h.serial, std::move(disk));
+  }
+  return Status::Ok();
+}
 
 Importer::~Importer() = default;
 
@@ -65,6 +103,19 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
              .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, span.info.media_bytes,
                                                              blksize, config_))
              .first;
+    if (!journal_config_.dir.empty()) {
+      JournalDiskHeader h{serial, span.info.media_bytes, blksize, label};
+      ReplayReport report;
+      auto j = Journal::Open(journal_config_, h, &report);
+      if (j.ok()) {
+        if (!report.damage.empty() || report.torn_tail)
+          XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
+        it->second->AttachJournal(std::move(*j));
+      } else {
+        XLOG(kError, "disk " + serial, "running without a journal: %s",
+             j.status().ToString().c_str());
+      }
+    }
   }
   span_serial_[span.id] = serial;
   fusedev::DiskInfo info;
@@ -90,7 +141,10 @@ void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
   it->second->RemovePath(span.id);
   if (it->second->path_count() == 0) {
     XLOG(kInfo, "disk " + serial, "offline (%s)", why.c_str());
-    if (tree_ != nullptr) tree_->SetOnline(serial, false);
+    // A disk with journal records still to deliver, or one that works
+    // without its remote (write-back), stays in the tree.
+    if (tree_ != nullptr && !it->second->journal_busy() && !it->second->usable_offline())
+      tree_->SetOnline(serial, false);
   }
 }
 

@@ -10,6 +10,10 @@
 // whose size or block size disagrees with the disk already known under its
 // serial is refused (two disks claiming one serial).
 //
+// Journals: with a journal directory, every disk gets a journal
+// (daemon/journal.h) keyed by its serial when it is first seen; a journal
+// that cannot be opened is logged and the disk runs without one.
+//
 // When the last path of a disk goes, it is marked offline: the tree keeps it
 // while it is open and its I/O blocks (ImportedDisk); it returns online with
 // the next span of that serial.
@@ -37,10 +41,18 @@ std::string CheckImportSpan(const dmsg::LnkSpan& span, std::string* serial, std:
 
 class Importer : public SpanObserver {
  public:
-  Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config);
+  // `journal.dir` empty: no journals.
+  Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config,
+           JournalConfig journal = {});
   ~Importer() override;
   Importer(const Importer&) = delete;
   Importer& operator=(const Importer&) = delete;
+
+  // Puts every disk with pending journal records in the tree, offline,
+  // before any span is known: their I/O resumes when they return (and
+  // works at once in write-back mode). Damage is logged; with
+  // --journal-strict a damaged journal is an error (the daemon exits).
+  Status RecoverJournals();
 
   void OnSpanAdded(const RemoteSpan& span) override;
   void OnSpanRemoved(const RemoteSpan& span, const std::string& why) override;
@@ -54,6 +66,7 @@ class Importer : public SpanObserver {
   uv_loop_t* loop_;
   fusedev::DiskTree* tree_;
   ImportedDisk::Config config_;
+  JournalConfig journal_config_;
   std::map<std::string, std::unique_ptr<ImportedDisk>> disks_;
   std::map<uint64_t, std::string> span_serial_;
 };

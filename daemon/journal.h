@@ -40,6 +40,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proto/status.h"
@@ -102,12 +103,15 @@ class Journal {
   // Opens (creating if needed) DIR/<header.serial>/ and replays what is
   // there. A journal written for a different disk (serial, size or blksize
   // differ from `header`) is an InvalidArgument error. A fresh journal gets
-  // its header record at once.
+  // its header record at once. A journal is locked (flock) while a Journal
+  // object has it open: a second open is Unavailable. New records always
+  // go to a new segment.
   static Result<std::unique_ptr<Journal>> Open(const JournalConfig& config,
                                                const JournalDiskHeader& header,
                                                ReplayReport* report);
   // Opens an existing journal for `serial`, taking the disk header from it
   // (used at daemon start to put disks with pending records in the tree).
+  // NotFound if there is no directory or no segment in it.
   static Result<std::unique_ptr<Journal>> OpenExisting(const JournalConfig& config,
                                                        const std::string& serial,
                                                        ReplayReport* report);
@@ -127,17 +131,34 @@ class Journal {
 
   // Appends one record; returns its seq. IoError if the write fails (the
   // journal then refuses further appends: the caller stops journaling).
+  // A write or trim must lie inside the disk (header().size), and one
+  // write's data is at most kMaxWriteBytes: InvalidArgument otherwise, with
+  // nothing appended and the journal still usable.
   Result<uint64_t> AppendWrite(uint64_t offset, std::span<const uint8_t> data);
   Result<uint64_t> AppendTrim(uint64_t offset, uint64_t length);
   Result<uint64_t> AppendFlush();
   // Retires every record with seq <= upto (no-op if upto <= watermark):
   // appends a retire record, drops them from pending() and the index, and
   // deletes segments that hold nothing pending.
+  // `upto` above last_seq() is taken as last_seq() (a seq not yet handed
+  // out must never count as retired). An error status means the retirement
+  // happened in memory but was not (fully) recorded on disk. After an
+  // append failure Retire still works in memory and deletes what it can;
+  // its retire record is then written on a best-effort basis (failures not
+  // reported), and once nothing is pending every segment is deleted, so
+  // that a journal switched off leaves nothing stale behind.
   Status Retire(uint64_t upto);
-  // Removes the disk's directory if nothing is pending (clean shutdown).
+  // Removes the disk's directory if nothing is pending (clean shutdown);
+  // does nothing (OK) otherwise. After a removal the journal refuses
+  // appends; only destruction is left.
   Status RemoveIfEmpty();
 
-  // Group commit (see the file comment).
+  // Group commit (see the file comment). Several batches may be in flight;
+  // durable_seq() advances to a batch's upto_seq only once it and every
+  // batch prepared before it are done. REQUIRES: SyncDone() only for a batch
+  // whose RunSync() succeeded. After a failed RunSync() durability is
+  // unknown (fsync errors are not retryable on Linux): the caller must stop
+  // journaling, and durable_seq() never passes that batch.
   struct SyncBatch {
     std::vector<int> fds;  // duplicated; RunSync closes them
     int dir_fd = -1;       // duplicated directory fd if a segment was created
@@ -150,6 +171,10 @@ class Journal {
   uint64_t last_seq() const { return next_seq_ - 1; }
   uint64_t retired_seq() const { return retired_seq_; }
 
+  // Largest data of one AppendWrite() (records are bounded so that a
+  // hostile journal cannot make replay allocate without limit).
+  static constexpr uint64_t kMaxWriteBytes = (64ull << 20) - 64;
+
   // Pending records in seq order.
   const std::deque<JournalPending>& pending() const { return pending_; }
   // The data of a pending write record (read back from its segment).
@@ -161,20 +186,56 @@ class Journal {
   // for trimmed ranges), leaves other bytes alone.
   uint64_t Covered(uint64_t offset, uint64_t length) const;
   Status Overlay(uint64_t offset, std::span<uint8_t> buf);
+  // The covered parts of [offset, offset+length) as [start, end) disk
+  // ranges in ascending order (adjacent pieces merged).
+  std::vector<std::pair<uint64_t, uint64_t>> CoveredRanges(uint64_t offset,
+                                                           uint64_t length) const;
 
   uint64_t bytes_on_disk() const { return bytes_on_disk_; }  // all segment files
   uint64_t pending_bytes() const { return pending_bytes_; }  // write data pending
   bool full() const { return bytes_on_disk_ >= config_.max_bytes; }
 
  private:
+  struct Segment;  // one open segment file (journal.cc)
+  // A piece of the read-your-writes index: [start, end) of the disk, where
+  // start is the map key, belongs to pending record `seq` (a trim if `trim`,
+  // else a write whose data for `start` is at start - record offset).
+  struct Extent {
+    uint64_t end = 0;
+    uint64_t seq = 0;
+    bool trim = false;
+  };
+
   Journal(JournalConfig config, JournalDiskHeader header, std::string disk_dir);
-  struct Segment;
-  struct Extent;
+  // Open() and OpenExisting(): `expected` is the caller's header, or null to
+  // take it from the journal (which must then exist).
+  static Result<std::unique_ptr<Journal>> OpenDisk(const JournalConfig& config,
+                                                   const std::string& serial,
+                                                   const JournalDiskHeader* expected,
+                                                   ReplayReport* report);
+  // Creates the next segment and writes its header and retire records.
+  Status StartSegment();
+  // Frames the payload (the concatenation of `pieces`) and writes it to the
+  // current segment, rolling to a new one first if `may_roll` and the
+  // current one is past segment_bytes. `even_if_failed`: try although an
+  // earlier append failed (best-effort retire records).
+  Status AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
+                       bool even_if_failed, JournalLocation* loc);
+  // Appends a data record (write, trim, flush) and indexes it.
+  Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
+                              std::span<const std::span<const uint8_t>> payload);
+  void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
+  void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
+  // Deletes the non-current segments whose records are all retired (every
+  // segment once a failed journal has nothing pending).
+  Status DeleteRetiredSegments();
+  const JournalPending* FindPending(uint64_t seq) const;
 
   JournalConfig config_;
   JournalDiskHeader header_;
   std::string disk_dir_;
-  std::map<uint64_t, std::unique_ptr<Segment>> segments_;  // by number
+  int dir_fd_ = -1;  // disk_dir_, for fsync after creating or deleting segments
+  std::map<uint64_t, std::unique_ptr<Segment>> segments_;  // by number; last is current
   std::deque<JournalPending> pending_;
   std::map<uint64_t, Extent> index_;  // by start offset, non-overlapping
   uint64_t next_seq_ = 1;
@@ -183,7 +244,14 @@ class Journal {
   uint64_t bytes_on_disk_ = 0;
   uint64_t pending_bytes_ = 0;
   bool failed_ = false;
+  std::string failure_;  // why appends are refused
   bool dir_dirty_ = false;
+  // Batches handed out by PrepareSync() and not yet all done, in order:
+  // (upto_seq, done).
+  std::deque<std::pair<uint64_t, bool>> syncs_;
+  std::vector<uint8_t> frame_buf_;  // reused by every append
+  std::vector<uint8_t> read_buf_;   // reused by every read-back
+  std::string encode_buf_;          // reused for small records
 };
 
 }  // namespace xdisk

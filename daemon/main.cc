@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "daemon/daemon.h"
+#include "daemon/journal.h"
 #include "daemon/log.h"
 #include "daemon/options.h"
 
@@ -19,6 +20,16 @@ int main(int argc, char** argv) {
   }
   if (*parsed == xdisk::ParseOutcome::kExitOk) {
     fputs(out.c_str(), stdout);
+    return 0;
+  }
+  if (!opts.journal_dump.empty()) {
+    xdisk::Status st = xdisk::Journal::Dump(opts.journal_dump, &out);
+    fputs(out.c_str(), stdout);
+    if (!st.ok()) {
+      fprintf(stderr, "xdisk-fuse: --journal-dump %s: %s\n", opts.journal_dump.c_str(),
+              st.ToString().c_str());
+      return 1;
+    }
     return 0;
   }
   // Disk I/O for exports runs on libuv's threadpool; the default of 4

@@ -1,7 +1,9 @@
 #include "daemon/options.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 
 #include "config.h"
@@ -128,15 +130,28 @@ std::string UsageText() {
          "\n"
          "General:\n"
          "  --hostname NAME          name used in labels (default: gethostname)\n"
+         "  --control PATH           control socket for xdiskctl (default\n"
+         "                           /run/xdisk-fuse.sock; 'none' turns it off)\n"
          "  -v, --verbose            more logging (repeatable)\n"
          "  --log-level LEVEL        error, warning, info (default), debug, trace\n"
+         "  --config FILE            read options from FILE first (default\n"
+         "                           /etc/xdisk-fuse/xdisk-fuse.conf when present);\n"
+         "                           the command line overrides it\n"
+         "  --no-config              do not read the default configuration file\n"
          "  -h, --help               this text\n"
          "  -V, --version            print the version\n";
 }
 
-Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptions* opts,
-                                  std::string* out) {
-  std::vector<std::string_view> positional;
+namespace {
+
+// Applies argv[1..argc) to *opts and collects the positional arguments.
+// ParseOptions runs it on the command line (twice, see there) and
+// ApplyConfigEntries on the one or two tokens of each configuration line, so
+// that a key means exactly what its option means. The checks that concern
+// the whole configuration are left to ParseOptions.
+Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions* opts,
+                               std::string* out, std::vector<std::string_view>* positional_out) {
+  std::vector<std::string_view>& positional = *positional_out;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     std::string_view name = arg, value;
@@ -185,6 +200,18 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
       opts->journal_strict = true;
       continue;
     }
+    if (name == "--no-config") {
+      if (Status st = no_value(); !st.ok()) return st;
+      opts->no_config = true;
+      continue;
+    }
+    if (name == "--config") {
+      auto v = need_value();
+      if (!v.ok()) return v.status();
+      if (v->empty()) return bad(*v, "empty file name");
+      opts->config_file = std::string(*v);
+      continue;
+    }
     if (name == "--") {
       for (++i; i < argc; ++i) positional.push_back(argv[i]);
       break;
@@ -192,7 +219,8 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
     static constexpr std::string_view kWithValue[] = {
         "--listen",    "--connect", "--keys",       "--export",        "--state-dir",
         "-o",          "--mode",    "--io-timeout", "--ping-interval", "--link-timeout",
-        "--log-level", "--hostname", "--journal", "--sync", "--journal-max", "--journal-dump"};
+        "--log-level", "--hostname", "--journal", "--sync", "--journal-max", "--journal-dump",
+        "--control"};
     if (std::find(std::begin(kWithValue), std::end(kWithValue), name) == std::end(kWithValue))
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     auto v = need_value();
@@ -265,10 +293,178 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
     } else if (name == "--journal-dump") {
       if (val.empty()) return bad(val, "empty directory");
       opts->journal_dump = std::string(val);
+    } else if (name == "--control") {
+      if (val.empty()) return bad(val, "empty path");
+      opts->control_path = std::string(val);
     } else {
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     }
   }
+  return ParseOutcome::kRun;
+}
+
+// Reads a whole configuration file. A missing file is kNotFound, so that
+// ParseOptions can skip a missing default file.
+Result<std::string> ReadConfigFile(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "re");
+  if (f == nullptr) {
+    int err = errno;
+    std::string msg = "--config: cannot read '" + path + "': " + strerror(err);
+    if (err == ENOENT) return Status::NotFound(msg);
+    return Status::InvalidArgument(msg);
+  }
+  std::string text;
+  char buf[4096];
+  size_t n;
+  // A configuration file is a few lines; a huge one is a mistake (a disk
+  // image given as --config), not something to load into memory.
+  constexpr size_t kMaxConfigBytes = 1 << 20;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0 && text.size() <= kMaxConfigBytes)
+    text.append(buf, n);
+  int err = ferror(f) ? errno : 0;
+  fclose(f);
+  if (err != 0)
+    return Status::InvalidArgument("--config: cannot read '" + path + "': " + strerror(err));
+  if (text.size() > kMaxConfigBytes)
+    return Status::InvalidArgument("--config: '" + path + "' is larger than 1 MiB");
+  return text;
+}
+
+}  // namespace
+
+Result<std::vector<ConfigEntry>> ParseConfigText(std::string_view text,
+                                                 std::string_view file_name) {
+  std::vector<ConfigEntry> entries;
+  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  int line_no = 0;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    ++line_no;
+    // A comment starts at a '#' that begins the line or follows whitespace,
+    // so that values such as "label=a#b" keep their '#'.
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '#' && (i == 0 || is_space(line[i - 1]))) {
+        line = line.substr(0, i);
+        break;
+      }
+    }
+    while (!line.empty() && is_space(line.front())) line.remove_prefix(1);
+    while (!line.empty() && is_space(line.back())) line.remove_suffix(1);
+    if (line.empty()) continue;
+    auto where = [&] { return std::string(file_name) + ":" + std::to_string(line_no) + ": "; };
+    size_t key_end = 0;
+    while (key_end < line.size() && !is_space(line[key_end]) && line[key_end] != '=') ++key_end;
+    std::string_view key = line.substr(0, key_end);
+    if (key.empty()) return Status::InvalidArgument(where() + "missing key before '='");
+    bool key_ok = std::all_of(key.begin(), key.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    });
+    if (!key_ok || key.front() == '-') {
+      std::string hint = key.front() == '-' ? " (keys are written without leading dashes)" : "";
+      return Status::InvalidArgument(where() + "bad key '" + std::string(key) + "'" + hint);
+    }
+    ConfigEntry e;
+    e.line = line_no;
+    e.key = std::string(key);
+    std::string_view rest = line.substr(key_end);
+    while (!rest.empty() && is_space(rest.front())) rest.remove_prefix(1);
+    if (!rest.empty() && rest.front() == '=') {
+      // "key =" sets an empty value, which the option then rejects by name.
+      rest.remove_prefix(1);
+      while (!rest.empty() && is_space(rest.front())) rest.remove_prefix(1);
+      e.value = std::string(rest);
+    } else if (!rest.empty()) {
+      e.value = std::string(rest);
+    }
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+Status ApplyConfigEntries(const std::vector<ConfigEntry>& entries, std::string_view file_name,
+                          DaemonOptions* opts) {
+  // Keys that select what the command line does rather than configure the
+  // daemon; in a file they could only loop (config) or surprise (journal-dump).
+  static constexpr std::string_view kNotKeys[] = {"help", "version", "config", "no-config",
+                                                  "journal-dump"};
+  for (const ConfigEntry& e : entries) {
+    std::string where = std::string(file_name) + ":" + std::to_string(e.line) + ": ";
+    if (std::find(std::begin(kNotKeys), std::end(kNotKeys), e.key) != std::end(kNotKeys))
+      return Status::InvalidArgument(where + "'" + e.key +
+                                     "' is a command-line option, not a configuration key");
+    if (e.key == "mountpoint") {
+      if (!e.value || e.value->empty())
+        return Status::InvalidArgument(where + "mountpoint: missing value");
+      opts->mountpoint = *e.value;
+      continue;
+    }
+    // The entry becomes the option it names, parsed by the command-line
+    // code: "--key=value" keeps a value that starts with '-' a value.
+    std::string option = e.key == "option" ? "-o" : "--" + e.key;
+    std::vector<std::string> tokens = {"xdisk-fuse"};
+    if (e.key == "option") {
+      tokens.push_back(option);
+      if (e.value) tokens.push_back(*e.value);
+    } else {
+      tokens.push_back(e.value ? option + "=" + *e.value : option);
+    }
+    std::vector<const char*> argv;
+    for (const std::string& t : tokens) argv.push_back(t.c_str());
+    std::vector<std::string_view> positional;
+    std::string ignored;
+    auto r = ParseArgs(static_cast<int>(argv.size()), argv.data(), opts, &ignored, &positional);
+    if (r.ok()) continue;
+    const std::string& msg = r.status().message();
+    if (msg.starts_with("unknown option"))
+      return Status::InvalidArgument(where + "unknown key '" + e.key + "'");
+    // "--listen: bad port 'x'" reads "listen: bad port 'x'" in a file.
+    if (msg.starts_with(option + ":"))
+      return Status::InvalidArgument(where + e.key + msg.substr(option.size()));
+    return Status::InvalidArgument(where + msg);
+  }
+  return Status::Ok();
+}
+
+Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptions* opts,
+                                  std::string* out) {
+  // First the command line alone, into a scratch copy: it answers --help and
+  // --version without touching any file, reports command-line errors as
+  // such, and tells which file to read and which lists it replaces.
+  DaemonOptions cli = *opts;
+  std::vector<std::string_view> positional;
+  auto first = ParseArgs(argc, argv, &cli, out, &positional);
+  if (!first.ok() || *first == ParseOutcome::kExitOk) return first;
+  if (cli.no_config && !cli.config_file.empty())
+    return Status::InvalidArgument("--config and --no-config exclude each other");
+  bool explicit_file = !cli.config_file.empty();
+  std::string path = explicit_file ? cli.config_file : cli.no_config ? "" : kDefaultConfigFile;
+  Result<std::string> text = std::string();
+  if (!path.empty()) text = ReadConfigFile(path);
+  if (!text.ok() && !explicit_file && text.status().kind() == Status::Kind::kNotFound) {
+    path.clear();  // the default file is optional
+  } else if (!text.ok()) {
+    return text.status();
+  }
+  if (!path.empty()) {
+    auto entries = ParseConfigText(*text, path);
+    if (!entries.ok()) return entries.status();
+    size_t n_listen = opts->listen.size(), n_connect = opts->connect.size();
+    size_t n_exports = opts->exports.size(), n_fuse = opts->fuse_options.size();
+    if (Status st = ApplyConfigEntries(*entries, path, opts); !st.ok()) return st;
+    // Lists the command line gives replace the file's (see options.h).
+    if (cli.listen.size() > n_listen) opts->listen.resize(n_listen);
+    if (cli.connect.size() > n_connect) opts->connect.resize(n_connect);
+    if (cli.exports.size() > n_exports) opts->exports.resize(n_exports);
+    if (cli.fuse_options.size() > n_fuse) opts->fuse_options.resize(n_fuse);
+  }
+  // Then the command line again, on top of the file. It succeeded above on
+  // the same tokens, and options do not depend on each other while parsing.
+  positional.clear();
+  auto second = ParseArgs(argc, argv, opts, out, &positional);
+  if (!second.ok()) return second;
+  opts->config_file = path;
   if (!opts->journal_dump.empty()) return ParseOutcome::kRun;
   if (opts->sync == DaemonOptions::SyncMode::kJournal && opts->journal_dir == "none")
     return Status::InvalidArgument("--sync: journal needs a journal (--journal is 'none')");

@@ -95,7 +95,8 @@ WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/xdisk-$TEST_NAME.XXXXXX")
 export WORK_DIR
 # Registered first, so it runs last, after every unmount. --one-file-system
 # keeps a mount that failed to go away from being emptied.
-cleanup_fn rm -rf --one-file-system "$WORK_DIR"
+# KEEP_WORK_DIR=1 keeps the logs and files of a run for a look afterwards.
+[ -n "${KEEP_WORK_DIR:-}" ] || cleanup_fn rm -rf --one-file-system "$WORK_DIR"
 
 # ---- waiting -----------------------------------------------------------------
 

@@ -106,3 +106,15 @@ stop_pair() {
   stop_daemon "$EXP" 15 TERM || rc=$?
   [ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
 }
+
+# journal_pending DIR / journal_bytes DIR: records pending, and bytes of
+# segment files, over every journal under DIR (from --journal-dump's
+# summary lines; 0 when DIR holds no journal).
+journal_pending() {
+  "$XDISK" --journal-dump "$1" 2>/dev/null |
+    sed -n 's/^disk .* records, \([0-9]*\) pending .*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
+journal_bytes() {
+  "$XDISK" --journal-dump "$1" 2>/dev/null |
+    sed -n 's/^disk .* segments (\([0-9]*\) bytes).*/\1/p' | awk '{s += $1} END {print s + 0}'
+}

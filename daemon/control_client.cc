@@ -1,0 +1,124 @@
+#include "daemon/control_client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+namespace xdisk::control {
+
+namespace {
+
+long NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+// Waits until `fd` is ready for `events` or the deadline passes.
+Status WaitFor(int fd, short events, long deadline_ms, const std::string& what) {
+  for (;;) {
+    long left = deadline_ms - NowMs();
+    if (left <= 0) return Status::Unavailable(what + ": no answer from the daemon in time");
+    pollfd p{fd, events, 0};
+    int rc = poll(&p, 1, static_cast<int>(left));
+    if (rc > 0) return Status::Ok();
+    if (rc < 0 && errno != EINTR) return Status::FromErrno(errno, what + ": poll");
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& path,
+                                                              int timeout_ms) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof sa.sun_path)
+    return Status::InvalidArgument(path + ": not a usable socket path");
+  memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  // A UNIX connect completes or fails at once (EAGAIN only when the
+  // daemon's backlog is full, which counts as not reachable).
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    int err = errno;
+    close(fd);
+    std::string msg = "cannot connect to " + path + ": " + strerror(err);
+    if (err == EACCES || err == EPERM) return Status::PermissionDenied(msg);
+    return Status::Unavailable(msg);
+  }
+  return std::unique_ptr<ControlClient>(new ControlClient(fd, path, timeout_ms));
+}
+
+ControlClient::~ControlClient() { close(fd_); }
+
+Status ControlClient::WriteAll(const std::string& bytes, long deadline_ms) {
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (Status s = WaitFor(fd_, POLLOUT, deadline_ms, path_); !s.ok()) return s;
+      continue;
+    }
+    return Status::Unavailable("lost the connection to " + path_ + ": " + strerror(errno));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> ControlClient::ReadFrame(long deadline_ms) {
+  std::string payload;
+  char buf[64 * 1024];
+  for (;;) {
+    switch (decoder_.Next(&payload)) {
+      case ControlFrameDecoder::Outcome::kFrame:
+        return payload;
+      case ControlFrameDecoder::Outcome::kError:
+        return Status::Protocol(path_ + ": " + decoder_.error().message());
+      case ControlFrameDecoder::Outcome::kNeedMore:
+        break;
+    }
+    ssize_t n = recv(fd_, buf, sizeof buf, 0);
+    if (n > 0) {
+      decoder_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+      continue;
+    }
+    if (n == 0) return Status::Unavailable("the daemon closed the connection on " + path_);
+    if (errno == EAGAIN || errno == EINTR) {
+      if (Status s = WaitFor(fd_, POLLIN, deadline_ms, path_); !s.ok()) return s;
+      continue;
+    }
+    return Status::Unavailable("lost the connection to " + path_ + ": " + strerror(errno));
+  }
+}
+
+Result<Response> ControlClient::Call(Request req) {
+  req.set_version(kControlVersion);
+  std::string bytes;
+  if (Status s = AppendMessageFrame(req, &bytes); !s.ok()) return s;
+  const long deadline = NowMs() + timeout_ms_;
+  Status sent = WriteAll(bytes, deadline);
+  // A daemon that refuses us (SO_PEERCRED) answers at once and closes, so
+  // the send may fail while its reply waits in our receive buffer: read it.
+  auto payload = ReadFrame(sent.ok() ? deadline : NowMs());
+  if (!payload.ok()) return sent.ok() ? payload.status() : sent;
+  Response resp;
+  if (!resp.ParseFromString(*payload))
+    return Status::Protocol(path_ + ": the answer is not a control Response");
+  // An error reply is readable at any version (its fields never change);
+  // anything else from another version might mean something else.
+  if (resp.version() != kControlVersion && !resp.has_error())
+    return Status::Protocol("the daemon speaks control protocol version " +
+                            std::to_string(resp.version()) + ", xdiskctl speaks version " +
+                            std::to_string(kControlVersion));
+  return resp;
+}
+
+}  // namespace xdisk::control

@@ -1,0 +1,97 @@
+// ControlServer: the daemon's end of the control socket, a UNIX stream
+// socket on the daemon's loop (--control PATH, default
+// /run/xdisk-fuse.sock). Framing: daemon/control_codec.h; messages:
+// proto/control.proto; meaning: daemon/control_service.h.
+//
+// Access: the socket file is created with mode 0600 (the mode is set on the
+// socket before bind(2), so there is no window in which it is wider), and
+// every accepted connection's SO_PEERCRED uid must be 0 or the daemon's own
+// effective uid. Any other peer gets one PERMISSION_DENIED reply and is
+// closed, with a warning in the log naming its uid and pid.
+//
+// Robustness: each connection has its own decoder. A request that does not
+// parse gets an error reply and the connection goes on (its framing is still
+// intact). A length prefix above 1 MiB gets an error reply and closes that
+// connection only. At most kMaxConnections are served at once; further
+// clients wait in the listen backlog (the server stops accepting) until one
+// closes, and a client's own timeout bounds the wait. A client that sends
+// requests without reading the replies stops being read while more than
+// kMaxPendingWriteBytes of replies are unsent.
+//
+// Start-up and the socket path: Start() refuses to replace a file that is
+// not a socket, and refuses a socket some other process still answers on
+// (another daemon); a socket nobody answers on is stale and is replaced.
+// Close() removes the path only while it is still the socket we created.
+//
+// Lifecycle (libuv handles): Start() opens the listening pipe; Close()
+// closes it and every connection. Memory of a connection is freed in its
+// close callback. Threading: loop thread only. The server must outlive its
+// handles: destroy it only after Close() and after the loop has run the
+// close callbacks (that is, after uv_run returned). The service must outlive
+// the server.
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "proto/status.h"
+
+namespace xdisk::control {
+
+class ControlService;
+
+// Default for --control.
+inline constexpr const char* kDefaultControlPath = "/run/xdisk-fuse.sock";
+
+// True if a peer with uid `peer` may use the control socket of a daemon
+// running with effective uid `self`: root, or the daemon's own user.
+bool PeerAllowed(uid_t peer, uid_t self);
+
+class ControlServer {
+ public:
+  static constexpr size_t kMaxConnections = 16;
+  static constexpr size_t kMaxPendingWriteBytes = 4u << 20;
+
+  ControlServer(uv_loop_t* loop, ControlService* service);
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  // Creates the socket at `path` (mode 0600) and starts accepting. On error
+  // nothing is left open and the status names the path.
+  Status Start(const std::string& path);
+
+  // Stops accepting, closes every connection (pending replies are dropped)
+  // and removes the socket file. Safe to call more than once, and without a
+  // successful Start().
+  void Close();
+
+  const std::string& path() const { return path_; }
+  size_t connections() const { return connections_; }
+
+ private:
+  struct Connection;
+  enum class State { kIdle, kOpen, kClosing, kClosed };
+
+  static void OnConnection(uv_stream_t* server, int status);
+  static void OnListenerClosed(uv_handle_t* h);
+  void Accept();
+  void CloseConnection(Connection* c);
+
+  uv_loop_t* loop_;
+  ControlService* service_;
+  uv_pipe_t pipe_;
+  State state_ = State::kIdle;
+  std::string path_;
+  dev_t dev_ = 0;  // identity of the socket file we created
+  ino_t ino_ = 0;
+  size_t connections_ = 0;
+  bool accept_pending_ = false;  // a connection waits for a free slot
+  Connection* first_ = nullptr;  // intrusive list of live connections
+};
+
+}  // namespace xdisk::control
