@@ -8,11 +8,13 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <climits>
 #include <cstring>
 #include <optional>
 
@@ -29,9 +31,6 @@ constexpr uint64_t kMaxRecordBytes = journal_log::kDefaultMaxRecordBytes;
 // Seqs and watermarks above this in a file are damage: next_seq_ = max + 1
 // must never overflow, whatever a hostile file says.
 constexpr uint64_t kMaxSeq = 1ull << 62;
-// The append buffer keeps its capacity up to this size; a larger one (after
-// a huge write) is given back.
-constexpr size_t kKeepBufferBytes = 4u << 20;
 
 std::string SegmentName(uint64_t number) {
   char buf[32];
@@ -98,16 +97,31 @@ Status MakeDirs(const std::string& path) {
   return Status::Ok();
 }
 
-Status WriteAll(int fd, const uint8_t* data, size_t n, const std::string& path, uint64_t at) {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t w = write(fd, data + done, n - done);
+// Writes a gather list completely (IOV_MAX entries per call at most).
+Status WritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
+                 uint64_t at) {
+  std::vector<iovec> iov;
+  iov.reserve(pieces.size());
+  for (const auto& p : pieces)
+    if (!p.empty()) iov.push_back(iovec{const_cast<uint8_t*>(p.data()), p.size()});
+  size_t first = 0;
+  uint64_t done = 0;
+  while (first < iov.size()) {
+    const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+    const ssize_t w = writev(fd, iov.data() + first, count);
     if (w < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, "journal: writing " + At(path, at + done));
     }
     if (w == 0) return Status::FromErrno(ENOSPC, "journal: writing " + At(path, at + done));
-    done += static_cast<size_t>(w);
+    done += static_cast<uint64_t>(w);
+    // Skip what was written, partly written entries included.
+    size_t left = static_cast<size_t>(w);
+    while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+    if (left > 0) {
+      iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
   }
   return Status::Ok();
 }
@@ -785,11 +799,17 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
     if (Status st = StartSegment(); !st.ok()) return st;
   }
   Segment& seg = *segments_.rbegin()->second;
-  frame_buf_.clear();
-  const journal_log::Framed framed = journal_log::AppendRecord(seg.size, pieces, &frame_buf_);
-  Status st = WriteAll(seg.fd, frame_buf_.data(), frame_buf_.size(), seg.path, seg.size);
-  const size_t n = frame_buf_.size();
-  if (frame_buf_.capacity() > kKeepBufferBytes) std::vector<uint8_t>().swap(frame_buf_);
+  // The payload goes from the caller's buffers to the file with one
+  // writev: no copy in between (1 MiB writes made that copy a tenth of
+  // the importer's CPU time).
+  const journal_log::Framed framed =
+      journal_log::GatherRecord(seg.size, pieces, &frame_buf_, &gather_);
+  Status st = WritevAll(seg.fd, gather_, seg.path, seg.size);
+  const size_t n = journal_log::AppendedBytes(seg.size, [&] {
+    uint64_t t = 0;
+    for (const auto& p : pieces) t += p.size();
+    return t;
+  }());
   if (!st.ok()) {
     // Cut the segment back to its last complete record (shrinking needs no
     // space), so that a later replay sees a clean end rather than a partial

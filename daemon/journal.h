@@ -249,7 +249,10 @@ class Journal {
   // Batches handed out by PrepareSync() and not yet all done, in order:
   // (upto_seq, done).
   std::deque<std::pair<uint64_t, bool>> syncs_;
-  std::vector<uint8_t> frame_buf_;  // reused by every append
+  // Reused by every append: padding and fragment headers, and the gather
+  // list over them and the caller's payload.
+  std::vector<uint8_t> frame_buf_;
+  std::vector<std::span<const uint8_t>> gather_;
   std::vector<uint8_t> read_buf_;   // reused by every read-back
   std::string encode_buf_;          // reused for small records
 };

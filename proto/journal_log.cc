@@ -102,6 +102,68 @@ Framed AppendRecord(uint64_t segment_length, std::span<const uint8_t> payload,
   return AppendRecord(segment_length, std::span<const std::span<const uint8_t>>(one), out);
 }
 
+Framed GatherRecord(uint64_t segment_length, std::span<const std::span<const uint8_t>> pieces,
+                    std::vector<uint8_t>* headers, std::vector<std::span<const uint8_t>>* out) {
+  uint64_t total = 0;
+  for (const auto& p : pieces) total += p.size();
+  // At most one fragment per block touched, each with up to kHeaderSize-1
+  // padding bytes before its header: reserve all of it so spans into
+  // *headers stay valid.
+  const uint64_t frags = total / (kBlockSize - kHeaderSize) + 2;
+  headers->clear();
+  headers->reserve(frags * (2 * kHeaderSize));
+  out->clear();
+  size_t piece = 0, piece_off = 0;
+  uint64_t pos = segment_length;
+  uint64_t left = total;
+  Framed framed;
+  bool begin = true;
+  do {
+    const size_t head_at = headers->size();
+    if (LeftInBlock(pos) < kHeaderSize) {
+      const uint64_t pad = LeftInBlock(pos);
+      headers->insert(headers->end(), pad, 0);
+      pos += pad;
+    }
+    if (begin) framed.offset = pos;
+    const uint64_t avail = LeftInBlock(pos) - kHeaderSize;
+    const uint64_t frag = std::min(left, avail);
+    const bool end = frag == left;
+    const FragmentType type = begin && end ? FragmentType::kFull
+                              : begin      ? FragmentType::kFirst
+                              : end        ? FragmentType::kLast
+                                           : FragmentType::kMiddle;
+    const uint8_t type_byte = static_cast<uint8_t>(type);
+    const size_t header_at = headers->size();
+    headers->insert(headers->end(), kHeaderSize, 0);
+    out->emplace_back(headers->data() + head_at, headers->size() - head_at);
+    uint32_t crc = Crc32c(&type_byte, 1);
+    uint64_t taken = 0;
+    while (taken < frag) {
+      while (piece_off == pieces[piece].size()) {
+        ++piece;
+        piece_off = 0;
+      }
+      const size_t n = std::min<uint64_t>(frag - taken, pieces[piece].size() - piece_off);
+      const uint8_t* src = pieces[piece].data() + piece_off;
+      crc = Crc32cExtend(crc, src, n);
+      out->emplace_back(src, n);
+      taken += n;
+      piece_off += n;
+    }
+    uint8_t* h = headers->data() + header_at;
+    PutLe32(h, MaskCrc(crc));
+    h[4] = static_cast<uint8_t>(frag & 0xff);
+    h[5] = static_cast<uint8_t>(frag >> 8);
+    h[6] = type_byte;
+    pos += kHeaderSize + frag;
+    left -= frag;
+    begin = false;
+  } while (left > 0);
+  framed.framed_length = pos - framed.offset;
+  return framed;
+}
+
 Reader::Reader(std::span<const uint8_t> input, uint64_t base_offset, uint64_t max_record_bytes)
     : input_(input), base_(base_offset), max_record_(max_record_bytes) {}
 

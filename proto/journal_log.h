@@ -75,6 +75,15 @@ Framed AppendRecord(uint64_t segment_length, std::span<const std::span<const uin
 Framed AppendRecord(uint64_t segment_length, std::span<const uint8_t> payload,
                     std::vector<uint8_t>* out);
 
+// The same bytes as AppendRecord(), without copying the payload: *out gets
+// the record as a gather list (for writev) of spans over *headers (padding
+// and fragment headers, appended to it) and over the caller's pieces.
+// *headers is reserved here so that it does not move while spans point
+// into it; both must outlive the use of *out. The CRCs are computed over
+// the pieces in place.
+Framed GatherRecord(uint64_t segment_length, std::span<const std::span<const uint8_t>> pieces,
+                    std::vector<uint8_t>* headers, std::vector<std::span<const uint8_t>>* out);
+
 // One record returned by the Reader. `payload` points into the reader's
 // input (a kFull record) or into the reader's own buffer (a fragmented
 // one); it is valid until the next call on the reader.

@@ -461,3 +461,28 @@ TEST_CASE("random damage never yields a wrong record", "[journal_log]") {
     CHECK(r.records.empty());
   }
 }
+
+TEST_CASE("a gathered record is byte for byte the appended one", "[journal_log]") {
+  std::mt19937 rng(7);
+  for (uint64_t start : {uint64_t{0}, uint64_t{5}, B - 7, B - 6, B - 1, B, 3 * B + 100}) {
+    for (size_t size : {size_t{0}, size_t{1}, size_t{B - 7}, size_t{B - 6}, size_t{B},
+                        size_t{100000}, size_t{1} << 20}) {
+      Bytes prefix(9), data(size);
+      for (auto& b : prefix) b = static_cast<uint8_t>(rng());
+      for (auto& b : data) b = static_cast<uint8_t>(rng());
+      const std::span<const uint8_t> pieces[2] = {prefix, data};
+      Bytes appended;
+      const Framed a = AppendRecord(start, pieces, &appended);
+      Bytes headers;
+      std::vector<std::span<const uint8_t>> gather;
+      const Framed g = GatherRecord(start, pieces, &headers, &gather);
+      Bytes joined;
+      for (const auto& p : gather) joined.insert(joined.end(), p.begin(), p.end());
+      INFO("start " << start << " size " << size);
+      CHECK(g.offset == a.offset);
+      CHECK(g.framed_length == a.framed_length);
+      CHECK(joined == appended);
+      CHECK(joined.size() == AppendedBytes(start, prefix.size() + size));
+    }
+  }
+}
