@@ -49,12 +49,12 @@ ControlFrameDecoder::Outcome ControlFrameDecoder::Next(std::string* payload) {
   if (!error_.ok()) return Outcome::kError;
   if (buffered() < kFrameHeaderBytes) return Outcome::kNeedMore;
   const auto* p = reinterpret_cast<const uint8_t*>(buf_.data() + pos_);
-  const uint32_t n = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) |
-                     uint32_t{p[3]};
+  const uint32_t n =
+      (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
   if (n > kMaxControlFrameBytes) {
-    error_ = Status::Protocol("control frame of " + std::to_string(n) +
-                              " bytes exceeds the limit of " +
-                              std::to_string(kMaxControlFrameBytes));
+    error_ =
+        Status::Protocol("control frame of " + std::to_string(n) + " bytes exceeds the limit of " +
+                         std::to_string(kMaxControlFrameBytes));
     buf_.clear();
     pos_ = 0;
     return Outcome::kError;

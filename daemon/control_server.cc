@@ -148,8 +148,7 @@ void ControlServer::Close() {
     // Only the file we created: a daemon started after us may have replaced
     // a path it found stale.
     struct stat st;
-    if (!path_.empty() && lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ &&
-        st.st_ino == ino_)
+    if (!path_.empty() && lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_)
       unlink(path_.c_str());
   }
   for (Connection* c = first_; c != nullptr;) {
@@ -180,7 +179,6 @@ void ControlServer::OnConnection(uv_stream_t* server, int status) {
   }
   self->Accept();
 }
-
 
 void ControlServer::Accept() {
   auto* c = new Connection();

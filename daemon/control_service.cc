@@ -42,15 +42,24 @@ std::string ErrorCodeName(Error::Code code) {
 
 std::string CommandName(const Request& r) {
   switch (r.command_case()) {
-    case Request::kStatus: return "status";
-    case Request::kLinks: return "links";
-    case Request::kDisks: return "disks";
-    case Request::kStats: return "stats";
-    case Request::kExportAdd: return "export_add";
-    case Request::kExportRemove: return "export_remove";
-    case Request::kConnect: return "connect";
-    case Request::kDisconnect: return "disconnect";
-    case Request::COMMAND_NOT_SET: break;
+    case Request::kStatus:
+      return "status";
+    case Request::kLinks:
+      return "links";
+    case Request::kDisks:
+      return "disks";
+    case Request::kStats:
+      return "stats";
+    case Request::kExportAdd:
+      return "export_add";
+    case Request::kExportRemove:
+      return "export_remove";
+    case Request::kConnect:
+      return "connect";
+    case Request::kDisconnect:
+      return "disconnect";
+    case Request::COMMAND_NOT_SET:
+      break;
   }
   return "none";
 }
@@ -141,14 +150,15 @@ Response ControlService::Handle(const Request& req) {
     case Request::kExportRemove: {
       const std::string& serial = req.export_remove().serial();
       if (serial.empty() || serial.size() > kMaxIdentityLength)
-        return ErrorResponse(Error::INVALID_ARGUMENT,
-                             "export remove: a serial has 1 to " +
-                                 std::to_string(kMaxIdentityLength) + " bytes");
+        return ErrorResponse(
+            Error::INVALID_ARGUMENT,
+            "export remove: a serial has 1 to " + std::to_string(kMaxIdentityLength) + " bytes");
       return DoneResponse(backend_->RemoveExport(serial));
     }
     case Request::kConnect: {
       auto hp = ParseAddress(req.connect().address());
-      if (!hp.ok()) return ErrorResponse(Error::INVALID_ARGUMENT, "connect: " + hp.status().message());
+      if (!hp.ok())
+        return ErrorResponse(Error::INVALID_ARGUMENT, "connect: " + hp.status().message());
       return DoneResponse(backend_->Connect(hp.value()));
     }
     case Request::kDisconnect: {

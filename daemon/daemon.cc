@@ -105,7 +105,7 @@ struct Daemon::Impl {
     ImportedDisk::Config dc;
     dc.io_timeout_ms = opts.io_timeout_s * 1000;
     dc.sync = opts.sync == DaemonOptions::SyncMode::kJournal ? ImportedDisk::SyncMode::kJournal
-                                                              : ImportedDisk::SyncMode::kRemote;
+                                                             : ImportedDisk::SyncMode::kRemote;
     JournalConfig jc;
     jc.dir = opts.JournalDir();
     jc.max_bytes = opts.journal_max;
@@ -237,8 +237,8 @@ struct Daemon::Impl {
                text.status().message().c_str());
           return 1;
         }
-        XLOG(kInfo, "main", "--state-dir %s: %s; links carry no host uuid",
-             opts.state_dir.c_str(), text.status().message().c_str());
+        XLOG(kInfo, "main", "--state-dir %s: %s; links carry no host uuid", opts.state_dir.c_str(),
+             text.status().message().c_str());
       } else if (auto u = dmsg::UuidFromString(*text); u.ok()) {
         host_uuid = *u;
       }

@@ -24,20 +24,28 @@ uint64_t WallClockMs() {
 
 const char* LinkStateName(Link::State s) {
   switch (s) {
-    case Link::State::kConnecting: return "connecting";
-    case Link::State::kHandshake: return "handshake";
-    case Link::State::kUp: return "up";
-    case Link::State::kClosing: return "closing";
-    case Link::State::kClosed: return "closed";
+    case Link::State::kConnecting:
+      return "connecting";
+    case Link::State::kHandshake:
+      return "handshake";
+    case Link::State::kUp:
+      return "up";
+    case Link::State::kClosing:
+      return "closing";
+    case Link::State::kClosed:
+      return "closed";
   }
   return "unknown";
 }
 
 const char* DiskStateName(ImportedDisk::State s) {
   switch (s) {
-    case ImportedDisk::State::kOnline: return "online";
-    case ImportedDisk::State::kBlocked: return "blocked";
-    case ImportedDisk::State::kOffline: return "offline";
+    case ImportedDisk::State::kOnline:
+      return "online";
+    case ImportedDisk::State::kBlocked:
+      return "blocked";
+    case ImportedDisk::State::kOffline:
+      return "offline";
   }
   return "unknown";
 }
@@ -156,7 +164,8 @@ std::vector<control::LinkInfo> DaemonControl::Links() const {
     li.set_state(LinkStateName(l->state()));
     // up_since_ms() is loop time; the API speaks wall-clock time.
     if (l->up())
-      li.set_since_ms(static_cast<uint64_t>(static_cast<int64_t>(l->up_since_ms()) + loop_to_wall_ms_));
+      li.set_since_ms(
+          static_cast<uint64_t>(static_cast<int64_t>(l->up_since_ms()) + loop_to_wall_ms_));
     li.set_bytes_in(l->bytes_in());
     li.set_bytes_out(l->bytes_out());
     li.set_encryption("none");
@@ -252,8 +261,7 @@ Result<std::string> DaemonControl::RemoveExport(const std::string& serial) {
 
 Result<std::string> DaemonControl::Connect(const HostPort& addr) {
   const std::string name = addr.ToString();
-  if (HasTarget(connects_, addr))
-    return Status::InvalidArgument("already connecting to " + name);
+  if (HasTarget(connects_, addr)) return Status::InvalidArgument("already connecting to " + name);
   parts_.table->Connect(addr);
   connects_.push_back(addr);
   XLOG(kInfo, "control", "connecting to %s", name.c_str());
@@ -295,9 +303,11 @@ Status DaemonControl::Reload(const DaemonOptions& fresh) {
   std::vector<ResolvedExport> wanted;
   for (const std::string& raw : fresh.exports) {
     auto spec = ParseExportSpec(raw);
-    if (!spec.ok()) return Status::InvalidArgument("--export " + raw + ": " + spec.status().message());
+    if (!spec.ok())
+      return Status::InvalidArgument("--export " + raw + ": " + spec.status().message());
     auto res = ResolveExport(*spec, opts_.state_dir, hostname_);
-    if (!res.ok()) return Status::InvalidArgument("--export " + raw + ": " + res.status().message());
+    if (!res.ok())
+      return Status::InvalidArgument("--export " + raw + ": " + res.status().message());
     wanted.push_back(*res);
   }
   if (Status s = CheckUniqueSerials(wanted); !s.ok())

@@ -46,7 +46,7 @@ struct ImportedDisk::Op {
   // when it was submitted, laid over the remote's reply.
   std::vector<uint8_t> snap;
   std::vector<std::pair<uint64_t, uint64_t>> snap_ranges;
-  uint64_t flush_target = 0;   // background flush: retire up to this
+  uint64_t flush_target = 0;  // background flush: retire up to this
 };
 
 namespace {
@@ -203,8 +203,8 @@ void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
       } else {
         ++stats_.errors;
       }
-      op->read_cb(st.ok() ? 0 : EIO, st.ok() ? std::span<const uint8_t>(buf)
-                                             : std::span<const uint8_t>());
+      op->read_cb(st.ok() ? 0 : EIO,
+                  st.ok() ? std::span<const uint8_t>(buf) : std::span<const uint8_t>());
       return;
     }
     if (covered > 0) {
@@ -314,8 +314,7 @@ void ImportedDisk::DoFlush(DoneFn done) {
       if (MustHold(OpKind::kFlush)) {
         auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
         Hold(
-            OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); },
-            [cb](int err) { (*cb)(err); });
+            OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); }, [cb](int err) { (*cb)(err); });
         return;
       }
     } else {
@@ -325,8 +324,8 @@ void ImportedDisk::DoFlush(DoneFn done) {
   Submit(std::move(op));
 }
 
-bool ImportedDisk::RefusedAlone(const Status& s, const char* what, uint64_t offset,
-                                uint64_t length, DoneFn& done) {
+bool ImportedDisk::RefusedAlone(const Status& s, const char* what, uint64_t offset, uint64_t length,
+                                DoneFn& done) {
   // A request the journal cannot hold (outside the disk): it fails by
   // itself; the journal stays on.
   if (s.kind() != Status::Kind::kInvalidArgument) return false;
@@ -1056,8 +1055,7 @@ void ImportedDisk::FinishDurable() {
 
 ImportedDisk::State ImportedDisk::state() const {
   if (!paths_.empty()) return State::kOnline;
-  return (wanted_open_ || !chunks_.empty() || !held_.empty()) ? State::kBlocked
-                                                                : State::kOffline;
+  return (wanted_open_ || !chunks_.empty() || !held_.empty()) ? State::kBlocked : State::kOffline;
 }
 
 void ImportedDisk::UpdateBlocked() {

@@ -21,9 +21,9 @@
 // back, the disk re-opens (if the FUSE file is open) and resumes.
 //
 // Threading: loop thread only, except the journal's fdatasync, which runs
-// on the libuv threadpool (uv_queue_work) and touches nothing else. Lifetime: ImportedDisks live as long as the
-// Importer (never destroyed while the FUSE tree may reference them); Close()
-// releases the libuv handles before the loop is closed.
+// on the libuv threadpool (uv_queue_work) and touches nothing else. Lifetime: ImportedDisks live as
+// long as the Importer (never destroyed while the FUSE tree may reference them); Close() releases
+// the libuv handles before the loop is closed.
 #pragma once
 
 #include <uv.h>
@@ -241,18 +241,18 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     OpKind kind;
   };
   std::unique_ptr<Journal> journal_;
-  bool journal_ok_ = false;        // appends allowed
-  uint64_t feed_next_ = 1;         // next journal seq to load into the queue
-  uint64_t feed_limit_ = 0;        // kRemote: the backlog's last seq
-  size_t feed_bytes_ = 0;          // write data of background Ops queued
-  size_t background_ops_ = 0;      // background Ops queued or on the wire
-  std::deque<HeldOp> held_;        // requests waiting for the gate
-  std::set<uint64_t> completed_;   // seqs done on the remote, above done_prefix_
-  uint64_t done_prefix_ = 0;       // every pending seq <= this is done remotely
+  bool journal_ok_ = false;       // appends allowed
+  uint64_t feed_next_ = 1;        // next journal seq to load into the queue
+  uint64_t feed_limit_ = 0;       // kRemote: the backlog's last seq
+  size_t feed_bytes_ = 0;         // write data of background Ops queued
+  size_t background_ops_ = 0;     // background Ops queued or on the wire
+  std::deque<HeldOp> held_;       // requests waiting for the gate
+  std::set<uint64_t> completed_;  // seqs done on the remote, above done_prefix_
+  uint64_t done_prefix_ = 0;      // every pending seq <= this is done remotely
   bool bg_flush_inflight_ = false;
   uint64_t last_bg_flush_ms_ = 0;
   bool bg_flush_failed_ = false;
-  uint64_t pause_until_ms_ = 0;    // a record to retry: nothing is sent before
+  uint64_t pause_until_ms_ = 0;  // a record to retry: nothing is sent before
   std::deque<DurableWaiter> durable_waiters_;
   uv_work_t sync_work_;
   Journal::SyncBatch sync_batch_;

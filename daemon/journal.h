@@ -48,10 +48,10 @@
 namespace xdisk {
 
 struct JournalConfig {
-  std::string dir;                         // the journal root (--journal)
-  uint64_t max_bytes = 1ull << 30;         // --journal-max: full() above this
-  uint64_t segment_bytes = 64ull << 20;    // roll to a new segment past this
-  bool strict = false;                     // --journal-strict
+  std::string dir;                       // the journal root (--journal)
+  uint64_t max_bytes = 1ull << 30;       // --journal-max: full() above this
+  uint64_t segment_bytes = 64ull << 20;  // roll to a new segment past this
+  bool strict = false;                   // --journal-strict
 };
 
 struct JournalDiskHeader {
@@ -89,13 +89,13 @@ struct JournalDamage {
 
 struct ReplayReport {
   uint64_t segments = 0;
-  uint64_t records = 0;          // valid records read
-  uint64_t pending = 0;          // records left pending after replay
-  uint64_t pending_bytes = 0;    // write data bytes among them
-  bool torn_tail = false;        // the last segment ended inside a record
+  uint64_t records = 0;        // valid records read
+  uint64_t pending = 0;        // records left pending after replay
+  uint64_t pending_bytes = 0;  // write data bytes among them
+  bool torn_tail = false;      // the last segment ended inside a record
   uint64_t torn_bytes = 0;
   std::vector<JournalDamage> damage;  // mid-segment damage, skipped
-  std::string ToString() const;  // one line for the log
+  std::string ToString() const;       // one line for the log
 };
 
 class Journal {
@@ -160,9 +160,9 @@ class Journal {
   // unknown (fsync errors are not retryable on Linux): the caller must stop
   // journaling, and durable_seq() never passes that batch.
   struct SyncBatch {
-    std::vector<int> fds;  // duplicated; RunSync closes them
-    int dir_fd = -1;       // duplicated directory fd if a segment was created
-    uint64_t upto_seq = 0; // every record <= this is durable when RunSync succeeds
+    std::vector<int> fds;   // duplicated; RunSync closes them
+    int dir_fd = -1;        // duplicated directory fd if a segment was created
+    uint64_t upto_seq = 0;  // every record <= this is durable when RunSync succeeds
   };
   SyncBatch PrepareSync();
   static Status RunSync(SyncBatch* batch);
@@ -188,8 +188,7 @@ class Journal {
   Status Overlay(uint64_t offset, std::span<uint8_t> buf);
   // The covered parts of [offset, offset+length) as [start, end) disk
   // ranges in ascending order (adjacent pieces merged).
-  std::vector<std::pair<uint64_t, uint64_t>> CoveredRanges(uint64_t offset,
-                                                           uint64_t length) const;
+  std::vector<std::pair<uint64_t, uint64_t>> CoveredRanges(uint64_t offset, uint64_t length) const;
 
   uint64_t bytes_on_disk() const { return bytes_on_disk_; }  // all segment files
   uint64_t pending_bytes() const { return pending_bytes_; }  // write data pending
@@ -253,8 +252,8 @@ class Journal {
   // list over them and the caller's payload.
   std::vector<uint8_t> frame_buf_;
   std::vector<std::span<const uint8_t>> gather_;
-  std::vector<uint8_t> read_buf_;   // reused by every read-back
-  std::string encode_buf_;          // reused for small records
+  std::vector<uint8_t> read_buf_;  // reused by every read-back
+  std::string encode_buf_;         // reused for small records
 };
 
 }  // namespace xdisk

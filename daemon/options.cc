@@ -36,11 +36,24 @@ bool ParseSize(std::string_view s, uint64_t* out) {
   if (s.empty()) return false;
   uint64_t mult = 1;
   switch (s.back()) {
-    case 'k': case 'K': mult = 1ull << 10; break;
-    case 'm': case 'M': mult = 1ull << 20; break;
-    case 'g': case 'G': mult = 1ull << 30; break;
-    case 't': case 'T': mult = 1ull << 40; break;
-    default: break;
+    case 'k':
+    case 'K':
+      mult = 1ull << 10;
+      break;
+    case 'm':
+    case 'M':
+      mult = 1ull << 20;
+      break;
+    case 'g':
+    case 'G':
+      mult = 1ull << 30;
+      break;
+    case 't':
+    case 'T':
+      mult = 1ull << 40;
+      break;
+    default:
+      break;
   }
   if (mult != 1) s.remove_suffix(1);
   uint64_t v;
@@ -50,6 +63,14 @@ bool ParseSize(std::string_view s, uint64_t* out) {
 }
 
 }  // namespace
+
+SplitOption SplitLongOption(std::string_view arg) {
+  SplitOption o{arg, {}, false};
+  if (!arg.starts_with("--")) return o;
+  size_t eq = arg.find('=');
+  if (eq == std::string_view::npos) return o;
+  return SplitOption{arg.substr(0, eq), arg.substr(eq + 1), true};
+}
 
 std::string DaemonOptions::JournalDir() const {
   if (journal_dir == "none") return "";
@@ -154,16 +175,8 @@ Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions*
   std::vector<std::string_view>& positional = *positional_out;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
-    std::string_view name = arg, value;
-    bool has_inline = false;
-    if (arg.starts_with("--")) {
-      size_t eq = arg.find('=');
-      if (eq != std::string_view::npos) {
-        name = arg.substr(0, eq);
-        value = arg.substr(eq + 1);
-        has_inline = true;
-      }
-    } else if (arg == "-" || !arg.starts_with("-")) {
+    auto [name, value, has_inline] = SplitLongOption(arg);
+    if (!arg.starts_with("--") && (arg == "-" || !arg.starts_with("-"))) {
       positional.push_back(arg);
       continue;
     }
@@ -217,10 +230,12 @@ Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions*
       break;
     }
     static constexpr std::string_view kWithValue[] = {
-        "--listen",    "--connect", "--keys",       "--export",        "--state-dir",
-        "-o",          "--mode",    "--io-timeout", "--ping-interval", "--link-timeout",
-        "--log-level", "--hostname", "--journal", "--sync", "--journal-max", "--journal-dump",
-        "--control"};
+        "--listen",       "--connect",    "--keys",
+        "--export",       "--state-dir",  "-o",
+        "--mode",         "--io-timeout", "--ping-interval",
+        "--link-timeout", "--log-level",  "--hostname",
+        "--journal",      "--sync",       "--journal-max",
+        "--journal-dump", "--control"};
     if (std::find(std::begin(kWithValue), std::end(kWithValue), name) == std::end(kWithValue))
       return Status::InvalidArgument("unknown option '" + std::string(name) + "'");
     auto v = need_value();

@@ -38,8 +38,8 @@ struct DaemonOptions {
   uint64_t io_timeout_s = 0;  // 0: block forever
   uint64_t ping_interval_ms = 1000;
   uint64_t link_timeout_ms = 10000;
-  int verbosity = 2;     // LogLevel as int
-  std::string hostname;  // empty: gethostname()
+  int verbosity = 2;         // LogLevel as int
+  std::string hostname;      // empty: gethostname()
   std::string control_path;  // --control: "" = /run/xdisk-fuse.sock, "none" = off
   // The configuration file (docs/xdisk-fuse.conf.5). While parsing:
   // --config FILE. After ParseOptions: the file that was read, "" if none.
@@ -95,8 +95,7 @@ struct ConfigEntry {
 // at the start of a line or after whitespace; "a#b" is a value. Trailing
 // whitespace and CRs are dropped; there is no quoting. Errors read
 // "FILE:LINE: ..." with `file_name` as given.
-Result<std::vector<ConfigEntry>> ParseConfigText(std::string_view text,
-                                                 std::string_view file_name);
+Result<std::vector<ConfigEntry>> ParseConfigText(std::string_view text, std::string_view file_name);
 
 // Applies entries to *opts in order, with the command-line meaning of each
 // key (`listen` is --listen, `option` is -o, `mountpoint` is the MOUNTPOINT
@@ -106,6 +105,14 @@ Result<std::vector<ConfigEntry>> ParseConfigText(std::string_view text,
 // does those after the command line has been applied.
 Status ApplyConfigEntries(const std::vector<ConfigEntry>& entries, std::string_view file_name,
                           DaemonOptions* opts);
+
+// "--name=value" splits into {"--name", "value", true}; anything else is
+// {arg, "", false}. Shared by xdisk-fuse's and xdiskctl's parsers.
+struct SplitOption {
+  std::string_view name, value;
+  bool has_inline = false;
+};
+SplitOption SplitLongOption(std::string_view arg);
 
 // The --help text.
 std::string UsageText();

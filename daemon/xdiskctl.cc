@@ -56,16 +56,7 @@ Result<CtlOutcome> ParseCtlArgs(int argc, const char* const* argv, CtlArgs* out)
       words.emplace_back(arg);
       continue;
     }
-    std::string_view name = arg, value;
-    bool has_inline = false;
-    if (arg.starts_with("--")) {
-      size_t eq = arg.find('=');
-      if (eq != std::string_view::npos) {
-        name = arg.substr(0, eq);
-        value = arg.substr(eq + 1);
-        has_inline = true;
-      }
-    }
+    auto [name, value, has_inline] = SplitLongOption(arg);
     auto need_value = [&]() -> Result<std::string_view> {
       if (has_inline) return value;
       if (i + 1 >= argc) return Status::InvalidArgument(std::string(name) + ": missing value");
@@ -209,11 +200,21 @@ std::string JsonQuote(std::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buf[8];
@@ -286,7 +287,11 @@ std::string LinkJson(const control::LinkInfo& l) {
 
 std::string DiskJson(const control::DiskInfo& d, uint64_t now_ms) {
   std::string paths = JsonArray(d.paths(), [](const control::PathInfo& p) {
-    return JsonObject().Str("link", p.link()).Num("dist", p.dist()).Bool("active", p.active()).Done();
+    return JsonObject()
+        .Str("link", p.link())
+        .Num("dist", p.dist())
+        .Bool("active", p.active())
+        .Done();
   });
   const uint64_t blocked_for =
       d.blocked_since_ms() && now_ms > d.blocked_since_ms() ? now_ms - d.blocked_since_ms() : 0;
@@ -451,8 +456,8 @@ std::string LinksTable(const google::protobuf::RepeatedPtrField<control::LinkInf
 
 std::string DisksTable(const google::protobuf::RepeatedPtrField<control::DiskInfo>& disks,
                        uint64_t now_ms, bool with_names) {
-  std::vector<std::string> head = {"SERIAL", "STATE", "SIZE", "INFLIGHT", "QUEUED", "JOURNAL",
-                                   "BLOCKED-SINCE", "PATHS"};
+  std::vector<std::string> head = {"SERIAL", "STATE",   "SIZE",          "INFLIGHT",
+                                   "QUEUED", "JOURNAL", "BLOCKED-SINCE", "PATHS"};
   if (with_names) head.push_back("NAMES");
   Table t(head);
   for (const auto& d : disks) {
@@ -487,8 +492,8 @@ std::string StatusText(const control::StatusReply& s, uint64_t now_ms) {
   out += "mount    " + (d.mountpoint().empty() ? std::string("-") : d.mountpoint()) + "\n";
   out += "listen   " + Join(d.listen(), " ") + "\n";
   out += "connect  " + Join(d.connect(), " ") + "\n";
-  out += "\nlinks: " + std::to_string(t.links) + " (" + std::to_string(t.links_up) +
-         " up), in " + HumanBytes(t.bytes_in) + ", out " + HumanBytes(t.bytes_out) + "\n";
+  out += "\nlinks: " + std::to_string(t.links) + " (" + std::to_string(t.links_up) + " up), in " +
+         HumanBytes(t.bytes_in) + ", out " + HumanBytes(t.bytes_out) + "\n";
   if (t.links > 0) out += LinksTable(s.links(), now_ms);
   out += "\ndisks: " + std::to_string(t.disks) + " (" + std::to_string(t.online) + " online, " +
          std::to_string(t.blocked) + " blocked, " + std::to_string(t.offline) + " offline), " +
@@ -522,9 +527,9 @@ std::string StatsText(const control::StatsReply& s) {
 }
 
 std::string ExportAddedText(const control::ExportInfo& e) {
-  return "exported " + e.serial() + ": " + e.path() + ", " + HumanBytes(e.size()) +
-         ", blksize " + std::to_string(e.blksize()) + (e.read_only() ? ", read-only" : "") +
-         ", label " + e.label() + ", uuid " + e.uuid() + "\n";
+  return "exported " + e.serial() + ": " + e.path() + ", " + HumanBytes(e.size()) + ", blksize " +
+         std::to_string(e.blksize()) + (e.read_only() ? ", read-only" : "") + ", label " +
+         e.label() + ", uuid " + e.uuid() + "\n";
 }
 
 }  // namespace

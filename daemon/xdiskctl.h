@@ -50,8 +50,7 @@ std::string CtlUsage();
 std::string FormatHuman(const control::Request& req, const control::Response& resp,
                         uint64_t now_ms);
 // One JSON object and a newline; also for error responses.
-std::string FormatJson(const control::Request& req, const control::Response& resp,
-                       uint64_t now_ms);
+std::string FormatJson(const control::Request& req, const control::Response& resp, uint64_t now_ms);
 
 // ---- building blocks, exposed for tests ----
 

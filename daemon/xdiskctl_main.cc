@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     // Something answered but not in our protocol: that is the daemon's
     // error to report, not a failure to reach it.
     return resp.status().kind() == Status::Kind::kProtocol ? ctl::kExitDaemonError
-                                                            : ctl::kExitUnreachable;
+                                                           : ctl::kExitUnreachable;
   }
   const uint64_t now = WallClockMs();
   if (args.json) fputs(ctl::FormatJson(args.request, *resp, now).c_str(), stdout);

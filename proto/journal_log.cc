@@ -40,59 +40,14 @@ uint64_t AppendedBytes(uint64_t segment_length, uint64_t payload_size) {
 
 Framed AppendRecord(uint64_t segment_length, std::span<const std::span<const uint8_t>> pieces,
                     std::vector<uint8_t>* out) {
+  // One framing loop (GatherRecord); this variant joins its gather list.
+  std::vector<uint8_t> headers;
+  std::vector<std::span<const uint8_t>> gather;
   uint64_t total = 0;
   for (const auto& p : pieces) total += p.size();
-  // Reserved up front, filled by appending: the payload is copied once,
-  // straight from the caller's pieces, with no zero-fill before it.
+  const Framed framed = GatherRecord(segment_length, pieces, &headers, &gather);
   out->reserve(out->size() + AppendedBytes(segment_length, total));
-
-  // The payload is read through a cursor over the gather list; fragments
-  // and pieces are cut independently.
-  size_t piece = 0, piece_off = 0;
-  uint64_t pos = segment_length;
-  uint64_t left = total;
-  Framed framed;
-  bool begin = true;
-  do {
-    if (LeftInBlock(pos) < kHeaderSize) {
-      const uint64_t pad = LeftInBlock(pos);
-      out->insert(out->end(), pad, 0);
-      pos += pad;
-    }
-    if (begin) framed.offset = pos;
-    const uint64_t avail = LeftInBlock(pos) - kHeaderSize;
-    const uint64_t frag = std::min(left, avail);
-    const bool end = frag == left;
-    const FragmentType type = begin && end ? FragmentType::kFull
-                              : begin      ? FragmentType::kFirst
-                              : end        ? FragmentType::kLast
-                                           : FragmentType::kMiddle;
-    const uint8_t type_byte = static_cast<uint8_t>(type);
-    const size_t header_at = out->size();
-    out->insert(out->end(), kHeaderSize, 0);  // filled in below, once the CRC is known
-    uint64_t copied = 0;
-    while (copied < frag) {
-      while (piece_off == pieces[piece].size()) {
-        ++piece;
-        piece_off = 0;
-      }
-      const size_t n = std::min<uint64_t>(frag - copied, pieces[piece].size() - piece_off);
-      const uint8_t* src = pieces[piece].data() + piece_off;
-      out->insert(out->end(), src, src + n);
-      copied += n;
-      piece_off += n;
-    }
-    uint8_t* h = out->data() + header_at;
-    const uint32_t crc = Crc32cExtend(Crc32c(&type_byte, 1), h + kHeaderSize, frag);
-    PutLe32(h, MaskCrc(crc));
-    h[4] = static_cast<uint8_t>(frag & 0xff);
-    h[5] = static_cast<uint8_t>(frag >> 8);
-    h[6] = type_byte;
-    pos += kHeaderSize + frag;
-    left -= frag;
-    begin = false;
-  } while (left > 0);
-  framed.framed_length = pos - framed.offset;
+  for (const auto& g : gather) out->insert(out->end(), g.begin(), g.end());
   return framed;
 }
 

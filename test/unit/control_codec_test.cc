@@ -1,14 +1,14 @@
 // The control API's pure parts: the frame codec, request validation and
 // dispatch (against a fake backend), the reload diff, xdiskctl's argument
 // parsing and output formatting.
-#include <catch2/catch.hpp>
+#include "daemon/control_codec.h"
 
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <ctime>
 #include <string>
 #include <vector>
 
-#include "daemon/control_codec.h"
 #include "daemon/control_server.h"
 #include "daemon/control_service.h"
 #include "daemon/daemon_control.h"

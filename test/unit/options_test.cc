@@ -218,9 +218,9 @@ TEST_CASE("config: unknown keys and bad values name the line", "[options]") {
   CHECK(ConfigError("v\n") == "xdisk-fuse.conf:1: unknown key 'v'");
   CHECK(ConfigError("o allow_other\n") == "xdisk-fuse.conf:1: unknown key 'o'");
   for (const char* key : {"help", "version", "config /x", "no-config", "journal-dump /d"}) {
-    CHECK_THAT(ConfigError(std::string("\n") + key + "\n"),
-               Catch::StartsWith("xdisk-fuse.conf:2: '") &&
-                   Catch::Contains("not a configuration key"));
+    CHECK_THAT(
+        ConfigError(std::string("\n") + key + "\n"),
+        Catch::StartsWith("xdisk-fuse.conf:2: '") && Catch::Contains("not a configuration key"));
   }
 }
 
@@ -245,9 +245,9 @@ TEST_CASE("--config: the file is read and the command line overrides it", "[opti
   SECTION("single values: the command line wins, wherever it stands") {
     DaemonOptions o;
     std::string out;
-    auto r = Parse({"--io-timeout", "5", "--keys", "/from-cli", "-v", "/m2", "--config",
-                    conf.path()},
-                   &o, &out);
+    auto r =
+        Parse({"--io-timeout", "5", "--keys", "/from-cli", "-v", "/m2", "--config", conf.path()},
+              &o, &out);
     REQUIRE(r.ok());
     CHECK(o.io_timeout_s == 5);
     CHECK(o.keys_dir == "/from-cli");
