@@ -284,7 +284,9 @@ struct Daemon::Impl {
       }
     }
     StartControl(hostname);
-    for (const HostPort& hp : opts.connect) table->Connect(hp);
+    // After a failed start (Stop() ran) the table is shutting down.
+    if (!stopping)
+      for (const HostPort& hp : opts.connect) table->Connect(hp);
 
     XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -240,8 +240,53 @@ std::vector<control::DiskStats> DaemonControl::Stats() const {
 
 // ---- changes ----
 
+namespace {
+
+// `path` made absolute and normalized without touching the file system
+// ("." and ".." folded, repeated slashes dropped).
+std::string LexicalAbsolute(const std::string& path) {
+  std::string full = path;
+  if (full.empty() || full[0] != '/') {
+    char cwd[4096];
+    full = std::string(getcwd(cwd, sizeof cwd) != nullptr ? cwd : "/") + "/" + path;
+  }
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i <= full.size()) {
+    size_t j = full.find('/', i);
+    if (j == std::string::npos) j = full.size();
+    std::string part = full.substr(i, j - i);
+    if (part == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!part.empty() && part != ".") {
+      parts.push_back(part);
+    }
+    i = j + 1;
+  }
+  std::string out;
+  for (const std::string& p : parts) out += "/" + p;
+  return out.empty() ? "/" : out;
+}
+
+}  // namespace
+
+Status DaemonControl::CheckNotInMount(const std::string& path) const {
+  // Resolving or opening a path inside our own FUSE mount from the loop
+  // thread would wait for an answer only this thread can give: refuse it
+  // before any system call touches it. (A symbolic link into the mount is
+  // not caught here.)
+  if (opts_.mountpoint.empty()) return Status::Ok();
+  const std::string mnt = LexicalAbsolute(opts_.mountpoint);
+  const std::string p = LexicalAbsolute(path);
+  if (p == mnt || p.starts_with(mnt == "/" ? mnt : mnt + "/"))
+    return Status::InvalidArgument(path + " is inside this daemon's mount " + opts_.mountpoint +
+                                   "; export it from another daemon");
+  return Status::Ok();
+}
+
 Result<control::ExportInfo> DaemonControl::AddExport(const std::string& raw,
                                                      const ExportSpec& spec) {
+  if (Status s = CheckNotInMount(spec.path); !s.ok()) return s;
   auto res = ResolveExport(spec, opts_.state_dir, hostname_);
   if (!res.ok()) return res.status();
   std::vector<ResolvedExport> all = RunningExports();
@@ -305,6 +350,8 @@ Status DaemonControl::Reload(const DaemonOptions& fresh) {
     auto spec = ParseExportSpec(raw);
     if (!spec.ok())
       return Status::InvalidArgument("--export " + raw + ": " + spec.status().message());
+    if (Status s = CheckNotInMount(spec->path); !s.ok())
+      return Status::InvalidArgument("--export " + raw + ": " + s.message());
     auto res = ResolveExport(*spec, opts_.state_dir, hostname_);
     if (!res.ok())
       return Status::InvalidArgument("--export " + raw + ": " + res.status().message());

@@ -102,6 +102,7 @@ class DaemonControl : public control::ControlBackend {
   Result<std::string> Disconnect(const HostPort& addr) override;
 
  private:
+  Status CheckNotInMount(const std::string& path) const;
   std::vector<ResolvedExport> RunningExports() const;
   void NoteRestartOnly(const DaemonOptions& fresh) const;
 

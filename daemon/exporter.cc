@@ -99,6 +99,14 @@ void ExportedDisk::OnMessage(Link& link, Transaction& t, Frame& f) {
   if (cmd & kFlagCreate) Serve(link, t, f);
 }
 
+void ExportedDisk::CloseDisk() {
+  if (disk_ == nullptr || closing_) return;
+  closing_ = true;
+  // The callback may destroy the LocalDisk (local_disk.h); nothing runs on
+  // it afterwards, and Serve() refuses new requests from here on.
+  disk_->CloseWhenIdle([this] { disk_.reset(); });
+}
+
 void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
   const BlkIo io = BlkIo::Decode(f.ext_span());
   const BlkCheck check = ValidateBlkRequest(t.cmd, io, media_bytes_, res_.blksize, res_.read_only);
@@ -106,6 +114,11 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
     XLOG(kDebug, link.name(), "%s: %s refused (%s): %s", res_.serial.c_str(),
          CommandName(t.cmd).c_str(), ErrorName(check.error).c_str(), check.why.c_str());
     link.Reply(&t, check.error, true);
+    return;
+  }
+  if (disk_ == nullptr || closing_) {
+    // Removed (Exporter::Remove): the span is gone and the file closing.
+    link.Reply(&t, kErrIo, true);
     return;
   }
   auto r = std::make_shared<Request>();
@@ -211,9 +224,13 @@ bool Exporter::Remove(const std::string& serial) {
   registry_->RemoveLocalSpan(it->second->span_id);
   // Transactions on links may still name this handler until the peers
   // answer our DELETE, and disk I/O may be running: keep the object until
-  // the Exporter goes away.
+  // the Exporter goes away, but close the file once its I/O drained, so
+  // that the device is free again (and add/remove cycles leak nothing but
+  // this small object).
+  ExportedDisk* ed = it->second.get();
   retiring_.push_back(std::move(it->second));
   disks_.erase(it);
+  ed->CloseDisk();
   return true;
 }
 

@@ -60,6 +60,9 @@ class ExportedDisk : public TransactionHandler {
   const ResolvedExport& resolved() const { return res_; }
   const dmsg::LnkSpan& span() const { return span_; }
   LocalDisk& disk() { return *disk_; }
+  // Closes the file once its I/O drained (after the span was withdrawn);
+  // later requests get DMSG_ERR_IO.
+  void CloseDisk();
   uint64_t span_id = 0;
 
   // Takes f.aux of a BLK_WRITE (moves the data to the disk write).
@@ -76,6 +79,7 @@ class ExportedDisk : public TransactionHandler {
   Exporter* owner_;
   ResolvedExport res_;
   std::unique_ptr<LocalDisk> disk_;
+  bool closing_ = false;
   dmsg::LnkSpan span_;
   uint64_t media_bytes_;
 };

@@ -996,6 +996,7 @@ void ImportedDisk::RetireUpTo(uint64_t seq) {
   if (Status st = journal_->Retire(seq); !st.ok())
     XLOG(kWarning, log_name_, "journal retire: %s", st.ToString().c_str());
   if (!held_.empty()) Kick();  // space may have freed
+  if (journal_->pending().empty() && drained_hook_ && !shut_down_) drained_hook_();
 }
 
 void ImportedDisk::StartSync() {
@@ -1080,7 +1081,7 @@ ImportedDisk::Stats ImportedDisk::stats() const {
     s.journal_pending_bytes = journal_->pending_bytes();
   }
   s.inflight = inflight_;
-  s.queued = chunks_.size() - inflight_;
+  s.queued = chunks_.size() - inflight_ + held_.size();  // held: not yet chunked
   return s;
 }
 

@@ -103,6 +103,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // True if reads and writes work without a path (write-back): such a disk
   // stays in the tree while its remote is away.
   bool usable_offline() const { return writeback(); }
+  // Called when the journal has nothing pending any more (after a retire).
+  void SetDrainedHook(std::function<void()> hook) { drained_hook_ = std::move(hook); }
 
   // Shutdown: queued Ops fail with EIO now, in-flight ones when their link
   // closes (LOSTLINK is no longer retried), and the libuv handles close.
@@ -113,7 +115,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // Counters for logs, tests and xdiskctl. Ops are counted when submitted,
   // bytes and latency when they complete successfully.
   struct Stats {
-    uint64_t queued = 0, inflight = 0;  // chunks waiting / on the wire
+    uint64_t queued = 0, inflight = 0;  // requests waiting (chunks or held) / chunks on the wire
     uint64_t reads = 0, writes = 0, flushes = 0, trims = 0;
     uint64_t read_bytes = 0, write_bytes = 0, trim_bytes = 0;
     uint64_t errors = 0;  // ops completed with an error
@@ -260,6 +262,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool sync_inflight_ = false;
   bool sync_wanted_ = false;
   bool sync_failed_ = false;
+  std::function<void()> drained_hook_;
 
   uv_idle_t kick_;
   uv_timer_t tick_;

@@ -59,6 +59,7 @@ Status Importer::RecoverJournals() {
     const JournalDiskHeader& h = journal->header();
     auto disk = std::make_unique<ImportedDisk>(loop_, h.serial, h.size, h.blksize, config_);
     disk->AttachJournal(std::move(journal));
+    WatchDrain(disk.get());
     if (tree_ != nullptr) {
       fusedev::DiskInfo info;
       info.serial = h.serial;
@@ -111,6 +112,7 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
         if (!report.damage.empty() || report.torn_tail)
           XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
         it->second->AttachJournal(std::move(*j));
+        WatchDrain(it->second.get());
       } else {
         XLOG(kError, "disk " + serial, "running without a journal: %s",
              j.status().ToString().c_str());
@@ -129,6 +131,15 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
     tree_->AddOrUpdate(info, it->second.get());
     tree_->SetOnline(serial, true);
   }
+}
+
+void Importer::WatchDrain(ImportedDisk* disk) {
+  // A disk kept in the tree only for its journal's sake leaves it (unless
+  // open) once the journal drained and no path is left.
+  disk->SetDrainedHook([this, disk] {
+    if (tree_ != nullptr && disk->path_count() == 0 && !disk->usable_offline())
+      tree_->SetOnline(disk->serial(), false);
+  });
 }
 
 void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {

@@ -48,8 +48,8 @@ class Importer : public SpanObserver {
   Importer(const Importer&) = delete;
   Importer& operator=(const Importer&) = delete;
 
-  // Puts every disk with pending journal records in the tree, offline,
-  // before any span is known: their I/O resumes when they return (and
+  // Puts every disk with pending journal records in the tree (visible,
+  // without a path) before any span is known: their I/O resumes when they return (and
   // works at once in write-back mode). Damage is logged; with
   // --journal-strict a damaged journal is an error (the daemon exits).
   Status RecoverJournals();
@@ -65,6 +65,8 @@ class Importer : public SpanObserver {
  private:
   uv_loop_t* loop_;
   fusedev::DiskTree* tree_;
+  void WatchDrain(ImportedDisk* disk);
+
   ImportedDisk::Config config_;
   JournalConfig journal_config_;
   std::map<std::string, std::unique_ptr<ImportedDisk>> disks_;

@@ -128,6 +128,7 @@ void LinkTable::OnConnection(uv_stream_t* server, int status) {
 // ---- connecting ----
 
 void LinkTable::Connect(const HostPort& addr) {
+  if (shutting_down_) return;  // its timer would outlive the table
   auto c = std::make_unique<Connector>();
   c->table = this;
   c->addr = addr;

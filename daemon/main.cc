@@ -1,6 +1,7 @@
 // xdisk-fuse: thin main. Everything lives in daemon/daemon.cc.
 #include <malloc.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 
@@ -10,6 +11,9 @@
 #include "daemon/options.h"
 
 int main(int argc, char** argv) {
+  // SIGHUP reloads (daemon/daemon.cc), but only once the loop runs; until
+  // then an early `systemctl reload` must not kill the daemon.
+  signal(SIGHUP, SIG_IGN);
   xdisk::DaemonOptions opts;
   std::string out;
   auto parsed = xdisk::ParseOptions(argc, argv, &opts, &out);

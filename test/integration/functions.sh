@@ -160,7 +160,9 @@ stop_daemon() {
 
 _umount_any() {
   local dir=$1
-  mountpoint -q "$dir" 2>/dev/null || return 0
+  # Not mountpoint(1): it cannot stat a FUSE mount whose daemon died, and
+  # such a mount must go too.
+  awk -v d="$dir" '$2 == d {found = 1} END {exit !found}' /proc/mounts || return 0
   umount "$dir" 2>/dev/null || fusermount3 -u "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null ||
     fusermount3 -uz "$dir" 2>/dev/null
 }
