@@ -837,6 +837,10 @@ void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
   // The backlog: records of an earlier run. kRemote sends all of them
   // before any new request; write-back feeds everything anyway.
   feed_limit_ = journal_->last_seq();
+  // Replayed records are durable only after a sync (a killed daemon may
+  // have left them in the page cache): write-back starts one now.
+  if (config_.sync == SyncMode::kJournal && journal_->durable_seq() < journal_->last_seq())
+    sync_wanted_ = true;
   if (!journal_->pending().empty())
     XLOG(kInfo, log_name_,
          "journal: %zu pending records (%" PRIu64 " bytes of writes) from an earlier run%s",

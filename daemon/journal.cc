@@ -32,6 +32,21 @@ constexpr uint64_t kMaxRecordBytes = journal_log::kDefaultMaxRecordBytes;
 // must never overflow, whatever a hostile file says.
 constexpr uint64_t kMaxSeq = 1ull << 62;
 
+// This boot's id, "" if unknown.
+std::string CurrentBootId() {
+  static const std::string id = [] {
+    char buf[64] = {};
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::string();
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    std::string s(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+  }();
+  return id;
+}
+
 std::string SegmentName(uint64_t number) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%06llu.log", static_cast<unsigned long long>(number));
@@ -248,6 +263,9 @@ struct ScannedHeader {
 };
 
 struct ScannedSegment {
+  std::string boot_id;  // from its first disk header
+  bool synced = false;
+  bool have_header = false;
   uint64_t number = 0;
   std::string path;
   uint64_t size = 0;
@@ -372,6 +390,11 @@ Status ScanSegment(const ScanOptions& opts, ScannedSegment* seg, Scan* scan,
           if (!SameDisk(**reference, sh.disk))
             return Status::InvalidArgument("journal: " + At(seg->path, rec.offset) + " is for " +
                                            Describe(sh.disk) + ", not " + Describe(**reference));
+        }
+        if (!seg->have_header) {
+          seg->have_header = true;
+          seg->boot_id = h.boot_id();
+          seg->synced = h.synced();
         }
         r.kind = RecKind::kHeader;
         r.header = scan->headers.size();
@@ -547,6 +570,12 @@ std::string ReplayReport::ToString() const {
                   std::to_string(records) + " records, " + std::to_string(pending) + " pending (" +
                   std::to_string(pending_bytes) + " bytes of writes)";
   if (torn_tail) s += ", torn tail of " + std::to_string(torn_bytes) + " bytes";
+  if (stale_dropped > 0) {
+    s.append(", ").append(std::to_string(stale_dropped));
+    s.append(
+        " unsynced records from before a reboot dropped (they may be older than what the "
+        "remote has)");
+  }
   if (!damage.empty()) {
     uint64_t dropped = 0;
     for (const JournalDamage& d : damage) dropped += d.bytes;
@@ -644,7 +673,10 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   const uint64_t last = std::max(scan.max_seq, scan.watermark);
   j->retired_seq_ = scan.watermark;
   j->next_seq_ = last + 1;
-  j->durable_seq_ = last;
+  // What replay read is durable only once synced: it may sit in the page
+  // cache of a daemon that was killed. The replayed segments count as
+  // written, so the next group commit covers them.
+  j->durable_seq_ = scan.watermark;
   for (const ScannedSegment& s : scan.segments) {
     auto seg = std::make_unique<Segment>();
     seg->number = s.number;
@@ -655,6 +687,7 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
     // evidence for an operator, for a bounded time.
     seg->last_seq = s.damaged ? last : s.max_seq;
     seg->fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    seg->dirty = true;  // fdatasync works on a read-only descriptor
     if (seg->fd < 0) return Status::FromErrno(errno, "journal: opening " + s.path);
     j->bytes_on_disk_ += s.size;
     j->segments_.emplace(s.number, std::move(seg));
@@ -706,6 +739,25 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   // back retired records, which are then resent in order (see
   // docs/journal-format.md, "Crash windows").
   if (Status st = j->StartSegment(); !st.ok()) return st;
+  // Unsynced records written before a reboot: a power loss may have kept
+  // an old record of a segment and lost a newer overlapping one (and the
+  // retire record after them). Resending them could undo acknowledged
+  // writes, and none of them was acknowledged on the journal's word, so
+  // they go.
+  {
+    const std::string boot = CurrentBootId();
+    std::map<uint64_t, bool> stale;  // segment -> unsynced, from another boot
+    for (const ScannedSegment& s : scan.segments)
+      stale[s.number] = !s.synced && !s.boot_id.empty() && !boot.empty() && s.boot_id != boot;
+    bool any = false;
+    for (const JournalPending& p : j->pending_) any |= stale[p.loc.segment];
+    if (any) {
+      rep.stale_dropped = j->pending_.size();
+      if (Status st = j->Retire(j->last_seq()); !st.ok()) return st;
+      rep.pending = 0;
+      rep.pending_bytes = 0;
+    }
+  }
   (void)j->DeleteRetiredSegments();  // failures are retried at the next Retire()
   if (report != nullptr) *report = std::move(rep);
   return j;
@@ -778,6 +830,10 @@ Status Journal::StartSegment() {
   h->set_blksize(header_.blksize);
   h->set_label(header_.label);
   h->set_version(kFormatVersion);
+  // Only unsynced segments need their boot: Open() distrusts them after
+  // a reboot.
+  if (!config_.synced) h->set_boot_id(CurrentBootId());
+  h->set_synced(config_.synced);
   std::string encoded = rec.SerializeAsString();
   std::span<const uint8_t> piece[1] = {Bytes(encoded)};
   if (Status st = AppendPayload(piece, false, false, nullptr); !st.ok()) return st;

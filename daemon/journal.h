@@ -52,6 +52,12 @@ struct JournalConfig {
   uint64_t max_bytes = 1ull << 30;       // --journal-max: full() above this
   uint64_t segment_bytes = 64ull << 20;  // roll to a new segment past this
   bool strict = false;                   // --journal-strict
+  // Appends become durable by group commit before they count (write-back).
+  // Without it (--sync=remote), records are never fsynced: after a reboot
+  // (power loss) their segments may have kept an older record and lost a
+  // newer one, so Open() drops what such segments left pending instead of
+  // letting it be resent over newer data (ReplayReport::stale_dropped).
+  bool synced = false;
 };
 
 struct JournalDiskHeader {
@@ -95,6 +101,7 @@ struct ReplayReport {
   bool torn_tail = false;      // the last segment ended inside a record
   uint64_t torn_bytes = 0;
   std::vector<JournalDamage> damage;  // mid-segment damage, skipped
+  uint64_t stale_dropped = 0;         // pending records of unsynced segments of an earlier boot
   std::string ToString() const;       // one line for the log
 };
 

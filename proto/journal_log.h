@@ -164,6 +164,8 @@ class Reader {
   uint64_t base_;
   uint64_t max_record_;
   size_t pos_ = 0;  // index into input_ of the next unread byte
+  static constexpr size_t kUnknown = SIZE_MAX;
+  mutable size_t nonzero_end_ = kUnknown;  // ZeroTail(): input_ is all zeros from here
   bool done_ = false;
   uint64_t torn_bytes_ = 0;
   // The record being assembled from kFirst/kMiddle fragments.
