@@ -18,16 +18,20 @@ namespace xdisk::control {
 
 bool PeerAllowed(uid_t peer, uid_t self) { return peer == 0 || peer == self; }
 
-// One accepted client. Owns its pipe handle; freed in OnClosed. Nested in
-// ControlServer so it may reach the server's bookkeeping.
+// One accepted client. Owns its pipe and timer handles; freed in OnClosed
+// once both are closed. Nested in ControlServer so it may reach the
+// server's bookkeeping.
 struct ControlServer::Connection {
   ControlServer* server = nullptr;
   uv_pipe_t pipe;
+  uv_timer_t timer;  // idle / write-progress timeout
+  int open_handles = 0;
   State state = State::kOpen;
   ControlFrameDecoder decoder;
   std::array<char, 64 * 1024> rbuf;
-  size_t pending_bytes = 0;
+  size_t pending_bytes = 0;  // memory held by queued replies
   int pending_writes = 0;
+  uint64_t bad_requests = 0;  // only the first is logged as a warning
   bool reading = false;
   bool close_after_write = false;
   std::string name = "control";  // "control uid 0 pid 1234", for the log
@@ -46,6 +50,13 @@ struct ControlServer::Connection {
   }
   void Send(const Response& resp);
   void HandleFrames();
+  void HandleRequest(const std::string& payload);
+  // (Re)arms the timeout: called on accept, on each complete request and on
+  // each finished write, so it fires only when neither happened for a while.
+  void Touch() {
+    if (state == State::kOpen && server->idle_timeout_ms_ > 0)
+      uv_timer_start(&timer, OnTimeout, server->idle_timeout_ms_, 0);
+  }
   void Finish() {
     // Let queued replies go out first; a half-closed client still reads.
     StopReading();
@@ -66,11 +77,21 @@ struct ControlServer::Connection {
   static void OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf);
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
   static void OnWrite(uv_write_t* req, int status);
+  static void OnTimeout(uv_timer_t* t);
   static void OnClosed(uv_handle_t* h);
 };
 
-ControlServer::ControlServer(uv_loop_t* loop, ControlService* service)
-    : loop_(loop), service_(service) {}
+// What one queued reply costs us: the request object and the heap block of
+// its bytes, each with some allocator overhead. Counting only the payload
+// let a client that never reads pin tens of bytes of overhead per reply.
+static size_t WriteCost(const std::string& data) {
+  constexpr size_t kMallocOverhead = 16;
+  return sizeof(uv_write_t) + sizeof(std::string) + sizeof(void*) + data.capacity() +
+         2 * kMallocOverhead;
+}
+
+ControlServer::ControlServer(uv_loop_t* loop, ControlService* service, uint64_t idle_timeout_ms)
+    : loop_(loop), service_(service), idle_timeout_ms_(idle_timeout_ms) {}
 
 ControlServer::~ControlServer() {
   // Handles still open here would be freed memory that libuv still points
@@ -93,12 +114,14 @@ Status ControlServer::Start(const std::string& path) {
       return Status::InvalidArgument("--control " + path + ": exists and is not a socket");
     // Someone answering means a live daemon owns it: never steal its socket.
     // ECONNREFUSED means the socket is left over from a daemon that died.
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // The probe is non-blocking: a live daemon whose backlog is full would
+    // otherwise hang our start-up; a full backlog (EAGAIN) is a live daemon.
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (probe < 0) return Status::FromErrno(errno, "--control " + path + ": socket");
     int rc = connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
     int err = errno;
     close(probe);
-    if (rc == 0)
+    if (rc == 0 || err == EAGAIN || err == EINPROGRESS)
       return Status::Unavailable("--control " + path + ": in use by another running daemon");
     if (err != ECONNREFUSED) return Status::FromErrno(err, "--control " + path);
     XLOG(kInfo, "control", "removing stale socket %s", path.c_str());
@@ -130,10 +153,12 @@ Status ControlServer::Start(const std::string& path) {
   pipe_.data = this;
   state_ = State::kOpen;
   int rc = uv_pipe_open(&pipe_, fd);
+  // uv_pipe_open takes the descriptor only on success; after that, closing
+  // the handle closes it.
+  const bool fd_taken = rc == 0;
   if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&pipe_), 64, OnConnection);
   if (rc < 0) {
-    // uv_pipe_open takes the descriptor only on success.
-    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&pipe_), nullptr) != 0) close(fd);
+    if (!fd_taken) close(fd);
     Close();
     return Status::FromErrno(-rc, "--control " + path + ": listen");
   }
@@ -185,6 +210,9 @@ void ControlServer::Accept() {
   c->server = this;
   uv_pipe_init(loop_, &c->pipe, 0);
   c->pipe.data = c;
+  uv_timer_init(loop_, &c->timer);
+  c->timer.data = c;
+  c->open_handles = 2;
   c->next = first_;
   if (first_) first_->prev = c;
   first_ = c;
@@ -212,10 +240,12 @@ void ControlServer::Accept() {
     c->Send(ErrorResponse(Error::PERMISSION_DENIED,
                           "permission denied: uid " + std::to_string(cred.uid) +
                               " may not use the control socket (root only)"));
+    c->Touch();  // a refused peer that never reads must not hold a slot
     c->Finish();
     return;
   }
   XLOG(kDebug, c->name, "connected");
+  c->Touch();
   c->StartReading();
 }
 
@@ -223,14 +253,34 @@ void ControlServer::CloseConnection(Connection* c) {
   if (c->state != State::kOpen) return;
   c->state = State::kClosing;
   c->reading = false;
+  if (c->bad_requests > 1)
+    XLOG(kInfo, c->name, "%llu bad requests in all",
+         static_cast<unsigned long long>(c->bad_requests));
   // Pending writes are cancelled: their callbacks run (UV_ECANCELED) before
-  // the close callback, so the connection is still alive for them.
+  // the close callback, so the connection is still alive for them. The
+  // memory goes when the last of the two handles has closed.
   uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe), Connection::OnClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), Connection::OnClosed);
+}
+
+void ControlServer::Connection::OnTimeout(uv_timer_t* t) {
+  auto* c = static_cast<Connection*>(t->data);
+  if (c->state != State::kOpen) return;
+  if (c->pending_writes > 0) {
+    XLOG(kInfo, c->name, "closing: no reply progress for %llu ms (%d replies unsent)",
+         static_cast<unsigned long long>(c->server->idle_timeout_ms_), c->pending_writes);
+  } else {
+    XLOG(kInfo, c->name, "closing: no request for %llu ms",
+         static_cast<unsigned long long>(c->server->idle_timeout_ms_));
+  }
+  c->server->CloseConnection(c);
 }
 
 void ControlServer::Connection::OnClosed(uv_handle_t* h) {
   auto* c = static_cast<Connection*>(h->data);
   assert(c->state == State::kClosing);
+  assert(c->open_handles > 0);
+  if (--c->open_handles > 0) return;
   c->state = State::kClosed;
   ControlServer* s = c->server;
   if (c->prev) c->prev->next = c->next;
@@ -284,20 +334,41 @@ void ControlServer::Connection::HandleFrames() {
       Finish();
       return;
     }
-    Response resp = server->service_->Handle(payload);
-    if (resp.has_error() && (resp.error().code() == Error::MALFORMED ||
-                             resp.error().code() == Error::VERSION_MISMATCH)) {
-      XLOG(kWarning, name, "bad request (%zu bytes): %s", payload.size(),
-           resp.error().message().c_str());
-    } else {
-      XLOG(kDebug, name, "request answered%s%s", resp.has_error() ? ": " : "",
-           resp.has_error() ? resp.error().message().c_str() : "");
-    }
-    Send(resp);
+    Touch();
+    HandleRequest(payload);
     // Backpressure: a client that does not read its replies stops being
     // read, so our queue of replies stays bounded.
     if (pending_bytes > kMaxPendingWriteBytes) StopReading();
   }
+}
+
+void ControlServer::Connection::HandleRequest(const std::string& payload) {
+  Request req;
+  if (!req.ParseFromString(payload)) {
+    // A client that sends bytes which are not a Request at all is not one
+    // of ours (or is broken): answer once and close, rather than answer and
+    // log each of a flood of them.
+    ++bad_requests;
+    ++server->bad_requests_;
+    XLOG(kWarning, name, "dropping connection: request does not parse (%zu bytes)", payload.size());
+    Send(ErrorResponse(Error::MALFORMED, "request does not parse as a control Request"));
+    Finish();
+    return;
+  }
+  Response resp = server->service_->Handle(req);
+  if (resp.has_error() &&
+      (resp.error().code() == Error::MALFORMED || resp.error().code() == Error::VERSION_MISMATCH)) {
+    // Well-formed but not servable (another version, no command): the
+    // connection stays usable. Log the first only; the rest are counted.
+    ++server->bad_requests_;
+    if (bad_requests++ == 0)
+      XLOG(kWarning, name, "bad request (%zu bytes): %s", payload.size(),
+           resp.error().message().c_str());
+  } else {
+    XLOG(kDebug, name, "request answered%s%s", resp.has_error() ? ": " : "",
+         resp.has_error() ? resp.error().message().c_str() : "");
+  }
+  Send(resp);
 }
 
 void ControlServer::Connection::Send(const Response& resp) {
@@ -322,14 +393,14 @@ void ControlServer::Connection::Send(const Response& resp) {
     return;
   }
   ++pending_writes;
-  pending_bytes += w->data.size();
+  pending_bytes += WriteCost(w->data);
 }
 
 void ControlServer::Connection::OnWrite(uv_write_t* req, int status) {
   auto* w = static_cast<WriteReq*>(req->data);
   Connection* c = w->conn;
   --c->pending_writes;
-  c->pending_bytes -= w->data.size();
+  c->pending_bytes -= WriteCost(w->data);
   delete w;
   if (c->state != State::kOpen) return;  // cancelled by a close
   if (status < 0) {
@@ -337,6 +408,7 @@ void ControlServer::Connection::OnWrite(uv_write_t* req, int status) {
     c->server->CloseConnection(c);
     return;
   }
+  c->Touch();  // write progress
   if (c->close_after_write) {
     if (c->pending_writes == 0) c->server->CloseConnection(c);
     return;

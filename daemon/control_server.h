@@ -9,14 +9,22 @@
 // effective uid. Any other peer gets one PERMISSION_DENIED reply and is
 // closed, with a warning in the log naming its uid and pid.
 //
-// Robustness: each connection has its own decoder. A request that does not
-// parse gets an error reply and the connection goes on (its framing is still
-// intact). A length prefix above 1 MiB gets an error reply and closes that
-// connection only. At most kMaxConnections are served at once; further
-// clients wait in the listen backlog (the server stops accepting) until one
-// closes, and a client's own timeout bounds the wait. A client that sends
-// requests without reading the replies stops being read while more than
-// kMaxPendingWriteBytes of replies are unsent.
+// Robustness: each connection has its own decoder.
+//   - A payload that does not parse as a Request, and a length prefix above
+//     1 MiB, get one MALFORMED reply and that connection is closed (once the
+//     reply is written). A parseable request of another version or without
+//     a known command gets an error reply and the connection goes on.
+//   - Each connection logs at most one warning for bad requests; the rest
+//     are counted (bad_requests(), and one info line when it closes).
+//   - A client that sends requests without reading the replies stops being
+//     read while the queued replies hold more than kMaxPendingWriteBytes of
+//     memory (request objects and buffers, not only payload bytes).
+//   - A connection is closed after `idle_timeout_ms` without a complete
+//     request while no reply is pending, or without write progress while
+//     one is. So idle clients cannot hold the slots forever.
+//   - At most kMaxConnections are served at once; further clients wait in
+//     the listen backlog (the server stops accepting) until one closes, and
+//     a client's own timeout bounds the wait.
 //
 // Start-up and the socket path: Start() refuses to replace a file that is
 // not a socket, and refuses a socket some other process still answers on
@@ -24,9 +32,9 @@
 // Close() removes the path only while it is still the socket we created.
 //
 // Lifecycle (libuv handles): Start() opens the listening pipe; Close()
-// closes it and every connection. Memory of a connection is freed in its
-// close callback. Threading: loop thread only. The server must outlive its
-// handles: destroy it only after Close() and after the loop has run the
+// closes it and every connection. A connection owns a pipe and a timer;
+// its memory is freed in the close callback of whichever closes last. Threading: loop thread only.
+// The server must outlive its handles: destroy it only after Close() and after the loop has run the
 // close callbacks (that is, after uv_run returned). The service must outlive
 // the server.
 #pragma once
@@ -54,9 +62,14 @@ bool PeerAllowed(uid_t peer, uid_t self);
 class ControlServer {
  public:
   static constexpr size_t kMaxConnections = 16;
-  static constexpr size_t kMaxPendingWriteBytes = 4u << 20;
+  // Per connection. Above the largest reply (1 MiB), small enough that 16
+  // clients that never read cost tens of MiB at most.
+  static constexpr size_t kMaxPendingWriteBytes = 1u << 20;
+  static constexpr uint64_t kDefaultIdleTimeoutMs = 30000;
 
-  ControlServer(uv_loop_t* loop, ControlService* service);
+  // `idle_timeout_ms` 0 disables the timeout (see "Robustness" above).
+  ControlServer(uv_loop_t* loop, ControlService* service,
+                uint64_t idle_timeout_ms = kDefaultIdleTimeoutMs);
   ~ControlServer();
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
@@ -72,6 +85,8 @@ class ControlServer {
 
   const std::string& path() const { return path_; }
   size_t connections() const { return connections_; }
+  // Requests refused as MALFORMED or VERSION_MISMATCH since Start().
+  uint64_t bad_requests() const { return bad_requests_; }
 
  private:
   struct Connection;
@@ -84,6 +99,8 @@ class ControlServer {
 
   uv_loop_t* loop_;
   ControlService* service_;
+  uint64_t idle_timeout_ms_;
+  uint64_t bad_requests_ = 0;
   uv_pipe_t pipe_;
   State state_ = State::kIdle;
   std::string path_;

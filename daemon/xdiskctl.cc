@@ -1,5 +1,7 @@
 #include "daemon/xdiskctl.h"
 
+#include <sys/un.h>
+
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
@@ -79,6 +81,11 @@ Result<CtlOutcome> ParseCtlArgs(int argc, const char* const* argv, CtlArgs* out)
       auto v = need_value();
       if (!v.ok()) return v.status();
       if (v->empty()) return Status::InvalidArgument("--control: empty path");
+      // A UNIX socket path must fit in sockaddr_un, NUL included.
+      if (v->size() >= sizeof(sockaddr_un::sun_path))
+        return Status::InvalidArgument("--control: path longer than " +
+                                       std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
+                                       " bytes");
       out->control_path = std::string(*v);
     } else if (name == "--timeout") {
       auto v = need_value();
@@ -196,39 +203,118 @@ std::string IsoTime(uint64_t ms) {
   return s;
 }
 
+namespace {
+
+// Decodes one UTF-8 sequence at s[i]. Returns its length and sets *cp, or
+// returns the length of the maximal invalid subpart (at least 1) and sets
+// *cp to -1; so each invalid stretch is replaced once, the way the Unicode
+// standard recommends (and browsers do). Overlong forms, surrogates and
+// code points above U+10FFFF are invalid.
+size_t DecodeUtf8(std::string_view s, size_t i, int32_t* cp) {
+  const auto b0 = static_cast<unsigned char>(s[i]);
+  if (b0 < 0x80) {
+    *cp = b0;
+    return 1;
+  }
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
+  int32_t v;
+  if (b0 >= 0xc2 && b0 <= 0xdf) {
+    need = 1;
+    v = b0 & 0x1f;
+  } else if (b0 >= 0xe0 && b0 <= 0xef) {
+    need = 2;
+    v = b0 & 0x0f;
+    if (b0 == 0xe0) lo = 0xa0;  // overlong
+    if (b0 == 0xed) hi = 0x9f;  // surrogates
+  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+    need = 3;
+    v = b0 & 0x07;
+    if (b0 == 0xf0) lo = 0x90;  // overlong
+    if (b0 == 0xf4) hi = 0x8f;  // above U+10FFFF
+  } else {
+    *cp = -1;
+    return 1;
+  }
+  size_t n = 1;
+  for (; n <= need; ++n) {
+    if (i + n >= s.size()) break;
+    const auto b = static_cast<unsigned char>(s[i + n]);
+    if (n == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf)) break;
+    v = (v << 6) | (b & 0x3f);
+  }
+  if (n <= need) {
+    *cp = -1;
+    return n;
+  }
+  *cp = v;
+  return n;
+}
+
+}  // namespace
+
 std::string JsonQuote(std::string_view s) {
   std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char buf[8];
-          snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
+  for (size_t i = 0; i < s.size();) {
+    int32_t cp;
+    const size_t n = DecodeUtf8(s, i, &cp);
+    if (cp < 0) {
+      // JSON text must be UTF-8 (RFC 8259 section 8.1): a parser may reject
+      // the whole object for one stray byte.
+      out += "\\ufffd";
+    } else if (cp == '"') {
+      out += "\\\"";
+    } else if (cp == '\\') {
+      out += "\\\\";
+    } else if (cp == '\n') {
+      out += "\\n";
+    } else if (cp == '\r') {
+      out += "\\r";
+    } else if (cp == '\t') {
+      out += "\\t";
+    } else if (cp < 0x20 || cp == 0x7f) {
+      char buf[8];
+      snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      out += buf;
+    } else {
+      out.append(s.substr(i, n));
     }
+    i += n;
   }
   return out + "\"";
 }
 
+std::string TerminalSafe(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    int32_t cp;
+    const size_t n = DecodeUtf8(s, i, &cp);
+    // C1 controls (U+0080..U+009F) matter too: some terminals take U+009B
+    // as CSI, the start of an escape sequence.
+    if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
+      out += '?';
+    } else {
+      out.append(s.substr(i, n));
+    }
+    i += n;
+  }
+  return out;
+}
+
 namespace {
+
+// Columns are aligned by code points, which is right for most scripts (not
+// for wide CJK characters or combining marks; good enough for labels).
+size_t DisplayWidth(std::string_view s) {
+  size_t w = 0;
+  for (size_t i = 0; i < s.size();) {
+    int32_t cp;
+    i += DecodeUtf8(s, i, &cp);
+    ++w;
+  }
+  return w;
+}
 
 // ---- JSON ----
 
@@ -398,20 +484,25 @@ Totals Sum(const control::StatusReply& s) {
 class Table {
  public:
   explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
-  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  // Cells come from the daemon and its peers: a label must not be able to
+  // write escape sequences or extra lines to the operator's terminal.
+  void Add(std::vector<std::string> row) {
+    for (auto& cell : row) cell = TerminalSafe(cell);
+    rows_.push_back(std::move(row));
+  }
   std::string Render() const {
     std::vector<size_t> width;
     for (const auto& r : rows_)
       for (size_t i = 0; i < r.size(); ++i) {
         if (width.size() <= i) width.push_back(0);
-        width[i] = std::max(width[i], r[i].size());
+        width[i] = std::max(width[i], DisplayWidth(r[i]));
       }
     std::string out;
     for (const auto& r : rows_) {
       std::string line;
       for (size_t i = 0; i < r.size(); ++i) {
         line += r[i];
-        if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+        if (i + 1 < r.size()) line += std::string(width[i] - DisplayWidth(r[i]) + 2, ' ');
       }
       while (!line.empty() && line.back() == ' ') line.pop_back();
       out += line + "\n";
@@ -486,12 +577,13 @@ std::string ExportsTable(const google::protobuf::RepeatedPtrField<control::Expor
 std::string StatusText(const control::StatusReply& s, uint64_t now_ms) {
   const control::DaemonInfo& d = s.daemon();
   const Totals t = Sum(s);
-  std::string out = "xdisk-fuse " + d.version() + " on " + d.hostname() + ", pid " +
-                    std::to_string(d.pid()) + ", up " +
+  std::string out = "xdisk-fuse " + TerminalSafe(d.version()) + " on " +
+                    TerminalSafe(d.hostname()) + ", pid " + std::to_string(d.pid()) + ", up " +
                     HumanAge(now_ms > d.started_ms() ? now_ms - d.started_ms() : 0) + "\n";
-  out += "mount    " + (d.mountpoint().empty() ? std::string("-") : d.mountpoint()) + "\n";
-  out += "listen   " + Join(d.listen(), " ") + "\n";
-  out += "connect  " + Join(d.connect(), " ") + "\n";
+  out += "mount    " + (d.mountpoint().empty() ? std::string("-") : TerminalSafe(d.mountpoint())) +
+         "\n";
+  out += "listen   " + TerminalSafe(Join(d.listen(), " ")) + "\n";
+  out += "connect  " + TerminalSafe(Join(d.connect(), " ")) + "\n";
   out += "\nlinks: " + std::to_string(t.links) + " (" + std::to_string(t.links_up) + " up), in " +
          HumanBytes(t.bytes_in) + ", out " + HumanBytes(t.bytes_out) + "\n";
   if (t.links > 0) out += LinksTable(s.links(), now_ms);
@@ -527,15 +619,17 @@ std::string StatsText(const control::StatsReply& s) {
 }
 
 std::string ExportAddedText(const control::ExportInfo& e) {
-  return "exported " + e.serial() + ": " + e.path() + ", " + HumanBytes(e.size()) + ", blksize " +
-         std::to_string(e.blksize()) + (e.read_only() ? ", read-only" : "") + ", label " +
-         e.label() + ", uuid " + e.uuid() + "\n";
+  return TerminalSafe("exported " + e.serial() + ": " + e.path() + ", " + HumanBytes(e.size()) +
+                      ", blksize " + std::to_string(e.blksize()) +
+                      (e.read_only() ? ", read-only" : "") + ", label " + e.label() + ", uuid " +
+                      e.uuid()) +
+         "\n";
 }
 
 }  // namespace
 
 std::string FormatHuman(const Request& req, const Response& resp, uint64_t now_ms) {
-  if (resp.has_error()) return "error: " + resp.error().message() + "\n";
+  if (resp.has_error()) return "error: " + TerminalSafe(resp.error().message()) + "\n";
   switch (req.command_case()) {
     case Request::kStatus:
       return StatusText(resp.status(), now_ms);
@@ -559,7 +653,7 @@ std::string FormatHuman(const Request& req, const Response& resp, uint64_t now_m
     case Request::kExportRemove:
     case Request::kConnect:
     case Request::kDisconnect:
-      return resp.done().message() + "\n";
+      return TerminalSafe(resp.done().message()) + "\n";
     case Request::COMMAND_NOT_SET:
       break;
   }

@@ -62,7 +62,13 @@ std::string HumanAge(uint64_t ms);
 std::string HumanMicros(uint64_t us);
 // Local time "2024-05-01T10:00:00+02:00"; "-" for 0.
 std::string IsoTime(uint64_t ms_since_epoch);
-// A JSON string literal with quotes, escaping as RFC 8259 requires.
+// A JSON string literal with quotes, escaping as RFC 8259 requires: `"`,
+// `\` and control characters are escaped, and each invalid UTF-8 sequence
+// (the bytes may come from a peer or a file name) becomes \ufffd, so the
+// output is always valid UTF-8 and valid JSON.
 std::string JsonQuote(std::string_view s);
+// `s` made safe to print on a terminal: control characters (C0, DEL, C1)
+// and invalid UTF-8 sequences each become '?'; valid UTF-8 text is kept.
+std::string TerminalSafe(std::string_view s);
 
 }  // namespace xdisk::ctl

@@ -40,7 +40,10 @@ int main(int argc, char** argv) {
   auto client = control::ControlClient::Connect(path, args.timeout_ms);
   if (!client.ok()) {
     fprintf(stderr, "xdiskctl: %s\n", client.status().message().c_str());
-    return ctl::kExitUnreachable;
+    // A path that cannot be a socket address is the operator's mistake
+    // (ParseCtlArgs catches it first; this is the backstop).
+    return client.status().kind() == Status::Kind::kInvalidArgument ? ctl::kExitUsage
+                                                                    : ctl::kExitUnreachable;
   }
   auto resp = (*client)->Call(args.request);
   if (!resp.ok()) {
@@ -53,7 +56,7 @@ int main(int argc, char** argv) {
   const uint64_t now = WallClockMs();
   if (args.json) fputs(ctl::FormatJson(args.request, *resp, now).c_str(), stdout);
   if (resp->has_error()) {
-    fprintf(stderr, "xdiskctl: %s\n", resp->error().message().c_str());
+    fprintf(stderr, "xdiskctl: %s\n", ctl::TerminalSafe(resp->error().message()).c_str());
     return ctl::kExitDaemonError;
   }
   if (!args.json) fputs(ctl::FormatHuman(args.request, *resp, now).c_str(), stdout);

@@ -3,7 +3,9 @@
 # own --control socket): the socket is 0600; status, links, disks and stats
 # answer in tables and in JSON, which the test parses; export add and remove
 # at runtime show up and go away on the importing side; export errors exit 1
-# with the daemon's message, usage errors exit 2, an absent daemon exits 3;
+# with the daemon's message, usage errors exit 2 (also a --control path too
+# long for a socket), an absent daemon exits 3; an export path that is not
+# UTF-8 shows as '?' in tables and U+FFFD in JSON;
 # disconnect takes the importer's link down with the disk held open, so
 # `disks` shows it blocked (ISO time, queued read) until connect brings the
 # link back and the read completes. SIGHUP: the exporter re-parses its
@@ -184,6 +186,19 @@ ctl "$ISOCK" disconnect 127.0.0.1:1
 ctl "$ISOCK" connect "127.0.0.1:$PORT"
 [ "$RC" = 1 ] || fail "a second connect to the same target exited $RC"
 
+log "an export path that is not UTF-8 does not break status"
+BADNAME=$WORK_DIR/$(printf 'caf\xe9.img')
+truncate -s $((16 * MIB)) "$BADNAME"
+# An explicit label: the default one comes from the file name, and the
+# importer journal's DiskHeader.label is still a proto3 string.
+ctl_ok "$ESOCK" export add "$BADNAME,serno=ctl5,label=ctl5"
+ctl_ok "$ESOCK" status
+grep -q 'caf?\.img' <<<"$OUT" || fail "status does not show the path with '?': $OUT"
+ctl_ok "$ESOCK" --json status
+expect '[x["path"].endswith("caf\ufffd.img") for x in d["exports"] if x["serial"] == "ctl5"]' \
+  "[True]"
+ctl_ok "$ESOCK" export remove ctl5
+
 log "usage errors exit 2, an unreachable daemon 3"
 ctl "$ISOCK" frobnicate
 [ "$RC" = 2 ] || fail "unknown command exited $RC"
@@ -193,6 +208,8 @@ ctl "$ISOCK" export add "$WORK_DIR/d4.img,bogus=1"
 [ "$RC" = 2 ] || fail "bad export spec exited $RC"
 ctl "$WORK_DIR/nobody-here.sock" status
 [ "$RC" = 3 ] || fail "absent socket exited $RC"
+ctl "/$(printf 'x%.0s' {1..200})" status
+[ "$RC" = 2 ] || fail "a --control path too long for a socket exited $RC"
 
 log "disconnect with the disk open: blocked since, queued read; connect resumes"
 exec 3<"$MNT/serno/ctl1"

@@ -1,13 +1,16 @@
 #!/bin/bash
 # The control socket survives garbage, and only root may use it. Against one
 # exporting daemon: a payload that is not a Request gets a MALFORMED reply
-# and the same connection then answers a good request; another protocol
-# version gets VERSION_MISMATCH; an oversize length prefix (and plain ASCII,
-# which reads as one) gets an error reply and that connection is closed;
-# 300 random frames, frames cut short by EOF, 100 pipelined requests
-# (answered in order) and 200 connect-and-close probes leave the daemon
-# serving; of 24 simultaneous connections 16 are served at once and the
-# others as soon as those close. A non-root user cannot connect to the 0600
+# and that connection is closed; another protocol version gets
+# VERSION_MISMATCH and a request without a command MALFORMED, and the same
+# connection then answers a good request; an oversize length prefix (and
+# plain ASCII, which reads as one) gets an error reply and that connection
+# is closed; 300 random frames, frames cut short by EOF, 100 pipelined
+# requests (answered in order) and 200 connect-and-close probes leave the
+# daemon serving; of 24 simultaneous connections 16 are served at once and
+# the others as soon as those close. Floods from 16 clients that never read
+# (garbage: disconnected; bad versions: throttled) keep the daemon's RSS
+# under 64 MiB and log at most one warning per connection. A non-root user cannot connect to the 0600
 # socket (xdiskctl exits 3); with the mode opened up by hand, SO_PEERCRED
 # refuses it (exit 1, "permission denied", logged). A second daemon on the
 # same --control path refuses to start (exit 1) while the first runs; a
@@ -38,7 +41,7 @@ wait_for "[ -S '$SOCK' ]" 10 || fail "no control socket"
 cat >"$WORK_DIR/garbage.py" <<'EOF'
 import os, random, socket, struct, sys, time
 
-path = sys.argv[1]
+path, daemon_pid, daemon_log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 STATUS = bytes([0x08, 0x01, 0x12, 0x00])        # Request{version: 1, status: {}}
 V2 = bytes([0x08, 0x02, 0x12, 0x00])            # the same at version 2
 
@@ -118,16 +121,22 @@ def ok_status(s):
     assert err is None, err
     assert 3 in f, "no status result"
 
-# 1. not a Request, then a good one on the same connection
+# 1. not a Request: an error reply, then EOF
 s = conn()
 s.sendall(frame(b"\xff\xff\xff\xff\x0f"))
 f, err = response(s)
-assert err and err[0] == MALFORMED, err
-ok_status(s)
-# 2. another version
+assert err and err[0] == MALFORMED and "does not parse" in err[1], err
+expect_eof(s)
+s.close()
+# 2. another version, and no command: error replies on a usable connection
+s = conn()
 s.sendall(frame(V2))
 f, err = response(s)
 assert err and err[0] == VERSION_MISMATCH and "version 2" in err[1], err
+ok_status(s)
+s.sendall(frame(bytes([0x08, 0x01])))
+f, err = response(s)
+assert err and err[0] == MALFORMED, err
 ok_status(s)
 s.close()
 print("malformed and version: ok")
@@ -142,16 +151,24 @@ for prefix in (b"\x7f\xff\xff\xff", b"\x00\x10\x00\x01", b"GET / HTTP/1.1\r\n\r\
     s.close()
 print("oversize: ok")
 
-# 4. random frames: each gets some reply; the stream stays usable
+# 4. random frames: each gets some reply; the stream stays usable unless
+# the payload did not parse, which closes it
 rnd = random.Random(1234)
 s = conn()
+closed = 0
 for i in range(300):
     p = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64)))
     s.sendall(frame(p))
     f, err = response(s)
+    if err and err[0] == MALFORMED and "does not parse" in err[1]:
+        expect_eof(s)
+        s.close()
+        s = conn()
+        closed += 1
 ok_status(s)
 s.close()
-print("random frames: ok")
+assert 0 < closed < 300, closed
+print("random frames: ok (%d closed)" % closed)
 
 # 5. frames cut short by EOF, at every length up to the whole frame
 whole = frame(STATUS)
@@ -205,9 +222,59 @@ for s in held:
         assert err is None, err
         s.close()
 print("connection limit: ok")
+
+# 9. floods from clients that never read their replies
+def rss_kib():
+    with open("/proc/%d/status" % daemon_pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+def warnings():
+    with open(daemon_log, errors="replace") as f:
+        return sum(1 for l in f if "warning" in l)
+
+def flood(payload, seconds):
+    """16 clients send `payload` as fast as the daemon takes it, never
+    reading. Returns how many of them the daemon disconnected."""
+    socks = [conn() for _ in range(16)]
+    for s in socks:
+        s.setblocking(False)
+    chunk = payload * (65536 // len(payload))
+    live = set(socks)
+    end = time.time() + seconds
+    while live and time.time() < end:
+        for s in list(live):
+            try:
+                s.send(chunk)
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                live.discard(s)
+        time.sleep(0.001)
+    rss = rss_kib()
+    for s in socks:
+        s.close()
+    return 16 - len(live), rss
+
+rss0, warn0 = rss_kib(), warnings()
+gone, rss = flood(frame(b"\xff\xff\xff\xff\x0f"), 3)
+assert gone == 16, "%d of 16 garbage flooders disconnected" % gone
+assert rss < 64 * 1024, "RSS %d KiB after the garbage flood" % rss
+gone, rss = flood(frame(V2), 3)
+assert rss < 64 * 1024, "RSS %d KiB after the bad-version flood" % rss
+time.sleep(0.5)
+nwarn = warnings() - warn0
+assert nwarn <= 32, "%d warnings for 32 flooding connections" % nwarn
+s = conn()
+ok_status(s)
+s.close()
+print("floods: ok (RSS %d -> %d KiB, %d warnings)" % (rss0, rss_kib(), nwarn))
 EOF
 log "garbage on the control socket"
-timeout 120 python3 "$WORK_DIR/garbage.py" "$SOCK" || fail "garbage.py failed"
+timeout 120 python3 "$WORK_DIR/garbage.py" "$SOCK" "$EXP" "$WORK_DIR/garbage.log" ||
+  fail "garbage.py failed"
 require_alive "$EXP" "after the garbage"
 "$XDISKCTL" --control "$SOCK" status >/dev/null || fail "status after the garbage"
 

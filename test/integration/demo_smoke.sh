@@ -14,6 +14,7 @@ start_daemon DEMO demo "$SOURCE_DIR/scripts/demo" "$MNT"
 wait_for "[ -e '$MNT/serno/demo-disk-1' ]" 60 || fail "demo disk did not appear"
 wait_for "grep -q 'Press Ctrl-C' '$WORK_DIR/demo.log'" 10 || fail "demo did not print its tree"
 grep -q 'serno/demo-disk-1' "$WORK_DIR/demo.log" || fail "tree listing lacks serno/demo-disk-1"
+grep -qE '^  demo-disk-1 +online' "$WORK_DIR/demo.log" || fail "no xdiskctl disks line for demo-disk-1"
 [ "$(stat -c %s "$MNT/xa0")" -eq $((1 << 30)) ] || fail "demo disk is not 1 GiB"
 [ "$(stat -c %i "$MNT/xa0")" -eq "$(stat -c %i "$MNT/serno/demo-disk-1")" ] || fail "names differ"
 tmp=$(sed -n 's/^demo: exporting \(.*\)\/demo.img.*/\1/p' "$WORK_DIR/demo.log")

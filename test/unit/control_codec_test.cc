@@ -1,11 +1,20 @@
 // The control API's pure parts: the frame codec, request validation and
 // dispatch (against a fake backend), the reload diff, xdiskctl's argument
-// parsing and output formatting.
+// parsing and output formatting; and, at the end, the ControlServer on a
+// real loop (bad requests, idle timeout, backpressure).
 #include "daemon/control_codec.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -505,4 +514,258 @@ TEST_CASE("an error reply in JSON carries ok false, code and message", "[control
   CHECK(ctl::FormatJson(req, resp, 0) ==
         "{\"version\":1,\"ok\":false,\"error\":{\"code\":\"not_found\","
         "\"message\":\"no export with serial 'x'\"}}\n");
+}
+
+// ---- untrusted text: invalid UTF-8 and control characters ----
+
+TEST_CASE("JsonQuote replaces invalid UTF-8 with U+FFFD", "[control]") {
+  // A Latin-1 file name, a lone continuation byte, a truncated sequence at
+  // the end, an overlong '/', a UTF-16 surrogate and a byte never valid.
+  CHECK(ctl::JsonQuote("caf\xe9.img") == "\"caf\\ufffd.img\"");
+  CHECK(ctl::JsonQuote("a\x80z") == "\"a\\ufffdz\"");
+  CHECK(ctl::JsonQuote("x\xe2\x82") == "\"x\\ufffd\"");
+  CHECK(ctl::JsonQuote("\xc0\xaf") == "\"\\ufffd\\ufffd\"");
+  CHECK(ctl::JsonQuote("\xed\xa0\x80") == "\"\\ufffd\\ufffd\\ufffd\"");
+  CHECK(ctl::JsonQuote("\xff") == "\"\\ufffd\"");
+  CHECK(ctl::JsonQuote("\xf4\x90\x80\x80") == "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
+}
+
+TEST_CASE("JsonQuote keeps valid multibyte UTF-8 as it is", "[control]") {
+  const std::string s = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xbe \xe6\x97\xa5";  // é € 💾 日
+  CHECK(ctl::JsonQuote(s) == "\"" + s + "\"");
+}
+
+TEST_CASE("JsonQuote escapes control characters, DEL and quotes", "[control]") {
+  CHECK(ctl::JsonQuote(std::string("\x1b[31m\x00\x7f\t\"", 9)) ==
+        "\"\\u001b[31m\\u0000\\u007f\\t\\\"\"");
+}
+
+TEST_CASE("tables replace control characters and invalid UTF-8", "[control]") {
+  CHECK(ctl::TerminalSafe("evil\x1b]0;pwned\x07\n") == "evil?]0;pwned??");
+  CHECK(ctl::TerminalSafe("caf\xe9") == "caf?");
+  CHECK(ctl::TerminalSafe("\xc2\x9b"
+                          "2J") == "?2J");  // C1 CSI
+  CHECK(ctl::TerminalSafe("caf\xc3\xa9") == "caf\xc3\xa9");
+  Request req;
+  req.set_version(kControlVersion);
+  req.mutable_links();
+  Response resp;
+  resp.set_version(kControlVersion);
+  LinkInfo* l = resp.mutable_links()->add_links();
+  l->set_peer("10.0.0.2:987");
+  l->set_direction("in");
+  l->set_state("up");
+  l->set_encryption("none");
+  l->set_peer_label("h\x1b[2J\xff\nX");
+  const std::string text = ctl::FormatHuman(req, resp, 0);
+  CHECK(text.find('\x1b') == std::string::npos);
+  CHECK(text.find("h?[2J??X\n") != std::string::npos);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 2);
+}
+
+TEST_CASE("a response with a non-UTF-8 serial round-trips and prints as JSON", "[control]") {
+  Response resp;
+  resp.set_version(kControlVersion);
+  ExportInfo* e = resp.mutable_disks()->add_exports();
+  e->set_serial("s\xe9\xff");
+  e->set_path("/srv/caf\xe9.img");
+  e->set_label("peer\x80label");
+  std::string stream;
+  REQUIRE(AppendMessageFrame(resp, &stream).ok());
+  ControlFrameDecoder d;
+  d.Feed(stream);
+  std::string payload;
+  REQUIRE(d.Next(&payload) == ControlFrameDecoder::Outcome::kFrame);
+  Response back;
+  REQUIRE(back.ParseFromString(payload));
+  REQUIRE(back.disks().exports_size() == 1);
+  CHECK(back.disks().exports(0).serial() == "s\xe9\xff");
+  CHECK(back.disks().exports(0).path() == "/srv/caf\xe9.img");
+  Request req;
+  req.set_version(kControlVersion);
+  req.mutable_disks();
+  const std::string json = ctl::FormatJson(req, back, 0);
+  CHECK(json.find("\"serial\":\"s\\ufffd\\ufffd\"") != std::string::npos);
+  CHECK(json.find("\"path\":\"/srv/caf\\ufffd.img\"") != std::string::npos);
+  for (unsigned char c : json) CHECK(c < 0x80);
+}
+
+TEST_CASE("a --control path too long for a socket address is a usage error", "[control]") {
+  ctl::CtlArgs a;
+  const std::string path = "/" + std::string(200, 'x');
+  auto r = Parse({"--control", path.c_str(), "status"}, &a);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().starts_with("--control: path longer than"));
+}
+
+// ---- the server on a real loop ----
+
+namespace {
+
+// A ControlServer on its own loop at a temporary path, with a fake backend.
+struct LoopServer {
+  uv_loop_t loop;
+  FakeBackend backend;
+  ControlService service{&backend};
+  std::string dir;
+  std::string path;
+  std::unique_ptr<ControlServer> server;
+
+  explicit LoopServer(uint64_t idle_ms) {
+    REQUIRE(uv_loop_init(&loop) == 0);
+    char tmpl[] = "/tmp/xdisk-ctltest.XXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    path = dir + "/ctl.sock";
+    server = std::make_unique<ControlServer>(&loop, &service, idle_ms);
+    REQUIRE(server->Start(path).ok());
+  }
+  ~LoopServer() {
+    server->Close();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    server.reset();
+    CHECK(uv_loop_close(&loop) == 0);
+    rmdir(dir.c_str());
+  }
+  int Connect() {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    return fd;
+  }
+  // Runs the loop until `done` or `limit_ms` of wall time passed.
+  template <typename F>
+  bool RunUntil(F done, uint64_t limit_ms = 5000) {
+    const uint64_t start = uv_hrtime();
+    while (!done()) {
+      if ((uv_hrtime() - start) / 1000000 > limit_ms) return false;
+      uv_run(&loop, UV_RUN_NOWAIT);
+      usleep(1000);
+    }
+    return true;
+  }
+};
+
+// Reads what the server wrote to `fd` until EOF (true) or nothing more
+// arrives for a moment (false).
+bool ReadToEof(int fd, std::string* out) {
+  char buf[4096];
+  for (int idle = 0; idle < 200;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n == 0) return true;
+    if (n > 0) {
+      out->append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    ++idle;
+    usleep(1000);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("a payload that does not parse gets MALFORMED and the connection closes", "[control]") {
+  LoopServer s(0);
+  int fd = s.Connect();
+  std::string garbage = Frame(Bytes({0xff, 0xff, 0xff, 0xff, 0x0f}));
+  // A flood of it: only the first is answered.
+  for (int i = 0; i < 100; ++i) REQUIRE(send(fd, garbage.data(), garbage.size(), 0) > 0);
+  REQUIRE(s.RunUntil([&] { return s.server->bad_requests() > 0 && s.server->connections() == 0; }));
+  CHECK(s.server->bad_requests() == 1);
+  std::string got;
+  CHECK(ReadToEof(fd, &got));
+  ControlFrameDecoder d;
+  d.Feed(got);
+  std::string payload;
+  REQUIRE(d.Next(&payload) == ControlFrameDecoder::Outcome::kFrame);
+  Response r;
+  REQUIRE(r.ParseFromString(payload));
+  CHECK(r.error().code() == Error::MALFORMED);
+  CHECK(d.Next(&payload) == ControlFrameDecoder::Outcome::kNeedMore);
+  close(fd);
+}
+
+TEST_CASE("another version gets an error and the connection stays usable", "[control]") {
+  LoopServer s(0);
+  int fd = s.Connect();
+  Request v2 = StatusCommand();
+  v2.set_version(2);
+  std::string out = Frame(Serialize(v2)) + Frame(Serialize(v2)) + Frame(Serialize(StatusCommand()));
+  REQUIRE(send(fd, out.data(), out.size(), 0) == static_cast<ssize_t>(out.size()));
+  ControlFrameDecoder d;
+  std::vector<Response> got;
+  char buf[4096];
+  REQUIRE(s.RunUntil([&] {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0) d.Feed(std::string_view(buf, static_cast<size_t>(n)));
+    std::string p;
+    while (d.Next(&p) == ControlFrameDecoder::Outcome::kFrame) {
+      got.emplace_back();
+      REQUIRE(got.back().ParseFromString(p));
+    }
+    return got.size() == 3;
+  }));
+  CHECK(got[0].error().code() == Error::VERSION_MISMATCH);
+  CHECK(got[1].error().code() == Error::VERSION_MISMATCH);
+  CHECK(got[2].has_status());
+  CHECK(s.server->connections() == 1);
+  CHECK(s.server->bad_requests() == 2);
+  close(fd);
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 0; }));
+}
+
+TEST_CASE("idle connections are closed after the timeout, freeing their slots", "[control]") {
+  LoopServer s(100);
+  std::vector<int> fds;
+  for (size_t i = 0; i < ControlServer::kMaxConnections + 1; ++i) fds.push_back(s.Connect());
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == ControlServer::kMaxConnections; }));
+  const uint64_t start = uv_hrtime();
+  // The 17th waited in the backlog; it is accepted once the idle ones go.
+  std::string req = Frame(Serialize(StatusCommand()));
+  REQUIRE(send(fds.back(), req.data(), req.size(), 0) > 0);
+  std::string got;
+  REQUIRE(s.RunUntil([&] {
+    char buf[4096];
+    ssize_t n = recv(fds.back(), buf, sizeof buf, 0);
+    if (n > 0) got.append(buf, static_cast<size_t>(n));
+    return got.size() >= kFrameHeaderBytes;
+  }));
+  CHECK((uv_hrtime() - start) / 1000000 >= 90);
+  for (size_t i = 0; i + 1 < fds.size(); ++i) {
+    std::string rest;
+    CHECK(ReadToEof(fds[i], &rest));
+    CHECK(rest.empty());
+  }
+  // Then the last one times out too.
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 0; }));
+  for (int fd : fds) close(fd);
+}
+
+TEST_CASE("a client that never reads is closed when its replies make no progress", "[control]") {
+  LoopServer s(200);
+  int fd = s.Connect();
+  int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  std::string req = Frame(Serialize(StatusCommand()));
+  std::string burst;
+  for (int i = 0; i < 1000; ++i) burst += req;
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 1; }));
+  const uint64_t start = uv_hrtime();
+  // Send until the server stops reading (backpressure) and our buffer fills.
+  size_t sent = 0;
+  REQUIRE(s.RunUntil(
+      [&] {
+        ssize_t n = send(fd, burst.data(), burst.size(), MSG_NOSIGNAL);
+        if (n > 0) sent += static_cast<size_t>(n);
+        return s.server->connections() == 0;
+      },
+      20000));
+  // Well past the 1 MiB cap of queued replies had the server kept reading.
+  CHECK(sent > 0);
+  CHECK((uv_hrtime() - start) / 1000000 >= 200);
+  close(fd);
 }
