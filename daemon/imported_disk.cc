@@ -151,37 +151,31 @@ void ImportedDisk::Read(uint64_t offset, uint32_t length, ReadFn done) {
 
 void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
   ++stats_.writes;
-  if (MustHold(OpKind::kWrite)) {
-    auto cb = std::make_shared<DoneFn>(std::move(done));
-    Hold(
-        OpKind::kWrite, [this, offset, data, cb] { DoWrite(offset, data, std::move(*cb)); },
-        [cb](int err) { (*cb)(err); });
-    return;
-  }
+  if (MustHold(OpKind::kWrite))
+    return HoldDone(OpKind::kWrite, std::move(done),
+                    [this, offset, data](DoneFn d) { DoWrite(offset, data, std::move(d)); });
   DoWrite(offset, data, std::move(done));
 }
 
 void ImportedDisk::Flush(DoneFn done) {
   ++stats_.flushes;
-  if (MustHold(OpKind::kFlush)) {
-    auto cb = std::make_shared<DoneFn>(std::move(done));
-    Hold(
-        OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); }, [cb](int err) { (*cb)(err); });
-    return;
-  }
+  if (MustHold(OpKind::kFlush))
+    return HoldDone(OpKind::kFlush, std::move(done), [this](DoneFn d) { DoFlush(std::move(d)); });
   DoFlush(std::move(done));
 }
 
 void ImportedDisk::Trim(uint64_t offset, uint64_t length, DoneFn done) {
   ++stats_.trims;
-  if (MustHold(OpKind::kTrim)) {
-    auto cb = std::make_shared<DoneFn>(std::move(done));
-    Hold(
-        OpKind::kTrim, [this, offset, length, cb] { DoTrim(offset, length, std::move(*cb)); },
-        [cb](int err) { (*cb)(err); });
-    return;
-  }
+  if (MustHold(OpKind::kTrim))
+    return HoldDone(OpKind::kTrim, std::move(done),
+                    [this, offset, length](DoneFn d) { DoTrim(offset, length, std::move(d)); });
   DoTrim(offset, length, std::move(done));
+}
+
+void ImportedDisk::HoldDone(OpKind kind, DoneFn done, std::function<void(DoneFn)> run) {
+  auto cb = std::make_shared<DoneFn>(std::move(done));
+  Hold(
+      kind, [cb, run = std::move(run)] { run(std::move(*cb)); }, [cb](int err) { (*cb)(err); });
 }
 
 void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
@@ -231,31 +225,10 @@ void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, DoneF
   op->length = data.size();
   op->wdata = data.data();
   op->done_cb = std::move(done);
-  if (journal_ok_ && !shut_down_) {
-    auto seq = journal_->AppendWrite(offset, data);
-    if (!seq.ok() && RefusedAlone(seq.status(), "write", offset, data.size(), op->done_cb)) return;
-    if (!seq.ok()) {
-      JournalFailed(seq.status());
-      if (MustHold(OpKind::kWrite)) {
-        // Behind what the journal still holds, like every request after it.
-        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
-        Hold(
-            OpKind::kWrite, [this, offset, data, cb] { DoWrite(offset, data, std::move(*cb)); },
-            [cb](int err) { (*cb)(err); });
-        return;
-      }
-    } else if (writeback()) {
-      // Complete once durable; the feeder carries the record to the remote.
-      durable_waiters_.push_back(
-          DurableWaiter{*seq, std::move(op->done_cb), uv_hrtime(), OpKind::kWrite});
-      stats_.write_bytes += data.size();
-      sync_wanted_ = true;
-      Kick();
-      return;
-    } else {
-      op->jseq = *seq;
-    }
-  }
+  if (journal_ok_ && !shut_down_ &&
+      Journaled(op, journal_->AppendWrite(offset, data),
+                [this, offset, data](DoneFn d) { DoWrite(offset, data, std::move(d)); }))
+    return;
   Submit(std::move(op));
 }
 
@@ -265,29 +238,10 @@ void ImportedDisk::DoTrim(uint64_t offset, uint64_t length, DoneFn done) {
   op->offset = offset;
   op->length = length;
   op->done_cb = std::move(done);
-  if (journal_ok_ && !shut_down_) {
-    auto seq = journal_->AppendTrim(offset, length);
-    if (!seq.ok() && RefusedAlone(seq.status(), "trim", offset, length, op->done_cb)) return;
-    if (!seq.ok()) {
-      JournalFailed(seq.status());
-      if (MustHold(OpKind::kTrim)) {
-        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
-        Hold(
-            OpKind::kTrim, [this, offset, length, cb] { DoTrim(offset, length, std::move(*cb)); },
-            [cb](int err) { (*cb)(err); });
-        return;
-      }
-    } else if (writeback()) {
-      durable_waiters_.push_back(
-          DurableWaiter{*seq, std::move(op->done_cb), uv_hrtime(), OpKind::kTrim});
-      stats_.trim_bytes += length;
-      sync_wanted_ = true;
-      Kick();
-      return;
-    } else {
-      op->jseq = *seq;
-    }
-  }
+  if (journal_ok_ && !shut_down_ &&
+      Journaled(op, journal_->AppendTrim(offset, length),
+                [this, offset, length](DoneFn d) { DoTrim(offset, length, std::move(d)); }))
+    return;
   Submit(std::move(op));
 }
 
@@ -307,34 +261,45 @@ void ImportedDisk::DoFlush(DoneFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kFlush;
   op->done_cb = std::move(done);
-  if (journal_ok_ && !shut_down_) {
-    auto seq = journal_->AppendFlush();
-    if (!seq.ok()) {
-      JournalFailed(seq.status());
-      if (MustHold(OpKind::kFlush)) {
-        auto cb = std::make_shared<DoneFn>(std::move(op->done_cb));
-        Hold(
-            OpKind::kFlush, [this, cb] { DoFlush(std::move(*cb)); }, [cb](int err) { (*cb)(err); });
-        return;
-      }
-    } else {
-      op->jseq = *seq;
-    }
-  }
+  if (journal_ok_ && !shut_down_ &&
+      Journaled(op, journal_->AppendFlush(), [this](DoneFn d) { DoFlush(std::move(d)); }))
+    return;
   Submit(std::move(op));
 }
 
-bool ImportedDisk::RefusedAlone(const Status& s, const char* what, uint64_t offset, uint64_t length,
-                                DoneFn& done) {
-  // A request the journal cannot hold (outside the disk): it fails by
-  // itself; the journal stays on.
-  if (s.kind() != Status::Kind::kInvalidArgument) return false;
-  XLOG(kWarning, log_name_, "%s at %" PRIu64 "+%" PRIu64 " refused: %s", what, offset, length,
-       s.message().c_str());
-  ++stats_.errors;
-  DoneFn cb = std::move(done);
-  cb(EINVAL);
-  return true;
+bool ImportedDisk::Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& seq,
+                             std::function<void(DoneFn)> redo) {
+  if (!seq.ok()) {
+    if (seq.status().kind() == Status::Kind::kInvalidArgument) {
+      // A request the journal cannot hold (outside the disk): it fails by
+      // itself; the journal stays on.
+      XLOG(kWarning, log_name_, "%s at %" PRIu64 "+%" PRIu64 " refused: %s",
+           op->kind == OpKind::kWrite  ? "write"
+           : op->kind == OpKind::kTrim ? "trim"
+                                       : "flush",
+           op->offset, op->length, seq.status().message().c_str());
+      ++stats_.errors;
+      DoneFn cb = std::move(op->done_cb);
+      cb(EINVAL);
+      return true;
+    }
+    JournalFailed(seq.status());
+    if (!MustHold(op->kind)) return false;
+    // Behind what the journal still holds, like every request after it.
+    HoldDone(op->kind, std::move(op->done_cb), std::move(redo));
+    return true;
+  }
+  if (writeback() && op->kind != OpKind::kFlush) {
+    // Complete once durable; the feeder carries the record to the remote.
+    (op->kind == OpKind::kWrite ? stats_.write_bytes : stats_.trim_bytes) += op->length;
+    durable_waiters_.push_back(
+        DurableWaiter{seq.value(), std::move(op->done_cb), uv_hrtime(), op->kind});
+    sync_wanted_ = true;
+    Kick();
+    return true;
+  }
+  op->jseq = seq.value();
+  return false;
 }
 
 void ImportedDisk::Submit(std::unique_ptr<Op> op) {

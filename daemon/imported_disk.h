@@ -178,8 +178,12 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void DoFlush(DoneFn done);
   void DoRead(uint64_t offset, uint32_t length, ReadFn done);
   void JournalFailed(const Status& s);
-  bool RefusedAlone(const Status& s, const char* what, uint64_t offset, uint64_t length,
-                    DoneFn& done);
+  // Applies the journal's answer to a write, trim or flush Op: true if the
+  // Op was taken care of (refused alone, held behind the journal, or
+  // waiting for durability), false if it is to be submitted (with its seq).
+  bool Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& seq,
+                 std::function<void(DoneFn)> redo);
+  void HoldDone(OpKind kind, DoneFn done, std::function<void(DoneFn)> run);
   void RestartFeed();
   void FeedBackground();
   void MaybeFlushBackground();
