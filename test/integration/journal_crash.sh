@@ -29,15 +29,6 @@ restart_importer() {
   wait_disk "$MNT" "$SERIAL" 20
 }
 
-# kill_importer: SIGKILL, reap, and take the dead FUSE mount away.
-kill_importer() {
-  kill -KILL "$IMP" 2>/dev/null || true
-  wait "$IMP" 2>/dev/null || true
-  # mountpoint(1) cannot stat a dead FUSE mount; /proc/mounts still lists it.
-  umount -l "$MNT" 2>/dev/null || true
-  wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "cannot unmount $MNT"
-}
-
 for MODE in remote journal; do
   SERIAL=crash-$MODE
   IMG=$WORK_DIR/$SERIAL.img

@@ -34,11 +34,6 @@ importer() {  # journal-dir [extra args]
   start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- \
     --sync=journal --journal "$j" "$@"
 }
-kill_importer() {
-  kill -KILL "$IMP" 2>/dev/null || true
-  wait "$IMP" 2>/dev/null || true
-  umount -l "$MNT" 2>/dev/null || true
-}
 
 log "make a journal with pending writes"
 start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"

@@ -62,9 +62,7 @@ log "256 MiB written during the outage: $pending records pending"
 [ "$pending" -ge 256 ] || fail "only $pending records pending after 256 MiB of writes"
 
 log "importer SIGKILLed and restarted during the outage"
-kill -KILL "$IMP"
-wait "$IMP" 2>/dev/null || true
-umount -l "$MNT"
+kill_importer
 importer
 wait_disk "$MNT" "$SERIAL" 5
 [ "$(journal_pending "$JDIR")" = "$pending" ] || fail "the restart changed what is pending"

@@ -61,9 +61,7 @@ fio_job w1 "$MNT/xa0" --rw=write --iodepth=8 "${region[@]}" --do_verify=0
 [ "$(journal_pending "$JDIR")" -gt 0 ] || fail "nothing pending in the journal during the outage"
 
 log "2. importer SIGKILLed and restarted during the outage"
-kill -KILL "$IMP"
-wait "$IMP" 2>/dev/null || true
-umount -l "$MNT"
+kill_importer
 importer
 wait_disk "$MNT" "$SERIAL" 5
 grep -q "disk $SERIAL: journal: [0-9]* pending records" "$WORK_DIR/importer.log" ||

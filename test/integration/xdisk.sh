@@ -118,3 +118,13 @@ journal_bytes() {
   "$XDISK" --journal-dump "$1" 2>/dev/null |
     sed -n 's/^disk .* segments (\([0-9]*\) bytes).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
+
+# kill_importer: SIGKILL $IMP, reap it, and take its dead FUSE mount ($MNT)
+# away (mountpoint(1) cannot stat a dead FUSE mount; /proc/mounts still
+# lists it).
+kill_importer() {
+  kill -KILL "$IMP" 2>/dev/null || true
+  wait "$IMP" 2>/dev/null || true
+  umount -l "$MNT" 2>/dev/null || true
+  wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "cannot unmount $MNT"
+}
