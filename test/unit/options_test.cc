@@ -316,3 +316,42 @@ TEST_CASE("--no-config skips the default file", "[options]") {
   CHECK(o.config_file.empty());
   CHECK(o.no_config);
 }
+
+TEST_CASE("journal options: values, defaults and bad input", "[options]") {
+  DaemonOptions o;
+  std::string out;
+  REQUIRE(Parse({"--state-dir", "/s", "/mnt"}, &o, &out).ok());
+  CHECK(o.sync == DaemonOptions::SyncMode::kRemote);
+  CHECK(o.JournalDir() == "/s/journal");
+  CHECK(o.journal_max == (1ull << 30));
+  CHECK_FALSE(o.journal_strict);
+
+  DaemonOptions w;
+  REQUIRE(Parse({"--sync=journal", "--journal", "/j", "--journal-max", "1G", "--journal-strict",
+                 "/mnt"},
+                &w, &out)
+              .ok());
+  CHECK(w.sync == DaemonOptions::SyncMode::kJournal);
+  CHECK(w.JournalDir() == "/j");
+  CHECK(w.journal_max == (1ull << 30));
+  CHECK(w.journal_strict);
+
+  DaemonOptions n;
+  REQUIRE(Parse({"--journal", "none", "/mnt"}, &n, &out).ok());
+  CHECK(n.JournalDir().empty());
+
+  // --journal-dump needs nothing else to do.
+  DaemonOptions d;
+  REQUIRE(Parse({"--journal-dump", "/var/lib/xdisk-fuse/journal"}, &d, &out).ok());
+  CHECK(d.journal_dump == "/var/lib/xdisk-fuse/journal");
+
+  CHECK(Error({"--sync", "fast", "/mnt"}) == "--sync: expected remote or journal, got 'fast'");
+  CHECK(Error({"--journal-max", "1M", "/mnt"}) == "--journal-max: bad size (at least 4M) '1M'");
+  CHECK(Error({"--journal-max", "12X", "/mnt"}) == "--journal-max: bad size (at least 4M) '12X'");
+  CHECK(Error({"--journal-max", "99999999999T", "/mnt"}) ==
+        "--journal-max: bad size (at least 4M) '99999999999T'");
+  CHECK(Error({"--journal", "", "/mnt"}) == "--journal: empty directory ''");
+  CHECK(Error({"--journal-strict=yes", "/mnt"}) == "--journal-strict: takes no value");
+  CHECK(Error({"--sync=journal", "--journal", "none", "/mnt"}) ==
+        "--sync: journal needs a journal (--journal is 'none')");
+}
