@@ -90,6 +90,10 @@ def cmd_write(args):
             log.write("".join(f"{b + i} {gens[i]}\n" for i in range(n)))
             log.flush()
             writes += 1
+            if writes == 1 and args.ready:
+                # The caller's kill timer starts here, not while this
+                # process is still starting up and parsing its log.
+                open(args.ready, "w").close()
     finally:
         log.close()
         try:
@@ -142,6 +146,7 @@ def main():
     p.add_argument("--blocks", type=int, required=True)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ready", help="write: create this file after the first write completed")
     args = p.parse_args()
     return cmd_write(args) if args.cmd == "write" else cmd_verify(args)
 

@@ -48,10 +48,15 @@ for MODE in remote journal; do
       kill -STOP "$EXP"
       stopped=1
     fi
+    rm -f "$WORK_DIR/writer.ready"
     python3 "$WRITER" write "$MNT/xa0" "$WLOG" --blocks $BLOCKS --seconds 30 \
-      --seed "$round" >"$WORK_DIR/writer.out" 2>&1 &
+      --seed "$round" --ready "$WORK_DIR/writer.ready" >"$WORK_DIR/writer.out" 2>&1 &
     writer=$!
     cleanup_fn kill -KILL "$writer"
+    # The writer reads its whole log before it starts (it grows every
+    # round): the kill timer runs from its first completed write.
+    wait_for "[ -e '$WORK_DIR/writer.ready' ]" 30 ||
+      { cat "$WORK_DIR/writer.out" >&2; fail "round $round: the writer never completed a write"; }
     # 0.2 .. 1.4 s into the writes
     sleep "$(python3 -c "import random; random.seed($round); print(0.2 + random.random() * 1.2)")"
     kill -0 "$writer" 2>/dev/null || { cat "$WORK_DIR/writer.out" >&2; fail "the writer ended early"; }
