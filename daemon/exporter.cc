@@ -132,7 +132,7 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
   // ordering is bypassed, and two thread hand-offs are saved (QD1 latency).
   if (disk_->memory_backed() && disk_->in_flight() == 0 &&
       (t.cmd == kBlkRead || (t.cmd == kBlkWrite && f.aux.size() == io.bytes))) {
-    std::vector<uint8_t> data;
+    dmsg::ByteBuffer data;
     Status s = t.cmd == kBlkRead ? disk_->ReadNow(io.offset, io.bytes, &data)
                                  : disk_->WriteNow(io.offset, f.aux);
     Finish(r.get(), s, std::move(data));
@@ -142,14 +142,14 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
     case kBlkRead:
       r->charged = io.bytes;
       owner_->Charge(link, r->charged);
-      disk_->Read(io.offset, io.bytes, [this, r](Status s, std::vector<uint8_t> data) {
+      disk_->Read(io.offset, io.bytes, [this, r](Status s, dmsg::ByteBuffer data) {
         Finish(r.get(), s, std::move(data));
       });
       break;
     case kBlkWrite: {
       // A short aux is completed with zeros, a long one cut (§7.4). The
       // frame is ours to take: no copy of the data.
-      std::vector<uint8_t> data = std::move(f.aux);
+      dmsg::ByteBuffer data = std::move(f.aux);
       data.resize(io.bytes, 0);
       r->charged = io.bytes;
       owner_->Charge(link, r->charged);
@@ -165,7 +165,7 @@ void ExportedDisk::Serve(Link& link, Transaction& t, Frame& f) {
   }
 }
 
-void ExportedDisk::Finish(Request* r, const Status& s, std::vector<uint8_t>&& data) {
+void ExportedDisk::Finish(Request* r, const Status& s, dmsg::ByteBuffer&& data) {
   if (r->txn == nullptr) return;  // the link or the transaction went away
   Transaction* t = r->txn;
   Link* link = r->link;

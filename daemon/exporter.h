@@ -74,7 +74,7 @@ class ExportedDisk : public TransactionHandler {
  private:
   struct Request;
   void Serve(Link& link, Transaction& t, dmsg::Frame& f);
-  void Finish(Request* r, const Status& s, std::vector<uint8_t>&& data);
+  void Finish(Request* r, const Status& s, dmsg::ByteBuffer&& data);
 
   Exporter* owner_;
   ResolvedExport res_;

@@ -28,7 +28,7 @@ struct ImportedDisk::Op {
   OpKind kind;
   uint64_t offset = 0, length = 0;
   const uint8_t* wdata = nullptr;
-  std::vector<uint8_t> rbuf;
+  dmsg::ByteBuffer rbuf;
   ReadFn read_cb;
   DoneFn done_cb;
   size_t remaining = 0;

@@ -309,12 +309,12 @@ bool Link::Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<con
 }
 
 bool Link::SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags,
-                     std::span<const uint8_t> ext, std::vector<uint8_t>&& aux, uint32_t error) {
+                     std::span<const uint8_t> ext, dmsg::ByteBuffer&& aux, uint32_t error) {
   return SendOn(t, base_cmd, flags, ext, aux, &aux, error);
 }
 
 bool Link::SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
-                  std::span<const uint8_t> aux, std::vector<uint8_t>* owned, uint32_t error) {
+                  std::span<const uint8_t> aux, dmsg::ByteBuffer* owned, uint32_t error) {
   Header h;
   h.cmd = base_cmd;
   h.error = error;
@@ -339,7 +339,7 @@ void Link::SendOneWay(uint32_t cmd) {
 }
 
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                   std::vector<uint8_t>* owned) {
+                   dmsg::ByteBuffer* owned) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
   if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;

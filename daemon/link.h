@@ -117,7 +117,7 @@ class Link : public TransactionHandler {
             std::span<const uint8_t> aux = {}, uint32_t error = 0);
   // Same, taking ownership of the aux buffer (no copy).
   bool SendOwned(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
-                 std::vector<uint8_t>&& aux, uint32_t error = 0);
+                 dmsg::ByteBuffer&& aux, uint32_t error = 0);
   // LNK_ERROR on `t` with `error`; `close` adds DELETE.
   bool Reply(Transaction* t, uint32_t error, bool close) {
     return Send(t, dmsg::kLnkError, close ? dmsg::kFlagDelete : 0, {}, {}, error);
@@ -145,7 +145,7 @@ class Link : public TransactionHandler {
  private:
   struct OutMsg {
     std::vector<uint8_t> header;
-    std::vector<uint8_t> aux_owned;
+    dmsg::ByteBuffer aux_owned;
     std::span<const uint8_t> aux;  // into aux_owned
     size_t pad = 0;
   };
@@ -167,14 +167,14 @@ class Link : public TransactionHandler {
   // Send() and SendOwned(): `owned`, when set, holds the bytes of `aux` and
   // is taken instead of copied.
   bool SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
-              std::span<const uint8_t> aux, std::vector<uint8_t>* owned, uint32_t error);
+              std::span<const uint8_t> aux, dmsg::ByteBuffer* owned, uint32_t error);
   // Frees `t` (OnFreed first) once DELETE went both ways and no delivery to
   // it is running.
   void FreeIfClosed(Transaction* t);
   void SendConn();
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               std::vector<uint8_t>* owned);
+               dmsg::ByteBuffer* owned);
   void FlushWrites();
   void HalfClose();
   void MaybeUp();

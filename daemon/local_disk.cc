@@ -57,7 +57,7 @@ struct LocalDisk::Op {
   // Set when the operation failed before reaching the disk; the worker then
   // does nothing and the operation takes no part in ordering.
   bool failed_early = false;
-  std::vector<uint8_t> data;
+  dmsg::ByteBuffer data;
   Status status;
   ReadCallback read_cb;
   DoneCallback done_cb;
@@ -152,7 +152,7 @@ LocalDisk::LocalDisk(uv_loop_t* loop, std::string path, int fd, bool read_only,
     memory_backed_ = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
 }
 
-Status LocalDisk::ReadNow(uint64_t offset, uint32_t length, std::vector<uint8_t>* out) const {
+Status LocalDisk::ReadNow(uint64_t offset, uint32_t length, dmsg::ByteBuffer* out) const {
   out->resize(length);
   uint64_t done = 0;
   while (done < length) {
@@ -211,7 +211,7 @@ void LocalDisk::Read(uint64_t offset, uint32_t length, ReadCallback cb) {
   Submit(std::move(op));
 }
 
-void LocalDisk::Write(uint64_t offset, std::vector<uint8_t> data, DoneCallback cb) {
+void LocalDisk::Write(uint64_t offset, dmsg::ByteBuffer data, DoneCallback cb) {
   auto op = std::make_unique<Op>();
   op->kind = Op::Kind::kWrite;
   op->offset = offset;
@@ -367,9 +367,10 @@ void LocalDisk::Complete(Op* op) {
 }
 
 void LocalDisk::DoRead(Op* op) const {
-  // resize() zero-fills, which is what a short read at the end of a file that
-  // shrank underneath us should return; the range was checked against the
-  // size seen at Open().
+  // resize() leaves the bytes uninitialised (ByteBuffer): pread fills them,
+  // and a short read at the end of a file that shrank underneath us is
+  // completed with zeros below; the range was checked against the size
+  // seen at Open().
   op->data.resize(op->length);
   uint64_t done = 0;
   while (done < op->length) {
@@ -381,7 +382,10 @@ void LocalDisk::DoRead(Op* op) const {
       op->data.clear();
       return;
     }
-    if (n == 0) break;  // End of file; the rest stays zero.
+    if (n == 0) {  // End of file: the rest reads as zeros.
+      std::fill(op->data.begin() + static_cast<std::ptrdiff_t>(done), op->data.end(), 0);
+      break;
+    }
     done += static_cast<uint64_t>(n);
   }
 }
@@ -406,7 +410,7 @@ void LocalDisk::DoWrite(Op* op) const {
   }
   // The buffer is not needed any more; free it on the worker thread rather
   // than on the loop thread.
-  std::vector<uint8_t>().swap(op->data);
+  dmsg::ByteBuffer().swap(op->data);
 }
 
 void LocalDisk::DoFlush(Op* op) const {

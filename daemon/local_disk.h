@@ -73,6 +73,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/dmsg.h"
 #include "proto/status.h"
 
 namespace xdisk {
@@ -82,7 +83,7 @@ class LocalDisk {
   // Called with the data on success; `data` is empty on error. On success
   // data.size() equals the requested length. Bytes past the end of a regular
   // file that shrank underneath us read as zeros.
-  using ReadCallback = std::function<void(Status, std::vector<uint8_t> data)>;
+  using ReadCallback = std::function<void(Status, dmsg::ByteBuffer data)>;
   using DoneCallback = std::function<void(Status)>;
   using CloseCallback = std::function<void()>;
 
@@ -115,7 +116,7 @@ class LocalDisk {
   // Writes all of `data` at `offset` (a pwrite loop that resumes after short
   // writes and EINTR). An empty `data` succeeds without touching the disk.
   // REQUIRES: loop thread.
-  void Write(uint64_t offset, std::vector<uint8_t> data, DoneCallback cb);
+  void Write(uint64_t offset, dmsg::ByteBuffer data, DoneCallback cb);
 
   // Makes completed writes durable; see guarantee (2). On a read-only disk it
   // succeeds without a system call. REQUIRES: loop thread.
@@ -146,7 +147,7 @@ class LocalDisk {
   // Synchronous pread/pwrite on the calling thread, bypassing the queue.
   // REQUIRES: loop thread, in_flight() == 0 (so no ordering is bypassed),
   // the range inside the disk, and not read_only() for WriteNow.
-  Status ReadNow(uint64_t offset, uint32_t length, std::vector<uint8_t>* out) const;
+  Status ReadNow(uint64_t offset, uint32_t length, dmsg::ByteBuffer* out) const;
   Status WriteNow(uint64_t offset, std::span<const uint8_t> data) const;
 
   const std::string& path() const { return path_; }

@@ -11,9 +11,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "proto/status.h"
@@ -196,10 +198,36 @@ struct BlkError {
 
 // A decoded frame: the base header, the extended header bytes after it
 // (HeaderBytes(cmd) - 64 bytes, as received) and the unpadded aux data.
+// An allocator whose value-less construct() leaves bytes uninitialised, so
+// that resize(n) on a buffer about to be overwritten (by recv, by a copy)
+// does not first write n zeros. resize(n, 0) and assign(n, 0) still zero.
+template <class T>
+struct UninitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitAllocator<U>;
+  };
+  UninitAllocator() = default;
+  template <class U>
+  UninitAllocator(const UninitAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+// Bulk data (aux payloads, block buffers) that moves between the decoder,
+// the disks and the FUSE replies without copies.
+using ByteBuffer = std::vector<uint8_t, UninitAllocator<uint8_t>>;
+
 struct Frame {
   Header hdr;
   std::vector<uint8_t> ext;
-  std::vector<uint8_t> aux;
+  ByteBuffer aux;
   std::span<const uint8_t> ext_span() const { return ext; }
 };
 

@@ -67,6 +67,15 @@ void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
   // A poisoned decoder ignores input: it will never look at those bytes
   // again.
   if (poisoned_ != DecodeError::kNone || bytes.empty()) return;
+  if (direct_) {
+    size_t n = std::min(bytes.size(), aux_padded_ - direct_filled_);
+    memcpy(direct_buf_.data() + direct_filled_, bytes.data(), n);
+    direct_filled_ += n;
+    bytes = bytes.subspan(n);
+    if (bytes.empty()) return;
+    // The rest follows the frame: buffered behind its header, where Next()
+    // finds it once the direct aux is handed out.
+  }
   Compact();
   Reserve(bytes.size());
   memcpy(buf_.get() + end_, bytes.data(), bytes.size());
@@ -74,6 +83,8 @@ void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
 }
 
 std::span<uint8_t> FrameDecoder::WritableTail(size_t min) {
+  if (direct_ && direct_filled_ < aux_padded_)
+    return {direct_buf_.data() + direct_filled_, aux_padded_ - direct_filled_};
   Compact();
   Reserve(min);
   return {buf_.get() + end_, cap_ - end_};
@@ -81,6 +92,10 @@ std::span<uint8_t> FrameDecoder::WritableTail(size_t min) {
 
 void FrameDecoder::Commit(size_t n) {
   if (poisoned_ != DecodeError::kNone) return;
+  if (direct_ && direct_filled_ < aux_padded_) {
+    direct_filled_ += std::min(n, aux_padded_ - direct_filled_);
+    return;
+  }
   end_ += std::min(n, cap_ - end_);
 }
 
@@ -170,9 +185,19 @@ FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::stri
     stage_ = Stage::kAux;
   }
 
-  // Stage 3: the padded aux data.
-  if (avail < hdr_bytes_ + aux_padded_) return Outcome::kNeedMore;
-  const uint8_t* aux = p + hdr_bytes_;
+  // Stage 3: the padded aux data. A large aux that is not all here yet is
+  // received directly into the buffer that becomes the frame's aux: what
+  // is buffered moves there once, the socket fills in the rest.
+  if (!direct_ && avail < hdr_bytes_ + aux_padded_) {
+    if (aux_padded_ < kDirectAuxMin) return Outcome::kNeedMore;
+    direct_ = true;
+    direct_buf_.resize(aux_padded_);
+    direct_filled_ = avail - hdr_bytes_;
+    memcpy(direct_buf_.data(), p + hdr_bytes_, direct_filled_);
+    end_ = pos_ + hdr_bytes_;
+  }
+  if (direct_ && direct_filled_ < aux_padded_) return Outcome::kNeedMore;
+  const uint8_t* aux = direct_ ? direct_buf_.data() : p + hdr_bytes_;
   if (cur_.aux_bytes > 0) {
     // The CRC covers the pad bytes as received, which need not be zero.
     uint32_t crc = Crc32c(aux, aux_padded_);
@@ -186,8 +211,17 @@ FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::stri
   }
   out->hdr = cur_;
   out->ext.assign(p + kBaseHeaderBytes, p + hdr_bytes_);
-  out->aux.assign(aux, aux + cur_.aux_bytes);
-  pos_ += hdr_bytes_ + aux_padded_;
+  if (direct_) {
+    direct_buf_.resize(cur_.aux_bytes);
+    out->aux = std::move(direct_buf_);
+    direct_buf_ = ByteBuffer();
+    direct_ = false;
+    direct_filled_ = 0;
+    pos_ += hdr_bytes_;
+  } else {
+    out->aux.assign(aux, aux + cur_.aux_bytes);
+    pos_ += hdr_bytes_ + aux_padded_;
+  }
   ++frames_;
   stage_ = Stage::kBase;
   return Outcome::kFrame;

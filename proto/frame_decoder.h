@@ -55,7 +55,8 @@ class FrameDecoder {
   void Feed(std::span<const uint8_t> bytes);
 
   // Decodes the next complete frame from the buffered bytes. On kFrame, *out
-  // holds the frame (ext and aux copied out of the buffer). On kError, *err
+  // holds the frame (ext copied out of the buffer; aux copied, or moved if
+  // it was received directly, see WritableTail). On kError, *err
   // names the problem and *detail has a human-readable explanation with the
   // offending values. kNeedMore means: feed more bytes.
   Outcome Next(Frame* out, DecodeError* err, std::string* detail = nullptr);
@@ -64,11 +65,18 @@ class FrameDecoder {
   // least `min` bytes at the end of the buffer; after reading n bytes into
   // it, call Commit(n). Equivalent to Feed() of those bytes. The span is
   // valid until the next call on the decoder.
+  //
+  // Direct aux: once Next() has checked a frame's header and a large aux
+  // (kDirectAuxMin or more) is still incomplete, the span is instead the
+  // rest of that aux in the frame's own buffer, possibly shorter than
+  // `min`: the socket's bytes land where Next() hands them out, with no
+  // copy through the internal buffer.
   std::span<uint8_t> WritableTail(size_t min);
   void Commit(size_t n);
+  static constexpr size_t kDirectAuxMin = 64 * 1024;
 
   // Bytes buffered but not yet consumed by a returned frame.
-  size_t buffered() const { return end_ - pos_; }
+  size_t buffered() const { return end_ - pos_ + direct_filled_; }
   // Number of frames returned so far (the next expected sequence number is
   // frames_decoded() & 0xFF).
   uint64_t frames_decoded() const { return frames_; }
@@ -96,6 +104,12 @@ class FrameDecoder {
   Header cur_;
   size_t hdr_bytes_ = 0;   // padded header size of the frame at pos_
   size_t aux_padded_ = 0;  // padded aux size of the frame at pos_
+  // Direct aux (stage kAux only): the frame's header stays in buf_ at pos_
+  // (and buf_ ends there); its aux arrives in direct_, of which the first
+  // direct_filled_ of aux_padded_ bytes are received.
+  bool direct_ = false;
+  ByteBuffer direct_buf_;
+  size_t direct_filled_ = 0;
 };
 
 }  // namespace xdisk::dmsg

@@ -52,7 +52,7 @@ struct TestService : TransactionHandler {
     } else if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagCreate)) {
       ++reads;
       BlkIo io = BlkIo::Decode(f.ext_span());
-      std::vector<uint8_t> data(io.bytes, 0x5a);
+      dmsg::ByteBuffer data(io.bytes, 0x5a);
       link.SendOwned(&t, kLnkError, kFlagDelete, {}, std::move(data));
     }
   }
@@ -100,7 +100,7 @@ struct TestClient : SpanObserver, TransactionHandler {
     if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate) && f.hdr.error == 0) ++open_ok;
     if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagDelete) && f.hdr.error == 0) {
       ++read_ok;
-      last_data = f.aux;
+      last_data.assign(f.aux.begin(), f.aux.end());
     }
   }
 };

@@ -36,7 +36,7 @@ struct TempFile {
     path = tmpl;
     REQUIRE(ftruncate(fd, static_cast<off_t>(size)) == 0);
     if (fill != 0) {
-      std::vector<uint8_t> buf(size, fill);
+      xdisk::dmsg::ByteBuffer buf(size, fill);
       REQUIRE(pwrite(fd, buf.data(), buf.size(), 0) == static_cast<ssize_t>(buf.size()));
       REQUIRE(fsync(fd) == 0);
     }
@@ -64,10 +64,10 @@ std::unique_ptr<LocalDisk> OpenOrFail(uv_loop_t* loop, const std::string& path, 
   return std::move(r).value();
 }
 
-std::vector<uint8_t> ReadSync(Loop& l, LocalDisk& d, uint64_t off, uint32_t len) {
+xdisk::dmsg::ByteBuffer ReadSync(Loop& l, LocalDisk& d, uint64_t off, uint32_t len) {
   Status st = Status::Unavailable("not called");
-  std::vector<uint8_t> out;
-  d.Read(off, len, [&](Status s, std::vector<uint8_t> data) {
+  xdisk::dmsg::ByteBuffer out;
+  d.Read(off, len, [&](Status s, xdisk::dmsg::ByteBuffer data) {
     st = std::move(s);
     out = std::move(data);
   });
@@ -78,7 +78,7 @@ std::vector<uint8_t> ReadSync(Loop& l, LocalDisk& d, uint64_t off, uint32_t len)
   return out;
 }
 
-Status WriteSync(Loop& l, LocalDisk& d, uint64_t off, std::vector<uint8_t> data) {
+Status WriteSync(Loop& l, LocalDisk& d, uint64_t off, xdisk::dmsg::ByteBuffer data) {
   Status st = Status::Unavailable("not called");
   d.Write(off, std::move(data), [&](Status s) { st = std::move(s); });
   l.Run();
@@ -99,7 +99,7 @@ Status FlushSync(Loop& l, LocalDisk& d) {
   return st;
 }
 
-bool AllEqual(const std::vector<uint8_t>& v, uint8_t b) {
+bool AllEqual(const xdisk::dmsg::ByteBuffer& v, uint8_t b) {
   for (uint8_t x : v)
     if (x != b) return false;
   return true;
@@ -110,7 +110,7 @@ bool AllEqual(const std::vector<uint8_t>& v, uint8_t b) {
 // is updated at submission time and every read's expected bytes are captured
 // at submission time: that is exactly what the ordering guarantee promises.
 void RandomWorkload(Loop& l, LocalDisk& d, uint64_t size, uint32_t align, uint64_t seed) {
-  std::vector<uint8_t> shadow = ReadSync(l, d, 0, static_cast<uint32_t>(size));
+  xdisk::dmsg::ByteBuffer shadow = ReadSync(l, d, 0, static_cast<uint32_t>(size));
   std::mt19937_64 rng(seed);
   size_t reads_checked = 0;
   size_t writes_done = 0;
@@ -124,7 +124,7 @@ void RandomWorkload(Loop& l, LocalDisk& d, uint64_t size, uint32_t align, uint64
           static_cast<uint32_t>(std::max<uint64_t>(align, (rng() % max_len) / align * align));
       if (len > size - off) len = static_cast<uint32_t>(size - off);
       if (rng() % 2 == 0) {
-        std::vector<uint8_t> data(len);
+        xdisk::dmsg::ByteBuffer data(len);
         for (auto& b : data) b = static_cast<uint8_t>(rng());
         std::memcpy(shadow.data() + off, data.data(), len);
         d.Write(off, std::move(data), [&](Status s) {
@@ -132,8 +132,8 @@ void RandomWorkload(Loop& l, LocalDisk& d, uint64_t size, uint32_t align, uint64
           ++writes_done;
         });
       } else {
-        std::vector<uint8_t> expect(shadow.begin() + off, shadow.begin() + off + len);
-        d.Read(off, len, [&, expect = std::move(expect)](Status s, std::vector<uint8_t> data) {
+        xdisk::dmsg::ByteBuffer expect(shadow.begin() + off, shadow.begin() + off + len);
+        d.Read(off, len, [&, expect = std::move(expect)](Status s, xdisk::dmsg::ByteBuffer data) {
           if (!s.ok() || data != expect) ++failures;
           ++reads_checked;
         });
@@ -239,14 +239,14 @@ TEST_CASE("Overlapping writes land in submission order and a later read sees the
       // Shift each write a little so that the ranges overlap without being
       // identical; the last one covers [off, off+len) entirely.
       uint64_t o = off + static_cast<uint64_t>((49 - i) % 7) * 512;
-      d->Write(o, std::vector<uint8_t>(len - (o - off), static_cast<uint8_t>(i + 1)),
+      d->Write(o, xdisk::dmsg::ByteBuffer(len - (o - off), static_cast<uint8_t>(i + 1)),
                [&completion_order, i](Status s) {
                  CHECK(s.ok());
                  completion_order.push_back(i);
                });
     }
-    std::vector<uint8_t> got;
-    d->Read(off, len, [&](Status s, std::vector<uint8_t> data) {
+    xdisk::dmsg::ByteBuffer got;
+    d->Read(off, len, [&](Status s, xdisk::dmsg::ByteBuffer data) {
       CHECK(s.ok());
       // Every write callback ran before this read's.
       CHECK(completion_order.size() == 50);
@@ -266,14 +266,14 @@ TEST_CASE("A write does not overtake an earlier overlapping read", "[local_disk]
   TempFile f(1024 * 1024, 0x11);
   {
     auto d = OpenOrFail(&l.loop, f.path, false);
-    std::vector<std::vector<uint8_t>> reads(20);
+    std::vector<xdisk::dmsg::ByteBuffer> reads(20);
     for (int i = 0; i < 20; ++i) {
-      d->Read(0, 256 * 1024, [&reads, i](Status s, std::vector<uint8_t> data) {
+      d->Read(0, 256 * 1024, [&reads, i](Status s, xdisk::dmsg::ByteBuffer data) {
         CHECK(s.ok());
         reads[i] = std::move(data);
       });
     }
-    d->Write(0, std::vector<uint8_t>(256 * 1024, 0x22), [](Status s) { CHECK(s.ok()); });
+    d->Write(0, xdisk::dmsg::ByteBuffer(256 * 1024, 0x22), [](Status s) { CHECK(s.ok()); });
     l.Run();
     for (auto& r : reads) CHECK(AllEqual(r, 0x11));
     CHECK(AllEqual(ReadSync(l, *d, 0, 256 * 1024), 0x22));
@@ -315,11 +315,11 @@ TEST_CASE("Trim is ordered against overlapping writes", "[local_disk]") {
   {
     auto d = OpenOrFail(&l.loop, f.path, false);
     for (int i = 0; i < 10; ++i) {
-      d->Write(0, std::vector<uint8_t>(128 * 1024, 0x5A), [](Status s) { CHECK(s.ok()); });
+      d->Write(0, xdisk::dmsg::ByteBuffer(128 * 1024, 0x5A), [](Status s) { CHECK(s.ok()); });
       d->Trim(4096, 64 * 1024, [](Status s) { CHECK(s.ok()); });
     }
-    std::vector<uint8_t> got;
-    d->Read(0, 128 * 1024, [&](Status s, std::vector<uint8_t> data) {
+    xdisk::dmsg::ByteBuffer got;
+    d->Read(0, 128 * 1024, [&](Status s, xdisk::dmsg::ByteBuffer data) {
       CHECK(s.ok());
       got = std::move(data);
     });
@@ -338,12 +338,12 @@ TEST_CASE("Flush succeeds after writes, and on a read-only disk", "[local_disk]"
   TempFile f(1024 * 1024);
   {
     auto d = OpenOrFail(&l.loop, f.path, false);
-    REQUIRE(WriteSync(l, *d, 0, std::vector<uint8_t>(4096, 7)).ok());
+    REQUIRE(WriteSync(l, *d, 0, xdisk::dmsg::ByteBuffer(4096, 7)).ok());
     // A flush submitted together with writes completes too; it is not
     // ordered against them.
     int done = 0;
     for (int i = 0; i < 8; ++i) {
-      d->Write(static_cast<uint64_t>(i) * 4096, std::vector<uint8_t>(4096, 9), [&](Status s) {
+      d->Write(static_cast<uint64_t>(i) * 4096, xdisk::dmsg::ByteBuffer(4096, 9), [&](Status s) {
         CHECK(s.ok());
         ++done;
       });
@@ -371,7 +371,7 @@ TEST_CASE("Errors complete through the callback, never synchronously", "[local_d
 
     bool called = false;
     Status st;
-    d->Write(0, std::vector<uint8_t>(512, 1), [&](Status s) {
+    d->Write(0, xdisk::dmsg::ByteBuffer(512, 1), [&](Status s) {
       called = true;
       st = std::move(s);
     });
@@ -391,8 +391,8 @@ TEST_CASE("Errors complete through the callback, never synchronously", "[local_d
 
     // A range past the end is rejected, with the range in the message.
     Status range = Status::Unavailable("not called");
-    std::vector<uint8_t> data{1};
-    d->Read(1024 * 1024 - 100, 200, [&](Status s, std::vector<uint8_t> got) {
+    xdisk::dmsg::ByteBuffer data{1};
+    d->Read(1024 * 1024 - 100, 200, [&](Status s, xdisk::dmsg::ByteBuffer got) {
       range = std::move(s);
       data = std::move(got);
     });
@@ -412,7 +412,7 @@ TEST_CASE("CloseWhenIdle waits for in-flight operations and rejects new ones", "
     int ops_done = 0;
     bool closed = false;
     for (int i = 0; i < 20; ++i) {
-      d->Write(static_cast<uint64_t>(i) * 4096, std::vector<uint8_t>(4096, 1), [&](Status s) {
+      d->Write(static_cast<uint64_t>(i) * 4096, xdisk::dmsg::ByteBuffer(4096, 1), [&](Status s) {
         CHECK(s.ok());
         CHECK_FALSE(closed);
         ++ops_done;
@@ -424,7 +424,7 @@ TEST_CASE("CloseWhenIdle waits for in-flight operations and rejects new ones", "
       closed = true;
       d.reset();  // Destroying the disk from its close callback is allowed.
     });
-    d->Read(0, 512, [&](Status s, std::vector<uint8_t>) {
+    d->Read(0, 512, [&](Status s, xdisk::dmsg::ByteBuffer) {
       late = std::move(s);
       ++ops_done;
     });
@@ -444,7 +444,7 @@ TEST_CASE("CloseWhenIdle waits for in-flight operations and rejects new ones", "
   }
   SECTION("destroying the disk from the last operation's callback is safe") {
     auto d = OpenOrFail(&l.loop, f.path, false);
-    d->Write(0, std::vector<uint8_t>(512, 1), [&](Status s) {
+    d->Write(0, xdisk::dmsg::ByteBuffer(512, 1), [&](Status s) {
       CHECK(s.ok());
       REQUIRE(d->in_flight() == 0);
       d.reset();
@@ -476,7 +476,7 @@ TEST_CASE("A loop device works as a block-device export", "[local_disk]") {
       CHECK(d->size() == size);
       CHECK(d->block_size() == static_cast<uint32_t>(sector));
 
-      REQUIRE(WriteSync(l, *d, 8192, std::vector<uint8_t>(16384, 0x17)).ok());
+      REQUIRE(WriteSync(l, *d, 8192, xdisk::dmsg::ByteBuffer(16384, 0x17)).ok());
       CHECK(AllEqual(ReadSync(l, *d, 8192, 16384), 0x17));
       CHECK(FlushSync(l, *d).ok());
 

@@ -455,7 +455,7 @@ TEST_CASE("BLK_READ/WRITE/FLUSH/FREEBLKS share the BlkIo layout and round-trip",
     Bytes wire;
     EncodeFrame(h, ext, aux, &wire);
     Frame f = DecodeOne(wire);
-    CHECK(f.aux == aux);
+    CHECK(Bytes(f.aux.begin(), f.aux.end()) == aux);
     BlkIo d = BlkIo::Decode(f.ext_span());
     CHECK(d.keyid == io.keyid);
     CHECK(d.offset == io.offset);

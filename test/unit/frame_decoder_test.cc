@@ -137,7 +137,8 @@ void DecodeInChunks(const Bytes& stream, const std::vector<Msg>& msgs,
     REQUIRE(got[k].hdr.aux_bytes == msgs[k].aux.size());
     REQUIRE(got[k].ext.size() == HeaderBytes(msgs[k].hdr.cmd) - 64);
     REQUIRE(Bytes(got[k].ext.begin(), got[k].ext.begin() + msgs[k].ext.size()) == msgs[k].ext);
-    REQUIRE(got[k].aux == msgs[k].aux);
+    REQUIRE(Bytes(got[k].aux.begin(), got[k].aux.end()) ==
+            Bytes(msgs[k].aux.begin(), msgs[k].aux.end()));
   }
 }
 
@@ -217,7 +218,7 @@ TEST_CASE("Next keeps answering need-more until the frame is complete", "[decode
   d.Feed(std::span<const uint8_t>(&wire.back(), 1));
   REQUIRE(d.Next(&f, &err) == Outcome::kFrame);
   CHECK(err == DecodeError::kNone);
-  CHECK(f.aux == Bytes(1000, 0x6B));
+  CHECK(Bytes(f.aux.begin(), f.aux.end()) == Bytes(1000, 0x6B));
   CHECK(d.buffered() == 0);
   CHECK(d.Next(&f, &err) == Outcome::kNeedMore);
 }
@@ -237,7 +238,7 @@ TEST_CASE("A maximal 1 MiB aux fed in small chunks decodes", "[decoder]") {
     if (pos + 61 < wire.size()) REQUIRE(d.Next(&f, &err) == Outcome::kNeedMore);
   }
   REQUIRE(d.Next(&f, &err) == Outcome::kFrame);
-  CHECK(f.aux == aux);
+  CHECK(Bytes(f.aux.begin(), f.aux.end()) == aux);
 }
 
 TEST_CASE("Sequence numbers wrap from 255 to 0", "[decoder]") {
@@ -523,6 +524,117 @@ TEST_CASE("zero-copy feeding through WritableTail/Commit decodes like Feed", "[d
     while (d.Next(&f, &err) == FrameDecoder::Outcome::kFrame) frames.push_back(f);
   }
   REQUIRE(frames.size() == 2);
-  CHECK(frames[1].aux == aux);
+  CHECK(Bytes(frames[1].aux.begin(), frames[1].aux.end()) == aux);
   CHECK(d.buffered() == 0);
+}
+
+namespace {
+
+// Small and large frames mixed: the large ones (at and around
+// kDirectAuxMin, and the 1 MiB maximum) take the direct-aux path whenever
+// their aux is incomplete when the header is checked.
+std::vector<Msg> MixedSizeMessages() {
+  std::vector<Msg> m;
+  size_t sizes[] = {0,
+                    100,
+                    FrameDecoder::kDirectAuxMin - 64,
+                    FrameDecoder::kDirectAuxMin,
+                    7,
+                    FrameDecoder::kDirectAuxMin + 1,
+                    kAuxMax,
+                    kAuxMax - 63,
+                    4096,
+                    300000};
+  for (size_t n : sizes) {
+    Msg x;
+    x.hdr.cmd = kLnkError | kFlagReply | kFlagCreate | kFlagDelete;
+    x.hdr.msgid = m.size() + 1;
+    x.hdr.salt = static_cast<uint32_t>(m.size() & 0xFF);
+    x.aux.resize(n);
+    for (size_t i = 0; i < n; ++i) x.aux[i] = static_cast<uint8_t>(i * 13 + m.size());
+    m.push_back(std::move(x));
+  }
+  return m;
+}
+
+void CheckSameFrames(const std::vector<Frame>& got, const std::vector<Msg>& msgs) {
+  REQUIRE(got.size() == msgs.size());
+  for (size_t k = 0; k < msgs.size(); ++k) {
+    INFO("frame " << k);
+    REQUIRE(got[k].hdr.msgid == msgs[k].hdr.msgid);
+    REQUIRE(got[k].aux.size() == msgs[k].aux.size());
+    REQUIRE(memcmp(got[k].aux.data(), msgs[k].aux.data(), msgs[k].aux.size()) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Large auxes received directly decode like buffered ones, any chunking", "[decoder]") {
+  const auto msgs = MixedSizeMessages();
+  const Bytes stream = EncodeAll(msgs);
+  std::mt19937 rng(77);
+  for (int trial = 0; trial < 24; ++trial) {
+    INFO("trial " << trial);
+    const bool socket_style = trial % 2 == 0;  // WritableTail/Commit, else Feed
+    const size_t max = trial % 3 == 0 ? 5000 : trial % 3 == 1 ? 70000 : 400000;
+    FrameDecoder d;
+    std::vector<Frame> got;
+    size_t off = 0;
+    bool saw_direct = false;
+    while (off < stream.size()) {
+      size_t want = 1 + rng() % max;
+      size_t n;
+      if (socket_style) {
+        std::span<uint8_t> tail = d.WritableTail(256 * 1024);
+        REQUIRE(!tail.empty());
+        // A direct span is the rest of one aux: shorter than asked for.
+        if (tail.size() < 256 * 1024) saw_direct = true;
+        n = std::min({tail.size(), stream.size() - off, want});
+        memcpy(tail.data(), stream.data() + off, n);
+        d.Commit(n);
+      } else {
+        n = std::min(stream.size() - off, want);
+        d.Feed(std::span<const uint8_t>(stream).subspan(off, n));
+      }
+      off += n;
+      Frame f;
+      DecodeError err = DecodeError::kNone;
+      FrameDecoder::Outcome o;
+      while ((o = d.Next(&f, &err)) == FrameDecoder::Outcome::kFrame) got.push_back(std::move(f));
+      REQUIRE(o == FrameDecoder::Outcome::kNeedMore);
+      // Every byte fed and not yet handed out is counted, wherever it sits.
+      size_t handed = 0;
+      for (const Frame& g : got) handed += HeaderBytes(g.hdr.cmd) + PaddedAux(g.aux.size());
+      REQUIRE(d.buffered() == off - handed);
+    }
+    if (socket_style && max >= 70000) CHECK(saw_direct);
+    CHECK(d.buffered() == 0);
+    CheckSameFrames(got, msgs);
+  }
+}
+
+TEST_CASE("A flipped byte in a directly received aux is an aux crc error", "[decoder]") {
+  const auto msgs = MixedSizeMessages();
+  Bytes stream = EncodeAll(msgs);
+  // A byte deep inside the 1 MiB aux (frame 6), past the first read.
+  size_t at = 0;
+  for (size_t k = 0; k < 6; ++k) at += HeaderBytes(msgs[k].hdr.cmd) + PaddedAux(msgs[k].aux.size());
+  at += HeaderBytes(msgs[6].hdr.cmd) + 900000;
+  stream[at] ^= 0x10;
+  FrameDecoder d;
+  size_t off = 0, frames = 0;
+  DecodeError err = DecodeError::kNone;
+  FrameDecoder::Outcome o = FrameDecoder::Outcome::kNeedMore;
+  while (off < stream.size() && o != FrameDecoder::Outcome::kError) {
+    std::span<uint8_t> tail = d.WritableTail(64 * 1024);
+    size_t n = std::min<size_t>({tail.size(), stream.size() - off, 100000});
+    memcpy(tail.data(), stream.data() + off, n);
+    d.Commit(n);
+    off += n;
+    Frame f;
+    while ((o = d.Next(&f, &err)) == FrameDecoder::Outcome::kFrame) ++frames;
+  }
+  CHECK(frames == 6);
+  CHECK(o == FrameDecoder::Outcome::kError);
+  CHECK(err == DecodeError::kAuxCrc);
 }
