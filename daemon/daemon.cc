@@ -112,6 +112,7 @@ struct Daemon::Impl {
     jc.segment_bytes = std::min<uint64_t>(jc.segment_bytes, opts.journal_max / 4);
     jc.strict = opts.journal_strict;
     jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
+    jc.deferred_writes = !jc.synced;
     importer = std::make_unique<Importer>(&loop, tree.get(), dc, jc);
     if (Status st = importer->RecoverJournals(); !st.ok()) {
       XLOG(kError, "main", "--journal %s: %s", jc.dir.c_str(), st.ToString().c_str());

@@ -299,6 +299,9 @@ bool ImportedDisk::Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& se
     return true;
   }
   op->jseq = seq.value();
+  // Deferred: the record is written on the threadpool while the request
+  // goes out; the request completes once both are done (FinishOp).
+  if (journal_->has_queued_writes()) StartWrites();
   return false;
 }
 
@@ -651,6 +654,19 @@ void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
 void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
+  if (owned->jseq != 0 && !owned->background && journal_ != nullptr &&
+      owned->jseq > journal_->written_seq()) {
+    // Answered before its record reached the journal's file, which the
+    // running write still reads from the request's buffer: completing now
+    // would hand that buffer back, and acknowledge a write a restart could
+    // not resend.
+    unwritten_.emplace(owned->jseq, std::move(owned));
+    return;
+  }
+  CompleteOp(std::move(owned));
+}
+
+void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
   if (!owned->snap_ranges.empty() && owned->error == 0) {
     if (owned->rbuf.size() != owned->length) owned->rbuf.resize(owned->length, 0);
     for (auto [start, end] : owned->snap_ranges)
@@ -964,6 +980,7 @@ void ImportedDisk::RetireUpTo(uint64_t seq) {
   if (journal_ == nullptr || seq <= journal_->retired_seq()) return;
   if (Status st = journal_->Retire(seq); !st.ok())
     XLOG(kWarning, log_name_, "journal retire: %s", st.ToString().c_str());
+  if (journal_->has_queued_writes()) StartWrites();
   if (!held_.empty()) Kick();  // space may have freed
   if (journal_->pending().empty() && drained_hook_ && !shut_down_) drained_hook_();
 }
@@ -1010,6 +1027,42 @@ void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
   self->journal_->SyncDone(self->sync_batch_);
   self->FinishDurable();
   if (self->sync_wanted_) self->StartSync();
+}
+
+void ImportedDisk::StartWrites() {
+  if (write_inflight_ || !journal_->has_queued_writes()) return;
+  write_batch_ = journal_->PrepareWrites();
+  write_inflight_ = true;
+  write_work_.data = this;
+  uv_queue_work(loop_, &write_work_, OnWritesWork, OnWritesDone);
+}
+
+void ImportedDisk::OnWritesWork(uv_work_t* w) {
+  auto* self = static_cast<ImportedDisk*>(w->data);
+  Journal::RunWrites(&self->write_batch_);
+}
+
+void ImportedDisk::OnWritesDone(uv_work_t* w, int) {
+  // Also after Shutdown(): the loop runs until this batch is done, and
+  // what is still queued (a last retire record) goes out after it.
+  auto* self = static_cast<ImportedDisk*>(w->data);
+  self->write_inflight_ = false;
+  Status st = self->journal_->WritesDone(&self->write_batch_);
+  // A failed write switches the journal off like a failed append; every
+  // waiting request is then released (written_seq() jumped).
+  if (!st.ok() && self->journal_ok_) self->JournalFailed(st);
+  self->CompleteWritten();
+  self->StartWrites();
+}
+
+void ImportedDisk::CompleteWritten() {
+  const uint64_t written = journal_->written_seq();
+  std::vector<std::unique_ptr<Op>> done;
+  while (!unwritten_.empty() && unwritten_.begin()->first <= written) {
+    done.push_back(std::move(unwritten_.begin()->second));
+    unwritten_.erase(unwritten_.begin());
+  }
+  for (auto& op : done) CompleteOp(std::move(op));
 }
 
 void ImportedDisk::FinishDurable() {

@@ -32,6 +32,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -193,6 +194,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void FinishDurable();
   static void OnSyncWork(uv_work_t* w);
   static void OnSyncDone(uv_work_t* w, int status);
+  // Deferred journal writes (kRemote): one batch at a time on the threadpool.
+  void StartWrites();
+  static void OnWritesWork(uv_work_t* w);
+  static void OnWritesDone(uv_work_t* w, int status);
+  void CompleteWritten();
   void Kick();  // dispatch on the next loop turn, never re-entrantly
   void Dispatch();
   void EnsureOpen();
@@ -200,6 +206,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit);
   void ChunkDone(Chunk* c, int err, dmsg::Frame* f);
   void FinishOp(Op* op);
+  void CompleteOp(std::unique_ptr<Op> op);
   void OnOpenReply(const dmsg::Frame& f);
   void OnOpenLost();
   void FinishOpenWaiters(int err);
@@ -266,6 +273,12 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool sync_inflight_ = false;
   bool sync_wanted_ = false;
   bool sync_failed_ = false;
+  uv_work_t write_work_;
+  Journal::WriteBatch write_batch_;
+  bool write_inflight_ = false;
+  // kRemote: requests the remote answered before their record was in the
+  // journal's file (the write still reads their data), by seq.
+  std::map<uint64_t, std::unique_ptr<Op>> unwritten_;
   std::function<void()> drained_hook_;
 
   uv_idle_t kick_;

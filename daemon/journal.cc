@@ -112,9 +112,10 @@ Status MakeDirs(const std::string& path) {
   return Status::Ok();
 }
 
-// Writes a gather list completely (IOV_MAX entries per call at most).
-Status WritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
-                 uint64_t at) {
+// Writes a gather list completely at file offset `at` (IOV_MAX entries
+// per call at most).
+Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
+                  uint64_t at) {
   std::vector<iovec> iov;
   iov.reserve(pieces.size());
   for (const auto& p : pieces)
@@ -123,7 +124,7 @@ Status WritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const
   uint64_t done = 0;
   while (first < iov.size()) {
     const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    const ssize_t w = writev(fd, iov.data() + first, count);
+    const ssize_t w = pwritev(fd, iov.data() + first, count, static_cast<off_t>(at + done));
     if (w < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, "journal: writing " + At(path, at + done));
@@ -551,18 +552,42 @@ Status DumpDisk(const std::string& disk_dir, std::string* out) {
 
 // ---- Journal ----
 
+// An open segment file. Shared with the deferred writes still to land in
+// it, so that a segment deleted meanwhile keeps its descriptor (and the
+// number cannot be reused under a running write) until they are done.
+struct SegmentFile {
+  SegmentFile(int f, std::string p) : fd(f), path(std::move(p)) {}
+  SegmentFile(const SegmentFile&) = delete;
+  SegmentFile& operator=(const SegmentFile&) = delete;
+  ~SegmentFile() {
+    if (fd >= 0) close(fd);
+  }
+  const int fd;
+  const std::string path;
+};
+
+struct Journal::QueuedWrite {
+  std::shared_ptr<const SegmentFile> file;
+  uint64_t at = 0;                    // the segment's length before this record
+  std::vector<uint8_t> owned;         // the payload, or its head when `borrowed` follows
+  std::span<const uint8_t> borrowed;  // the caller's data (AppendWrite)
+};
+
+Journal::WriteBatch::WriteBatch() = default;
+Journal::WriteBatch::~WriteBatch() = default;
+Journal::WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
+Journal::WriteBatch& Journal::WriteBatch::operator=(WriteBatch&&) noexcept = default;
+
 struct Journal::Segment {
   uint64_t number = 0;
   std::string path;
   int fd = -1;  // read-only for older segments, read-write for the current one
+  std::shared_ptr<const SegmentFile> file;  // owns fd
   uint64_t size = 0;
   // Highest seq of a data record that may be in it: it can be deleted once
   // the watermark reaches this.
   uint64_t last_seq = 0;
   bool dirty = false;  // written since the last PrepareSync()
-  ~Segment() {
-    if (fd >= 0) close(fd);
-  }
 };
 
 std::string ReplayReport::ToString() const {
@@ -677,6 +702,7 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   // cache of a daemon that was killed. The replayed segments count as
   // written, so the next group commit covers them.
   j->durable_seq_ = scan.watermark;
+  j->written_seq_ = last;
   for (const ScannedSegment& s : scan.segments) {
     auto seg = std::make_unique<Segment>();
     seg->number = s.number;
@@ -689,6 +715,7 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
     seg->fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     seg->dirty = true;  // fdatasync works on a read-only descriptor
     if (seg->fd < 0) return Status::FromErrno(errno, "journal: opening " + s.path);
+    seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
     j->bytes_on_disk_ += s.size;
     j->segments_.emplace(s.number, std::move(seg));
   }
@@ -818,6 +845,7 @@ Status Journal::StartSegment() {
     failure_ = st.message();
     return st;
   }
+  seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
   segments_.emplace(number, std::move(seg));
   dir_dirty_ = true;
 
@@ -845,7 +873,7 @@ Status Journal::StartSegment() {
 }
 
 Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                              bool even_if_failed, JournalLocation* loc) {
+                              bool even_if_failed, JournalLocation* loc, bool borrow_last) {
   if (failed_ && !even_if_failed)
     return Status::FromErrno(EIO,
                              "journal " + disk_dir_ + " is off after an error (" + failure_ + ")");
@@ -855,17 +883,35 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
     if (Status st = StartSegment(); !st.ok()) return st;
   }
   Segment& seg = *segments_.rbegin()->second;
+  uint64_t total = 0;
+  for (const auto& p : pieces) total += p.size();
+  const size_t n = journal_log::AppendedBytes(seg.size, total);
+  if (config_.deferred_writes &&
+      (batch_out_ || !queued_.empty() || total >= config_.deferred_min_bytes)) {
+    // Placed now, framed and written by RunWrites(). The caller's data is
+    // referenced (it outlives the write, see the header); the small rest
+    // is copied, as encode_buf_ and the callers' prefixes are reused.
+    QueuedWrite w;
+    w.file = seg.file;
+    w.at = seg.size;
+    const size_t copied = pieces.size() - (borrow_last && !pieces.empty() ? 1 : 0);
+    for (size_t i = 0; i < copied; ++i)
+      w.owned.insert(w.owned.end(), pieces[i].begin(), pieces[i].end());
+    if (copied < pieces.size()) w.borrowed = pieces.back();
+    queued_.push_back(std::move(w));
+    const journal_log::Framed framed = journal_log::PlaceRecord(seg.size, total);
+    seg.size += n;
+    bytes_on_disk_ += n;
+    seg.dirty = true;
+    if (loc != nullptr) *loc = JournalLocation{seg.number, framed.offset, framed.framed_length};
+    return Status::Ok();
+  }
   // The payload goes from the caller's buffers to the file with one
   // writev: no copy in between (1 MiB writes made that copy a tenth of
   // the importer's CPU time).
   const journal_log::Framed framed =
       journal_log::GatherRecord(seg.size, pieces, &frame_buf_, &gather_);
-  Status st = WritevAll(seg.fd, gather_, seg.path, seg.size);
-  const size_t n = journal_log::AppendedBytes(seg.size, [&] {
-    uint64_t t = 0;
-    for (const auto& p : pieces) t += p.size();
-    return t;
-  }());
+  Status st = PwritevAll(seg.fd, gather_, seg.path, seg.size);
   if (!st.ok()) {
     // Cut the segment back to its last complete record (shrinking needs no
     // space), so that a later replay sees a clean end rather than a partial
@@ -874,7 +920,6 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
     // If even that fails, the partial record stays and replay reports it.
     const bool cut = ftruncate(seg.fd, static_cast<off_t>(seg.size)) == 0;
     (void)cut;
-    (void)lseek(seg.fd, static_cast<off_t>(seg.size), SEEK_SET);
     if (!failed_) {
       failed_ = true;
       failure_ = st.message();
@@ -889,11 +934,14 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
 }
 
 Result<uint64_t> Journal::AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
-                                     std::span<const std::span<const uint8_t>> payload) {
+                                     std::span<const std::span<const uint8_t>> payload,
+                                     bool borrow_last) {
   const uint64_t seq = next_seq_;
   JournalLocation loc;
-  if (Status st = AppendPayload(payload, true, false, &loc); !st.ok()) return st;
+  if (Status st = AppendPayload(payload, true, false, &loc, borrow_last); !st.ok()) return st;
   ++next_seq_;
+  // Queued if anything is (see AppendPayload), else in the file now.
+  (queued_.empty() ? written_seq_ : queued_upto_) = seq;
   pending_.push_back(JournalPending{seq, kind, offset, length, loc});
   segments_.rbegin()->second->last_seq = seq;
   if (kind == JournalRecordKind::kWrite) pending_bytes_ += length;
@@ -913,7 +961,7 @@ Result<uint64_t> Journal::AppendWrite(uint64_t offset, std::span<const uint8_t> 
   uint8_t prefix[kWritePrefixMax];
   const size_t n = EncodeWritePrefix(next_seq_, offset, data.size(), prefix);
   const std::span<const uint8_t> pieces[2] = {std::span<const uint8_t>(prefix, n), data};
-  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces);
+  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces, true);
 }
 
 Result<uint64_t> Journal::AppendTrim(uint64_t offset, uint64_t length) {
@@ -1000,6 +1048,7 @@ Status Journal::RemoveIfEmpty() {
       result = Status::FromErrno(errno, "journal: deleting " + seg->path);
   }
   segments_.clear();
+  queued_.clear();
   bytes_on_disk_ = 0;
   if (dir_fd_ >= 0) close(dir_fd_);
   dir_fd_ = -1;
@@ -1009,6 +1058,59 @@ Status Journal::RemoveIfEmpty() {
   failed_ = true;
   failure_ = "the journal was removed";
   return result;
+}
+
+Journal::WriteBatch Journal::PrepareWrites() {
+  WriteBatch batch;
+  batch.writes = std::move(queued_);
+  queued_.clear();
+  batch.upto_seq = std::max(written_seq_, queued_upto_);
+  batch_out_ = true;
+  return batch;
+}
+
+void Journal::RunWrites(WriteBatch* batch) {
+  std::vector<uint8_t> headers;
+  std::vector<std::span<const uint8_t>> gather;
+  for (const QueuedWrite& w : batch->writes) {
+    const std::span<const uint8_t> pieces[2] = {w.owned, w.borrowed};
+    journal_log::GatherRecord(w.at, pieces, &headers, &gather);
+    Status st = PwritevAll(w.file->fd, gather, w.file->path, w.at);
+    if (!st.ok()) {
+      // As in a synchronous append: cut back to the last whole record, and
+      // nothing after it is written (no hole before a later record).
+      (void)ftruncate(w.file->fd, static_cast<off_t>(w.at));
+      batch->status = st;
+      return;
+    }
+    ++batch->written;
+  }
+}
+
+Status Journal::WritesDone(WriteBatch* batch) {
+  batch_out_ = false;
+  Status st = batch->status;
+  if (st.ok()) {
+    written_seq_ = std::max(written_seq_, batch->upto_seq);
+  } else {
+    if (!failed_) {
+      failed_ = true;
+      failure_ = st.message();
+    }
+    queued_.clear();
+    written_seq_ = last_seq();
+    // The failed record's segment was cut back where it began, and what
+    // followed it never reached the files: sizes are what the files say.
+    bytes_on_disk_ = 0;
+    for (auto& [number, seg] : segments_) {
+      struct stat sb;
+      if (fstat(seg->fd, &sb) == 0) seg->size = static_cast<uint64_t>(sb.st_size);
+      bytes_on_disk_ += seg->size;
+    }
+  }
+  // Releases the files: a segment deleted meanwhile is closed here.
+  batch->writes.clear();
+  return st;
 }
 
 Journal::SyncBatch Journal::PrepareSync() {
@@ -1086,6 +1188,9 @@ const JournalPending* Journal::FindPending(uint64_t seq) const {
 }
 
 Result<std::vector<uint8_t>> Journal::ReadWriteData(const JournalPending& rec) {
+  if (rec.seq > written_seq_)
+    return Status::FromErrno(EAGAIN, "journal: record " + std::to_string(rec.seq) +
+                                         " is not written yet (deferred writes)");
   auto it = segments_.find(rec.loc.segment);
   if (it == segments_.end())
     return Status::NotFound("journal: record " + std::to_string(rec.seq) + ": segment " +

@@ -31,7 +31,16 @@
 // damaged region in the middle is skipped to the next block and reported in
 // ReplayReport, or makes Open fail with Status::Corruption if strict.
 //
-// Threading: one thread (the loop) for everything except RunSync().
+// Deferred writes (JournalConfig::deferred_writes, for --sync=remote): an
+// append updates everything in memory (seq, pending, index, segment sizes)
+// at once but only queues its bytes; PrepareWrites() (loop thread) hands
+// the queue out, RunWrites() (any thread) frames the records, computing
+// their CRCs, and writes them with pwritev at their places, in order, and
+// WritesDone() (loop thread) advances written_seq(). The request and its
+// record then travel side by side instead of one after the other.
+//
+// Threading: one thread (the loop) for everything except RunSync() and
+// RunWrites().
 #pragma once
 
 #include <cstdint>
@@ -58,6 +67,14 @@ struct JournalConfig {
   // newer one, so Open() drops what such segments left pending instead of
   // letting it be resent over newer data (ReplayReport::stale_dropped).
   bool synced = false;
+  // Appends queue their bytes for RunWrites() (see the file comment).
+  // REQUIRES !synced. A record not yet written cannot be read back
+  // (ReadWriteData, Overlay): only replayed records are.
+  bool deferred_writes = false;
+  // Smaller records are written at once when nothing is queued or being
+  // written (a thread hand-off costs more than writing 4 KiB); the file
+  // order is the append order either way.
+  uint64_t deferred_min_bytes = 32 * 1024;
 };
 
 struct JournalDiskHeader {
@@ -175,6 +192,31 @@ class Journal {
   static Status RunSync(SyncBatch* batch);
   void SyncDone(const SyncBatch& batch);
   uint64_t durable_seq() const { return durable_seq_; }
+
+  // Deferred writes. AppendWrite() then refers to the caller's data instead
+  // of copying it: the data must stay unchanged until written_seq() reaches
+  // the record's seq. Everything else is copied into the queue. One batch
+  // at a time: PrepareWrites() only after the previous WritesDone().
+  struct QueuedWrite;  // journal.cc
+  struct WriteBatch {
+    std::vector<QueuedWrite> writes;
+    uint64_t upto_seq = 0;  // every data record <= this is written when it succeeds
+    Status status;          // RunWrites()'s outcome
+    size_t written = 0;     // writes completed before a failure
+    WriteBatch();
+    ~WriteBatch();
+    WriteBatch(WriteBatch&&) noexcept;
+    WriteBatch& operator=(WriteBatch&&) noexcept;
+  };
+  bool has_queued_writes() const { return !queued_.empty(); }
+  WriteBatch PrepareWrites();
+  static void RunWrites(WriteBatch* batch);
+  // Returns the batch's status. After a failure the journal refuses
+  // appends (like a failed synchronous append), the rest of the queue is
+  // dropped, and written_seq() jumps to last_seq(): nothing refers to the
+  // callers' data any more.
+  Status WritesDone(WriteBatch* batch);
+  uint64_t written_seq() const { return written_seq_; }
   uint64_t last_seq() const { return next_seq_ - 1; }
   uint64_t retired_seq() const { return retired_seq_; }
 
@@ -225,11 +267,14 @@ class Journal {
   // current segment, rolling to a new one first if `may_roll` and the
   // current one is past segment_bytes. `even_if_failed`: try although an
   // earlier append failed (best-effort retire records).
+  // `borrow_last`: with deferred writes, the last piece is referenced, not
+  // copied, until written.
   Status AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                       bool even_if_failed, JournalLocation* loc);
+                       bool even_if_failed, JournalLocation* loc, bool borrow_last = false);
   // Appends a data record (write, trim, flush) and indexes it.
   Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
-                              std::span<const std::span<const uint8_t>> payload);
+                              std::span<const std::span<const uint8_t>> payload,
+                              bool borrow_last = false);
   void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
   void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
   // Deletes the non-current segments whose records are all retired (every
@@ -252,6 +297,12 @@ class Journal {
   bool failed_ = false;
   std::string failure_;  // why appends are refused
   bool dir_dirty_ = false;
+  // Deferred writes not yet handed to a batch, in file order, and the
+  // highest data seq among them.
+  std::vector<QueuedWrite> queued_;
+  uint64_t queued_upto_ = 0;
+  bool batch_out_ = false;  // between PrepareWrites() and WritesDone()
+  uint64_t written_seq_ = 0;
   // Batches handed out by PrepareSync() and not yet all done, in order:
   // (upto_seq, done).
   std::deque<std::pair<uint64_t, bool>> syncs_;

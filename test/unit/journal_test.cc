@@ -840,3 +840,168 @@ TEST_CASE("the worked example of docs/journal-format.md is what the journal writ
   INFO("written: " << hex);
   CHECK(got == want);
 }
+
+// ---- deferred writes (--sync=remote) ----
+
+TEST_CASE("deferred writes reach the file only through a batch, in order", "[journal]") {
+  TempDir t;
+  JournalConfig c = Config(t, 64 << 10);  // small segments: records roll mid-batch
+  c.deferred_writes = true;
+  c.deferred_min_bytes = 0;  // every record queued
+  const JournalDiskHeader h = Header(8 << 20);
+  const std::string dir = DiskDir(c, h);
+  std::vector<Bytes> data;
+  for (uint32_t i = 0; i < 12; ++i) data.push_back(Pattern(20000 + i * 111, i + 1));
+  {
+    auto j = OpenOk(c, h);
+    CHECK(j->written_seq() == 0);
+    std::vector<uint64_t> seqs;
+    for (uint32_t i = 0; i < 6; ++i) seqs.push_back(AppendW(*j, i * 65536, data[i]));
+    CHECK(j->has_queued_writes());
+    CHECK(j->written_seq() == 0);
+    // Nothing is in the files yet; the sizes are already accounted.
+    CHECK(FilesBytes(dir) == 0);
+    CHECK(j->bytes_on_disk() > 6 * 20000);
+    CHECK_FALSE(j->ReadWriteData(j->pending().front()).ok());
+
+    Journal::WriteBatch b = j->PrepareWrites();
+    CHECK_FALSE(j->has_queued_writes());
+    CHECK(b.upto_seq == seqs.back());
+    // Appends while a batch is out queue behind it.
+    seqs.push_back(AppendW(*j, 6 * 65536, data[6]));
+    Journal::RunWrites(&b);
+    REQUIRE(b.status.ok());
+    REQUIRE(j->WritesDone(&b).ok());
+    CHECK(j->written_seq() == seqs[5]);
+    auto first = j->ReadWriteData(j->pending().front());
+    REQUIRE(first.ok());
+    CHECK(*first == data[0]);
+
+    Journal::WriteBatch b2 = j->PrepareWrites();
+    Journal::RunWrites(&b2);
+    REQUIRE(j->WritesDone(&b2).ok());
+    CHECK(j->written_seq() == seqs[6]);
+    CHECK(FilesBytes(dir) == j->bytes_on_disk());
+
+    // A retire record is queued too, and deletes segments at once while
+    // the batch still holds their descriptors.
+    REQUIRE(j->Retire(seqs[3]).ok());
+    CHECK(j->has_queued_writes());
+    Journal::WriteBatch b3 = j->PrepareWrites();
+    Journal::RunWrites(&b3);
+    REQUIRE(j->WritesDone(&b3).ok());
+  }
+  // Everything written replays: the three unretired writes, byte for byte.
+  c.deferred_writes = false;
+  ReplayReport rep;
+  auto j = OpenOk(c, h, &rep);
+  CHECK(rep.damage.empty());
+  CHECK_FALSE(rep.torn_tail);
+  REQUIRE(j->pending().size() == 3);
+  for (size_t k = 0; k < 3; ++k) {
+    auto d = j->ReadWriteData(j->pending()[k]);
+    REQUIRE(d.ok());
+    CHECK(*d == data[4 + k]);
+  }
+}
+
+TEST_CASE("a deferred write that fails cuts the segment and switches the journal off",
+          "[journal]") {
+  TempDir t;
+  JournalConfig c = Config(t);
+  c.deferred_writes = true;
+  c.deferred_min_bytes = 0;
+  const JournalDiskHeader h = Header(64 << 20);
+  const std::string dir = DiskDir(c, h);
+  auto j = OpenOk(c, h);
+  const Bytes small = Pattern(1000, 1);
+  const uint64_t s1 = AppendW(*j, 0, small);
+  Journal::WriteBatch b = j->PrepareWrites();
+  Journal::RunWrites(&b);
+  REQUIRE(j->WritesDone(&b).ok());
+  // Ten 40 KiB records against a 200 KiB file size limit: the fifth fails.
+  const Bytes big = Pattern(40000, 2);
+  for (int i = 0; i < 10; ++i) AppendW(*j, 0, big);
+  Journal::WriteBatch b2 = j->PrepareWrites();
+  struct rlimit old;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 200 << 10;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  Journal::RunWrites(&b2);
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  signal(SIGXFSZ, old_handler);
+  CHECK(b2.written > 0);
+  CHECK(b2.written < 10);
+  Status st = j->WritesDone(&b2);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.kind() == Status::Kind::kIoError);
+  // Nobody waits any more; appends are refused; sizes match the files.
+  CHECK(j->written_seq() == j->last_seq());
+  CHECK_FALSE(j->AppendFlush().ok());
+  CHECK(j->bytes_on_disk() == FilesBytes(dir));
+  std::string dump;
+  REQUIRE(Journal::Dump(dir, &dump).ok());
+  INFO(dump);
+  CHECK(dump.find("torn tail") == std::string::npos);
+  CHECK(dump.find("0 damaged regions") != std::string::npos);
+  // What made it replays: the small write and the big ones before the failure.
+  j.reset();
+  c.deferred_writes = false;
+  ReplayReport rep;
+  auto r = OpenOk(c, h, &rep);
+  CHECK(rep.damage.empty());
+  REQUIRE(r->pending().size() == 1 + b2.written);
+  CHECK(r->pending().front().seq == s1);
+}
+
+TEST_CASE("small deferred records go straight to the file unless something is queued",
+          "[journal]") {
+  TempDir t;
+  JournalConfig c = Config(t);
+  c.deferred_writes = true;
+  c.deferred_min_bytes = 8192;
+  const JournalDiskHeader h = Header(64 << 20);
+  const std::string dir = DiskDir(c, h);
+  auto j = OpenOk(c, h);
+  const uint64_t s1 = AppendW(*j, 0, Pattern(4096, 1));
+  CHECK_FALSE(j->has_queued_writes());
+  CHECK(j->written_seq() == s1);
+  CHECK(FilesBytes(dir) == j->bytes_on_disk());
+  // A large record is queued; a small one after it queues behind it, also
+  // while their batch is out, so the file keeps the append order.
+  // (Queued data is referenced: it must outlive its write.)
+  const Bytes d2 = Pattern(9000, 2), d3 = Pattern(100, 3), d4 = Pattern(100, 4);
+  const uint64_t s2 = AppendW(*j, 0, d2);
+  const uint64_t s3 = AppendW(*j, 4096, d3);
+  CHECK(j->written_seq() == s1);
+  Journal::WriteBatch b = j->PrepareWrites();
+  const uint64_t s4 = AppendW(*j, 8192, d4);
+  CHECK(j->written_seq() == s1);
+  CHECK(j->has_queued_writes());
+  Journal::RunWrites(&b);
+  REQUIRE(j->WritesDone(&b).ok());
+  CHECK(j->written_seq() == s3);
+  Journal::WriteBatch b2 = j->PrepareWrites();
+  Journal::RunWrites(&b2);
+  REQUIRE(j->WritesDone(&b2).ok());
+  CHECK(j->written_seq() == s4);
+  // Nothing queued or out: small ones are immediate again.
+  const uint64_t s5 = AppendW(*j, 0, Pattern(10, 5));
+  CHECK(j->written_seq() == s5);
+  j.reset();
+  c.deferred_writes = false;
+  std::string dump;
+  REQUIRE(Journal::Dump(dir, &dump).ok());
+  INFO(dump);
+  ReplayReport rep;
+  auto r = OpenOk(c, h, &rep);
+  INFO(rep.ToString());
+  REQUIRE(r->pending().size() == 5);
+  for (size_t k = 0; k < 5; ++k)
+    CHECK(r->pending()[k].seq == std::vector<uint64_t>{s1, s2, s3, s4, s5}[k]);
+  auto back = r->ReadWriteData(r->pending()[1]);
+  REQUIRE(back.ok());
+  CHECK(*back == d2);
+}
