@@ -86,6 +86,21 @@ uint64_t AppendW(Journal& j, uint64_t off, const Bytes& data) {
   return *r;
 }
 
+// Runs fn with a file size limit of `bytes` (SIGXFSZ ignored): write(2)
+// then fails with EFBIG as a full disk fails with ENOSPC.
+template <class Fn>
+void WithFileSizeLimit(rlim_t bytes, Fn fn) {
+  struct rlimit old;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = bytes;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  fn();
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  signal(SIGXFSZ, old_handler);
+}
+
 std::string DiskDir(const JournalConfig& c, const JournalDiskHeader& h) {
   return c.dir + "/" + h.serial;
 }
@@ -729,21 +744,13 @@ TEST_CASE("an append that fails switches the journal off and it cleans up after 
   const JournalDiskHeader h = Header(64 << 20);
   auto j = OpenOk(c, h);
   AppendW(*j, 0, Pattern(1000, 1));
-  // A file size limit makes write(2) fail with EFBIG like a full disk fails
-  // with ENOSPC (SIGXFSZ ignored for the duration).
-  struct rlimit old;
-  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
-  auto old_handler = signal(SIGXFSZ, SIG_IGN);
-  struct rlimit lim = old;
-  lim.rlim_cur = 256 << 10;
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
   Status failure;
-  for (int i = 0; i < 100 && failure.ok(); ++i) {
-    auto r = j->AppendWrite(0, Pattern(10000, 2));
-    if (!r.ok()) failure = r.status();
-  }
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
-  signal(SIGXFSZ, old_handler);
+  WithFileSizeLimit(256 << 10, [&] {
+    for (int i = 0; i < 100 && failure.ok(); ++i) {
+      auto r = j->AppendWrite(0, Pattern(10000, 2));
+      if (!r.ok()) failure = r.status();
+    }
+  });
   REQUIRE_FALSE(failure.ok());
   CHECK(failure.kind() == Status::Kind::kIoError);
   CHECK(failure.message().find("000001.log") != std::string::npos);
@@ -843,11 +850,25 @@ TEST_CASE("the worked example of docs/journal-format.md is what the journal writ
 
 // ---- deferred writes (--sync=remote) ----
 
+JournalConfig DeferredConfig(const TempDir& t, uint64_t min_bytes,
+                             uint64_t segment_bytes = 64ull << 20) {
+  JournalConfig c = Config(t, segment_bytes);
+  c.deferred_writes = true;
+  c.deferred_min_bytes = min_bytes;
+  return c;
+}
+
+// One batch: what is queued now, written here.
+Status WriteQueued(Journal& j) {
+  Journal::WriteBatch b = j.PrepareWrites();
+  Journal::RunWrites(&b);
+  return j.WritesDone(&b);
+}
+
 TEST_CASE("deferred writes reach the file only through a batch, in order", "[journal]") {
   TempDir t;
-  JournalConfig c = Config(t, 64 << 10);  // small segments: records roll mid-batch
-  c.deferred_writes = true;
-  c.deferred_min_bytes = 0;  // every record queued
+  // Every record queued; small segments, so records roll mid-batch.
+  JournalConfig c = DeferredConfig(t, 0, 64 << 10);
   const JournalDiskHeader h = Header(8 << 20);
   const std::string dir = DiskDir(c, h);
   std::vector<Bytes> data;
@@ -877,9 +898,7 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
     REQUIRE(first.ok());
     CHECK(*first == data[0]);
 
-    Journal::WriteBatch b2 = j->PrepareWrites();
-    Journal::RunWrites(&b2);
-    REQUIRE(j->WritesDone(&b2).ok());
+    REQUIRE(WriteQueued(*j).ok());
     CHECK(j->written_seq() == seqs[6]);
     CHECK(FilesBytes(dir) == j->bytes_on_disk());
 
@@ -887,9 +906,7 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
     // the batch still holds their descriptors.
     REQUIRE(j->Retire(seqs[3]).ok());
     CHECK(j->has_queued_writes());
-    Journal::WriteBatch b3 = j->PrepareWrites();
-    Journal::RunWrites(&b3);
-    REQUIRE(j->WritesDone(&b3).ok());
+    REQUIRE(WriteQueued(*j).ok());
   }
   // Everything written replays: the three unretired writes, byte for byte.
   c.deferred_writes = false;
@@ -908,30 +925,18 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
 TEST_CASE("a deferred write that fails cuts the segment and switches the journal off",
           "[journal]") {
   TempDir t;
-  JournalConfig c = Config(t);
-  c.deferred_writes = true;
-  c.deferred_min_bytes = 0;
+  JournalConfig c = DeferredConfig(t, 0);
   const JournalDiskHeader h = Header(64 << 20);
   const std::string dir = DiskDir(c, h);
   auto j = OpenOk(c, h);
   const Bytes small = Pattern(1000, 1);
   const uint64_t s1 = AppendW(*j, 0, small);
-  Journal::WriteBatch b = j->PrepareWrites();
-  Journal::RunWrites(&b);
-  REQUIRE(j->WritesDone(&b).ok());
+  REQUIRE(WriteQueued(*j).ok());
   // Ten 40 KiB records against a 200 KiB file size limit: the fifth fails.
   const Bytes big = Pattern(40000, 2);
   for (int i = 0; i < 10; ++i) AppendW(*j, 0, big);
   Journal::WriteBatch b2 = j->PrepareWrites();
-  struct rlimit old;
-  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
-  auto old_handler = signal(SIGXFSZ, SIG_IGN);
-  struct rlimit lim = old;
-  lim.rlim_cur = 200 << 10;
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
-  Journal::RunWrites(&b2);
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
-  signal(SIGXFSZ, old_handler);
+  WithFileSizeLimit(200 << 10, [&] { Journal::RunWrites(&b2); });
   CHECK(b2.written > 0);
   CHECK(b2.written < 10);
   Status st = j->WritesDone(&b2);
@@ -959,9 +964,7 @@ TEST_CASE("a deferred write that fails cuts the segment and switches the journal
 TEST_CASE("small deferred records go straight to the file unless something is queued",
           "[journal]") {
   TempDir t;
-  JournalConfig c = Config(t);
-  c.deferred_writes = true;
-  c.deferred_min_bytes = 8192;
+  JournalConfig c = DeferredConfig(t, 8192);
   const JournalDiskHeader h = Header(64 << 20);
   const std::string dir = DiskDir(c, h);
   auto j = OpenOk(c, h);
@@ -983,9 +986,7 @@ TEST_CASE("small deferred records go straight to the file unless something is qu
   Journal::RunWrites(&b);
   REQUIRE(j->WritesDone(&b).ok());
   CHECK(j->written_seq() == s3);
-  Journal::WriteBatch b2 = j->PrepareWrites();
-  Journal::RunWrites(&b2);
-  REQUIRE(j->WritesDone(&b2).ok());
+  REQUIRE(WriteQueued(*j).ok());
   CHECK(j->written_seq() == s4);
   // Nothing queued or out: small ones are immediate again.
   const uint64_t s5 = AppendW(*j, 0, Pattern(10, 5));
