@@ -571,6 +571,7 @@ struct Journal::QueuedWrite {
   uint64_t at = 0;                    // the segment's length before this record
   std::vector<uint8_t> owned;         // the payload, or its head when `borrowed` follows
   std::span<const uint8_t> borrowed;  // the caller's data (AppendWrite)
+  uint64_t retire_upto = 0;           // a retire record's watermark
 };
 
 Journal::WriteBatch::WriteBatch() = default;
@@ -697,6 +698,7 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
 
   const uint64_t last = std::max(scan.max_seq, scan.watermark);
   j->retired_seq_ = scan.watermark;
+  j->retired_in_file_ = scan.watermark;
   j->next_seq_ = last + 1;
   // What replay read is durable only once synced: it may sit in the page
   // cache of a daemon that was killed. The replayed segments count as
@@ -862,18 +864,26 @@ Status Journal::StartSegment() {
   // a reboot.
   if (!config_.synced) h->set_boot_id(CurrentBootId());
   h->set_synced(config_.synced);
+  // Written now even with deferred writes: Retire() may delete the older
+  // segments before a queued header would land, and a journal left with
+  // an empty newest segment has no header to open by. (A new file: no
+  // queued record goes before them.)
   std::string encoded = rec.SerializeAsString();
   std::span<const uint8_t> piece[1] = {Bytes(encoded)};
-  if (Status st = AppendPayload(piece, false, false, nullptr); !st.ok()) return st;
+  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
+    return st;
   rec.Clear();
   rec.mutable_retire()->set_upto(retired_seq_);
   encoded = rec.SerializeAsString();
   piece[0] = Bytes(encoded);
-  return AppendPayload(piece, false, false, nullptr);
+  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
+    return st;
+  retired_in_file_ = std::max(retired_in_file_, retired_seq_);
+  return Status::Ok();
 }
 
 Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                              bool even_if_failed, JournalLocation* loc, bool borrow_last) {
+                              bool even_if_failed, JournalLocation* loc, Deferral deferral) {
   if (failed_ && !even_if_failed)
     return Status::FromErrno(EIO,
                              "journal " + disk_dir_ + " is off after an error (" + failure_ + ")");
@@ -886,8 +896,9 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
   uint64_t total = 0;
   for (const auto& p : pieces) total += p.size();
   const size_t n = journal_log::AppendedBytes(seg.size, total);
-  if (config_.deferred_writes &&
+  if (config_.deferred_writes && deferral != Deferral::kNever &&
       (batch_out_ || !queued_.empty() || total >= config_.deferred_min_bytes)) {
+    const bool borrow_last = deferral == Deferral::kBorrowed;
     // Placed now, framed and written by RunWrites(). The caller's data is
     // referenced (it outlives the write, see the header); the small rest
     // is copied, as encode_buf_ and the callers' prefixes are reused.
@@ -935,10 +946,10 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
 
 Result<uint64_t> Journal::AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
                                      std::span<const std::span<const uint8_t>> payload,
-                                     bool borrow_last) {
+                                     Deferral deferral) {
   const uint64_t seq = next_seq_;
   JournalLocation loc;
-  if (Status st = AppendPayload(payload, true, false, &loc, borrow_last); !st.ok()) return st;
+  if (Status st = AppendPayload(payload, true, false, &loc, deferral); !st.ok()) return st;
   ++next_seq_;
   // Queued if anything is (see AppendPayload), else in the file now.
   (queued_.empty() ? written_seq_ : queued_upto_) = seq;
@@ -961,7 +972,7 @@ Result<uint64_t> Journal::AppendWrite(uint64_t offset, std::span<const uint8_t> 
   uint8_t prefix[kWritePrefixMax];
   const size_t n = EncodeWritePrefix(next_seq_, offset, data.size(), prefix);
   const std::span<const uint8_t> pieces[2] = {std::span<const uint8_t>(prefix, n), data};
-  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces, true);
+  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces, Deferral::kBorrowed);
 }
 
 Result<uint64_t> Journal::AppendTrim(uint64_t offset, uint64_t length) {
@@ -996,8 +1007,16 @@ Status Journal::Retire(uint64_t upto) {
   rec.SerializeToString(&encode_buf_);
   const std::span<const uint8_t> piece[1] = {Bytes(encode_buf_)};
   const bool was_failed = failed_;
+  const size_t queued_before = queued_.size();
   Status st = AppendPayload(piece, !was_failed, true, nullptr);
   if (!st.ok() && !was_failed) result = st;
+  if (st.ok()) {
+    // Queued (deferred writes): segments go once it is in the file.
+    if (queued_.size() > queued_before)
+      queued_.back().retire_upto = upto;
+    else
+      retired_in_file_ = upto;
+  }
 
   // Whether or not the record made it to disk, the caller is done with
   // these records. If it did not, a replay brings them back as pending
@@ -1021,10 +1040,15 @@ Status Journal::DeleteRetiredSegments() {
   // is no different from the others; once nothing is pending it all goes,
   // and a later start finds no stale records to resend.
   const bool everything = failed_ && pending_.empty();
+  // With deferred writes a segment goes only once a retire record covering
+  // it is in a file: a kill before a queued one lands must not leave the
+  // journal without the records (and seqs) it retired. Synchronous
+  // appends delete at once, whether or not the retire record made it.
+  const uint64_t deletable = config_.deferred_writes ? retired_in_file_ : retired_seq_;
   Status result;
   for (auto it = segments_.begin(); it != segments_.end();) {
     Segment& seg = *it->second;
-    if (!everything && (it->first == current || seg.last_seq > retired_seq_)) {
+    if (!everything && (it->first == current || seg.last_seq > deletable)) {
       ++it;
       continue;
     }
@@ -1092,6 +1116,13 @@ Status Journal::WritesDone(WriteBatch* batch) {
   Status st = batch->status;
   if (st.ok()) {
     written_seq_ = std::max(written_seq_, batch->upto_seq);
+    const uint64_t in_file = retired_in_file_;
+    for (const QueuedWrite& w : batch->writes)
+      retired_in_file_ = std::max(retired_in_file_, w.retire_upto);
+    if (retired_in_file_ > in_file) {
+      // A failure here is retried at the next Retire().
+      (void)DeleteRetiredSegments();
+    }
   } else {
     if (!failed_) {
       failed_ = true;

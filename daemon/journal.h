@@ -267,14 +267,19 @@ class Journal {
   // current segment, rolling to a new one first if `may_roll` and the
   // current one is past segment_bytes. `even_if_failed`: try although an
   // earlier append failed (best-effort retire records).
-  // `borrow_last`: with deferred writes, the last piece is referenced, not
-  // copied, until written.
+  // How AppendPayload() may write a record with deferred writes on.
+  enum class Deferral {
+    kAllowed,   // queued if large or behind queued records
+    kBorrowed,  // the same, and the last piece is referenced until written
+    kNever,     // written now (a new segment's first records)
+  };
   Status AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                       bool even_if_failed, JournalLocation* loc, bool borrow_last = false);
+                       bool even_if_failed, JournalLocation* loc,
+                       Deferral deferral = Deferral::kAllowed);
   // Appends a data record (write, trim, flush) and indexes it.
   Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
                               std::span<const std::span<const uint8_t>> payload,
-                              bool borrow_last = false);
+                              Deferral deferral = Deferral::kAllowed);
   void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
   void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
   // Deletes the non-current segments whose records are all retired (every
@@ -302,6 +307,8 @@ class Journal {
   std::vector<QueuedWrite> queued_;
   uint64_t queued_upto_ = 0;
   bool batch_out_ = false;  // between PrepareWrites() and WritesDone()
+  // The highest retire watermark in a file (see DeleteRetiredSegments).
+  uint64_t retired_in_file_ = 0;
   uint64_t written_seq_ = 0;
   // Batches handed out by PrepareSync() and not yet all done, in order:
   // (upto_seq, done).

@@ -880,8 +880,9 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
     for (uint32_t i = 0; i < 6; ++i) seqs.push_back(AppendW(*j, i * 65536, data[i]));
     CHECK(j->has_queued_writes());
     CHECK(j->written_seq() == 0);
-    // Nothing is in the files yet; the sizes are already accounted.
-    CHECK(FilesBytes(dir) == 0);
+    // Only the segments' first records are in the files yet (they are
+    // never queued); the sizes are already accounted.
+    CHECK(FilesBytes(dir) < 20000);
     CHECK(j->bytes_on_disk() > 6 * 20000);
     CHECK_FALSE(j->ReadWriteData(j->pending().front()).ok());
 
@@ -902,11 +903,14 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
     CHECK(j->written_seq() == seqs[6]);
     CHECK(FilesBytes(dir) == j->bytes_on_disk());
 
-    // A retire record is queued too, and deletes segments at once while
-    // the batch still holds their descriptors.
+    // A retire record is queued too; the segments it retires go once it
+    // is written (WritesDone), the batch holding their descriptors.
+    const size_t before = SegmentFiles(dir).size();
     REQUIRE(j->Retire(seqs[3]).ok());
     CHECK(j->has_queued_writes());
+    CHECK(SegmentFiles(dir).size() == before);
     REQUIRE(WriteQueued(*j).ok());
+    CHECK(SegmentFiles(dir).size() < before);
   }
   // Everything written replays: the three unretired writes, byte for byte.
   c.deferred_writes = false;
@@ -1005,4 +1009,50 @@ TEST_CASE("small deferred records go straight to the file unless something is qu
   auto back = r->ReadWriteData(r->pending()[1]);
   REQUIRE(back.ok());
   CHECK(*back == d2);
+}
+
+TEST_CASE("a segment rolled while a batch is out opens after a kill, whatever was deleted",
+          "[journal]") {
+  TempDir t;
+  // 64 KiB segments, every record queued.
+  JournalConfig c = DeferredConfig(t, 0, 64 << 10);
+  const JournalDiskHeader h = Header(8 << 20);
+  const Bytes d = Pattern(40000, 7);
+  auto j = OpenOk(c, h);
+  const uint64_t s1 = AppendW(*j, 0, d);
+  const uint64_t s2 = AppendW(*j, 65536, d);  // past 64 KiB: the next append rolls
+  REQUIRE(WriteQueued(*j).ok());
+  Journal::WriteBatch out = j->PrepareWrites();  // empty: nothing queued
+  const uint64_t s3 = AppendW(*j, 131072, d);    // rolls to 000002.log, queued
+  REQUIRE(SegmentFiles(DiskDir(c, h)).size() == 2);
+  // s1 and s2 are done. Their retire record queues behind s3, so
+  // 000001.log stays until it is in a file.
+  REQUIRE(j->Retire(s2).ok());
+  CHECK(SegmentFiles(DiskDir(c, h)).size() == 2);
+  SECTION("killed before the queue is written") {
+    // The newest segment has its header (written at the roll), so the
+    // journal opens; s1 and s2 come back pending (resent, harmless), s3
+    // (never acknowledged) is not there, and seqs go on from s2.
+    j.reset();
+    ReplayReport rep;
+    auto r = Journal::OpenExisting(Config(t, 64 << 10), h.serial, &rep);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    REQUIRE((*r)->pending().size() == 2);
+    CHECK((*r)->pending()[0].seq == s1);
+    CHECK((*r)->last_seq() == s2);
+  }
+  SECTION("the queue written") {
+    (void)out;
+    Status done = j->WritesDone(&out);  // the empty batch that was out
+    REQUIRE(done.ok());
+    REQUIRE(WriteQueued(*j).ok());
+    CHECK(SegmentFiles(DiskDir(c, h)) == std::vector<std::string>{"000002.log"});
+    j.reset();
+    ReplayReport rep;
+    auto r = Journal::OpenExisting(Config(t, 64 << 10), h.serial, &rep);
+    REQUIRE(r.ok());
+    REQUIRE((*r)->pending().size() == 1);
+    CHECK((*r)->pending()[0].seq == s3);
+  }
 }

@@ -1,0 +1,51 @@
+#!/bin/bash
+# A journal whose filesystem fills up (ENOSPC) loses no write. The importer
+# (--sync=remote, the default) keeps its journal on a 4 MiB tmpfs and 48 MiB
+# are written through MNT/xa0 in 1 MiB O_DIRECT writes: those records are
+# written on the threadpool beside the sends, and one of those batches fails.
+# Every write still completes (the journal is switched off for the disk,
+# with one error line naming the cause), the exported image holds exactly
+# the data written, 4 KiB writes afterwards work too, the daemon stays up
+# and exits 0 on SIGTERM, and it leaves no segment behind.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/xdisk.sh"
+require_root
+require_fuse
+for c in fusermount3 mountpoint dd cmp truncate ss mount umount; do requires "$c"; done
+
+MIB=1048576
+SERIAL=full1
+IMG=$WORK_DIR/full.img
+MNT=$WORK_DIR/mnt
+JFS=$WORK_DIR/jfs
+truncate -s $((64 * MIB)) "$IMG"
+mkdir -p "$JFS"
+mount -t tmpfs -o size=4M tmpfs "$JFS"
+mount_cleanup "$JFS"
+
+start_pair -- --journal "$JFS/j"
+
+log "48 MiB in 1 MiB writes into a 4 MiB journal"
+head -c $((48 * MIB)) /dev/urandom >"$WORK_DIR/data"
+dd if="$WORK_DIR/data" of="$MNT/xa0" bs=1M oflag=direct conv=notrunc status=none ||
+  fail "a write failed although the journal only ran out of space"
+grep -q "disk $SERIAL: journal: .*No space left on device.*journaling is off" \
+  "$WORK_DIR/importer.log" || fail "no log line says why the journal went off: $(cat "$WORK_DIR/importer.log")"
+require_alive "$IMP" "after its journal filled up"
+
+log "4 KiB writes after the journal went off"
+dd if="$WORK_DIR/data" of="$MNT/xa0" bs=4k count=256 seek=$((48 * 256)) skip=0 oflag=direct \
+  conv=notrunc status=none || fail "4 KiB writes failed"
+
+cmp -n $((48 * MIB)) "$WORK_DIR/data" "$MNT/xa0" || fail "the FUSE file differs from what was written"
+cmp -n $((MIB)) "$WORK_DIR/data" <(dd if="$MNT/xa0" bs=1M skip=48 count=1 iflag=direct status=none) ||
+  fail "the 4 KiB writes did not land"
+stop_pair
+cmp -n $((48 * MIB)) "$WORK_DIR/data" "$IMG" || fail "the exported image differs from what was written"
+cmp -n $((MIB)) "$WORK_DIR/data" <(dd if="$IMG" bs=1M skip=48 count=1 status=none) ||
+  fail "the 4 KiB writes are not in the image"
+left=$(find "$JFS" -name '*.log' | wc -l)
+[ "$left" = 0 ] || fail "$left journal segments left behind: $(ls -lR "$JFS")"
+scan_logs "journal: .*No space left on device|journal retire: .*No space left on device"
+log "PASS"
