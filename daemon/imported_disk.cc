@@ -299,9 +299,9 @@ bool ImportedDisk::Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& se
     return true;
   }
   op->jseq = seq.value();
-  // Deferred: the record is written on the threadpool while the request
-  // goes out; the request completes once both are done (FinishOp).
-  if (journal_->has_queued_writes()) StartWrites();
+  // Deferred: the record is written while the request goes out; the
+  // request completes once both are done (FinishOp).
+  ScheduleWrites();
   return false;
 }
 
@@ -366,6 +366,7 @@ void ImportedDisk::OnKick(uv_idle_t* h) {
     if (!self->writeback() && self->done_prefix_ > self->journal_->retired_seq())
       self->RetireUpTo(self->done_prefix_);
     if (self->sync_wanted_) self->StartSync();
+    self->StartWrites();  // what this turn queued, after its requests went out
     self->ReleaseHeld();
   }
   self->Dispatch();
@@ -803,6 +804,9 @@ void ImportedDisk::Shutdown() {
     if (Status st = journal_->RemoveIfEmpty(); !st.ok())
       XLOG(kWarning, log_name_, "journal: %s", st.ToString().c_str());
   }
+  // Queued records still go to the file: requests waiting for theirs
+  // (FinishOp) complete then.
+  if (journal_ != nullptr) StartWrites();
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
@@ -980,7 +984,7 @@ void ImportedDisk::RetireUpTo(uint64_t seq) {
   if (journal_ == nullptr || seq <= journal_->retired_seq()) return;
   if (Status st = journal_->Retire(seq); !st.ok())
     XLOG(kWarning, log_name_, "journal retire: %s", st.ToString().c_str());
-  if (journal_->has_queued_writes()) StartWrites();
+  ScheduleWrites();
   if (!held_.empty()) Kick();  // space may have freed
   if (journal_->pending().empty() && drained_hook_ && !shut_down_) drained_hook_();
 }
@@ -1029,9 +1033,28 @@ void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
   if (self->sync_wanted_) self->StartSync();
 }
 
+void ImportedDisk::ScheduleWrites() {
+  if (!journal_->has_queued_writes() || write_inflight_) return;  // OnWritesDone starts the next
+  // Large records go to the threadpool at once; small ones gather until
+  // the next loop turn (their requests are on the wire by then, and their
+  // replies cannot be read before it), then go out in one pwritev.
+  if (shut_down_ || journal_->queued_bytes() >= kInlineWriteBytes)
+    StartWrites();
+  else
+    Kick();
+}
+
 void ImportedDisk::StartWrites() {
   if (write_inflight_ || !journal_->has_queued_writes()) return;
   write_batch_ = journal_->PrepareWrites();
+  if (write_batch_.bytes < kInlineWriteBytes) {
+    // A thread hand-off costs more than writing this much here.
+    Journal::RunWrites(&write_batch_);
+    Status st = journal_->WritesDone(&write_batch_);
+    if (!st.ok() && journal_ok_) JournalFailed(st);
+    CompleteWritten();
+    return;
+  }
   write_inflight_ = true;
   write_work_.data = this;
   uv_queue_work(loop_, &write_work_, OnWritesWork, OnWritesDone);

@@ -65,6 +65,9 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // Data bytes of journal records loaded into the queue at a time.
   static constexpr size_t kFeedWindowBytes = 32u << 20;
   static constexpr size_t kFeedWindowOps = 1024;
+  // kRemote journal batches smaller than this are written on the loop
+  // thread, larger ones on the threadpool.
+  static constexpr uint64_t kInlineWriteBytes = 128 * 1024;
 
   ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize, Config config);
   ~ImportedDisk() override;
@@ -194,7 +197,9 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void FinishDurable();
   static void OnSyncWork(uv_work_t* w);
   static void OnSyncDone(uv_work_t* w, int status);
-  // Deferred journal writes (kRemote): one batch at a time on the threadpool.
+  // Deferred journal writes (kRemote): one batch at a time, small ones on
+  // the loop thread once per loop turn, large ones on the threadpool.
+  void ScheduleWrites();
   void StartWrites();
   static void OnWritesWork(uv_work_t* w);
   static void OnWritesDone(uv_work_t* w, int status);

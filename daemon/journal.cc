@@ -909,6 +909,7 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
     for (size_t i = 0; i < copied; ++i)
       w.owned.insert(w.owned.end(), pieces[i].begin(), pieces[i].end());
     if (copied < pieces.size()) w.borrowed = pieces.back();
+    queued_bytes_ += total;
     queued_.push_back(std::move(w));
     const journal_log::Framed framed = journal_log::PlaceRecord(seg.size, total);
     seg.size += n;
@@ -1073,6 +1074,7 @@ Status Journal::RemoveIfEmpty() {
   }
   segments_.clear();
   queued_.clear();
+  queued_bytes_ = 0;
   bytes_on_disk_ = 0;
   if (dir_fd_ >= 0) close(dir_fd_);
   dir_fd_ = -1;
@@ -1087,7 +1089,9 @@ Status Journal::RemoveIfEmpty() {
 Journal::WriteBatch Journal::PrepareWrites() {
   WriteBatch batch;
   batch.writes = std::move(queued_);
+  batch.bytes = queued_bytes_;
   queued_.clear();
+  queued_bytes_ = 0;
   batch.upto_seq = std::max(written_seq_, queued_upto_);
   batch_out_ = true;
   return batch;
@@ -1129,6 +1133,7 @@ Status Journal::WritesDone(WriteBatch* batch) {
       failure_ = st.message();
     }
     queued_.clear();
+    queued_bytes_ = 0;
     written_seq_ = last_seq();
     // The failed record's segment was cut back where it began, and what
     // followed it never reached the files: sizes are what the files say.

@@ -72,8 +72,8 @@ struct JournalConfig {
   // (ReadWriteData, Overlay): only replayed records are.
   bool deferred_writes = false;
   // Smaller records are written at once when nothing is queued or being
-  // written (a thread hand-off costs more than writing 4 KiB); the file
-  // order is the append order either way.
+  // written; the file order is the append order either way. (The daemon
+  // queues everything and writes small batches itself, once per loop turn.)
   uint64_t deferred_min_bytes = 32 * 1024;
 };
 
@@ -201,6 +201,7 @@ class Journal {
   struct WriteBatch {
     std::vector<QueuedWrite> writes;
     uint64_t upto_seq = 0;  // every data record <= this is written when it succeeds
+    uint64_t bytes = 0;     // payload bytes in it
     Status status;          // RunWrites()'s outcome
     size_t written = 0;     // writes completed before a failure
     WriteBatch();
@@ -209,6 +210,7 @@ class Journal {
     WriteBatch& operator=(WriteBatch&&) noexcept;
   };
   bool has_queued_writes() const { return !queued_.empty(); }
+  uint64_t queued_bytes() const { return queued_bytes_; }  // payload bytes queued
   WriteBatch PrepareWrites();
   static void RunWrites(WriteBatch* batch);
   // Returns the batch's status. After a failure the journal refuses
@@ -306,6 +308,7 @@ class Journal {
   // highest data seq among them.
   std::vector<QueuedWrite> queued_;
   uint64_t queued_upto_ = 0;
+  uint64_t queued_bytes_ = 0;
   bool batch_out_ = false;  // between PrepareWrites() and WritesDone()
   // The highest retire watermark in a file (see DeleteRetiredSegments).
   uint64_t retired_in_file_ = 0;
