@@ -699,8 +699,10 @@ void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
     Kick();
     return;
   }
-  if (owned->jseq != 0 && !shut_down_) {
-    // Answered by the remote (or failed for good): retired on the next turn.
+  if (owned->jseq != 0 && (!shut_down_ || owned->error == 0)) {
+    // Answered by the remote (or failed for good): retired on the next
+    // turn. During shutdown only what the remote acknowledged counts (the
+    // requests failed there were never sent).
     MarkDone(owned->jseq);
     Kick();
   }
@@ -797,6 +799,10 @@ void ImportedDisk::Shutdown() {
   auto waiters = std::move(durable_waiters_);
   durable_waiters_.clear();
   for (DurableWaiter& w : waiters) w.done(EIO);
+  // Queued records go to the file first (a small batch right here), so
+  // that requests the remote answered and that wait for their record
+  // (FinishOp) complete, and count as done, before the retirement below.
+  if (journal_ != nullptr) StartWrites();
   // kRemote: what the remote answered is done; write-back records need
   // their flush first and stay.
   if (journal_ != nullptr && config_.sync == SyncMode::kRemote) RetireUpTo(done_prefix_);
@@ -804,8 +810,8 @@ void ImportedDisk::Shutdown() {
     if (Status st = journal_->RemoveIfEmpty(); !st.ok())
       XLOG(kWarning, log_name_, "journal: %s", st.ToString().c_str());
   }
-  // Queued records still go to the file: requests waiting for theirs
-  // (FinishOp) complete then.
+  // The retire record (if the journal stays), or what waits behind a
+  // threadpool batch still out (OnWritesDone goes on then).
   if (journal_ != nullptr) StartWrites();
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
@@ -1036,8 +1042,9 @@ void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
 void ImportedDisk::ScheduleWrites() {
   if (!journal_->has_queued_writes() || write_inflight_) return;  // OnWritesDone starts the next
   // Large records go to the threadpool at once; small ones gather until
-  // the next loop turn (their requests are on the wire by then, and their
-  // replies cannot be read before it), then go out in one pwritev.
+  // the next loop turn (their requests are on the wire by then; a reply
+  // read earlier waits in FinishOp), then go out together (one pwritev
+  // per run of records in one segment).
   if (shut_down_ || journal_->queued_bytes() >= kInlineWriteBytes)
     StartWrites();
   else

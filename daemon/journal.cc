@@ -113,15 +113,17 @@ Status MakeDirs(const std::string& path) {
 }
 
 // Writes a gather list completely at file offset `at` (IOV_MAX entries
-// per call at most).
+// per call at most). *written (if given) gets the bytes written, also on
+// failure.
 Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
-                  uint64_t at) {
+                  uint64_t at, uint64_t* written = nullptr) {
   std::vector<iovec> iov;
   iov.reserve(pieces.size());
   for (const auto& p : pieces)
     if (!p.empty()) iov.push_back(iovec{const_cast<uint8_t*>(p.data()), p.size()});
   size_t first = 0;
   uint64_t done = 0;
+  if (written != nullptr) *written = 0;
   while (first < iov.size()) {
     const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
     const ssize_t w = pwritev(fd, iov.data() + first, count, static_cast<off_t>(at + done));
@@ -131,6 +133,7 @@ Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, cons
     }
     if (w == 0) return Status::FromErrno(ENOSPC, "journal: writing " + At(path, at + done));
     done += static_cast<uint64_t>(w);
+    if (written != nullptr) *written = done;
     // Skip what was written, partly written entries included.
     size_t left = static_cast<size_t>(w);
     while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
@@ -1098,20 +1101,45 @@ Journal::WriteBatch Journal::PrepareWrites() {
 }
 
 void Journal::RunWrites(WriteBatch* batch) {
-  std::vector<uint8_t> headers;
-  std::vector<std::span<const uint8_t>> gather;
-  for (const QueuedWrite& w : batch->writes) {
-    const std::span<const uint8_t> pieces[2] = {w.owned, w.borrowed};
-    journal_log::GatherRecord(w.at, pieces, &headers, &gather);
-    Status st = PwritevAll(w.file->fd, gather, w.file->path, w.at);
+  // Records that follow each other in one file (a run) go out in one
+  // pwritev. headers[k] holds the framing of the run's k-th record; the
+  // gather list points into it (moving the outer vector keeps those
+  // buffers in place).
+  std::vector<std::vector<uint8_t>> headers;
+  std::vector<std::span<const uint8_t>> one, run;
+  std::vector<uint64_t> ends;  // where each record of the run ends
+  const std::vector<QueuedWrite>& writes = batch->writes;
+  size_t i = 0;
+  while (i < writes.size()) {
+    const QueuedWrite& first = writes[i];
+    run.clear();
+    ends.clear();
+    uint64_t end = first.at;
+    size_t j = i;
+    for (; j < writes.size() && writes[j].file == first.file && writes[j].at == end; ++j) {
+      const QueuedWrite& w = writes[j];
+      if (headers.size() <= j - i) headers.emplace_back();
+      const std::span<const uint8_t> pieces[2] = {w.owned, w.borrowed};
+      journal_log::GatherRecord(w.at, pieces, &headers[j - i], &one);
+      run.insert(run.end(), one.begin(), one.end());
+      end = w.at + journal_log::AppendedBytes(w.at, w.owned.size() + w.borrowed.size());
+      ends.push_back(end);
+    }
+    uint64_t done = 0;
+    Status st = PwritevAll(first.file->fd, run, first.file->path, first.at, &done);
     if (!st.ok()) {
       // As in a synchronous append: cut back to the last whole record, and
       // nothing after it is written (no hole before a later record).
-      (void)ftruncate(w.file->fd, static_cast<off_t>(w.at));
+      size_t whole = 0;
+      while (whole < ends.size() && ends[whole] <= first.at + done) ++whole;
+      const uint64_t cut = whole == 0 ? first.at : ends[whole - 1];
+      (void)ftruncate(first.file->fd, static_cast<off_t>(cut));
+      batch->written += whole;
       batch->status = st;
       return;
     }
-    ++batch->written;
+    batch->written += j - i;
+    i = j;
   }
 }
 

@@ -73,7 +73,7 @@ struct JournalConfig {
   bool deferred_writes = false;
   // Smaller records are written at once when nothing is queued or being
   // written; the file order is the append order either way. (The daemon
-  // queues everything and writes small batches itself, once per loop turn.)
+  // queues everything and writes small batches on its loop thread.)
   uint64_t deferred_min_bytes = 32 * 1024;
 };
 

@@ -75,6 +75,10 @@ losetup -d "$LOOP"
 
 log "SIGTERM: both daemons exit 0"
 stop_pair
+# Everything was answered before the SIGTERM: the default journal
+# (STATE-DIR/journal) holds nothing afterwards.
+left=$(find "$WORK_DIR/state-importer/journal" -name '*.log' 2>/dev/null | wc -l)
+[ "$left" = 0 ] || fail "a clean shutdown left $left journal segments: $(ls -lR "$WORK_DIR/state-importer/journal")"
 
 scan_logs ""
 log "PASS"
