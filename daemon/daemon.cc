@@ -113,7 +113,6 @@ struct Daemon::Impl {
     jc.strict = opts.journal_strict;
     jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
     jc.deferred_writes = !jc.synced;
-    jc.deferred_min_bytes = 0;  // ImportedDisk writes small batches once per loop turn
     importer = std::make_unique<Importer>(&loop, tree.get(), dc, jc);
     if (Status st = importer->RecoverJournals(); !st.ok()) {
       XLOG(kError, "main", "--journal %s: %s", jc.dir.c_str(), st.ToString().c_str());

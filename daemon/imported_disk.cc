@@ -1057,9 +1057,7 @@ void ImportedDisk::StartWrites() {
   if (write_batch_.bytes < kInlineWriteBytes) {
     // A thread hand-off costs more than writing this much here.
     Journal::RunWrites(&write_batch_);
-    Status st = journal_->WritesDone(&write_batch_);
-    if (!st.ok() && journal_ok_) JournalFailed(st);
-    CompleteWritten();
+    FinishWrites();
     return;
   }
   write_inflight_ = true;
@@ -1077,15 +1075,15 @@ void ImportedDisk::OnWritesDone(uv_work_t* w, int) {
   // what is still queued (a last retire record) goes out after it.
   auto* self = static_cast<ImportedDisk*>(w->data);
   self->write_inflight_ = false;
-  Status st = self->journal_->WritesDone(&self->write_batch_);
-  // A failed write switches the journal off like a failed append; every
-  // waiting request is then released (written_seq() jumped).
-  if (!st.ok() && self->journal_ok_) self->JournalFailed(st);
-  self->CompleteWritten();
+  self->FinishWrites();
   self->StartWrites();
 }
 
-void ImportedDisk::CompleteWritten() {
+void ImportedDisk::FinishWrites() {
+  Status st = journal_->WritesDone(&write_batch_);
+  // A failed write switches the journal off like a failed append; every
+  // waiting request is then released (written_seq() jumped).
+  if (!st.ok() && journal_ok_) JournalFailed(st);
   const uint64_t written = journal_->written_seq();
   std::vector<std::unique_ptr<Op>> done;
   while (!unwritten_.empty() && unwritten_.begin()->first <= written) {

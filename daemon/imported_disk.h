@@ -203,8 +203,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void StartWrites();
   static void OnWritesWork(uv_work_t* w);
   static void OnWritesDone(uv_work_t* w, int status);
-  void CompleteWritten();
-  void Kick();  // dispatch on the next loop turn, never re-entrantly
+  void FinishWrites();  // write_batch_ ran: advance, complete waiting requests
+  void Kick();          // dispatch on the next loop turn, never re-entrantly
   void Dispatch();
   void EnsureOpen();
   void SendChunk(Chunk* c);

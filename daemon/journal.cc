@@ -899,8 +899,7 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
   uint64_t total = 0;
   for (const auto& p : pieces) total += p.size();
   const size_t n = journal_log::AppendedBytes(seg.size, total);
-  if (config_.deferred_writes && deferral != Deferral::kNever &&
-      (batch_out_ || !queued_.empty() || total >= config_.deferred_min_bytes)) {
+  if (config_.deferred_writes && deferral != Deferral::kNever) {
     const bool borrow_last = deferral == Deferral::kBorrowed;
     // Placed now, framed and written by RunWrites(). The caller's data is
     // referenced (it outlives the write, see the header); the small rest
@@ -955,8 +954,7 @@ Result<uint64_t> Journal::AppendData(JournalRecordKind kind, uint64_t offset, ui
   JournalLocation loc;
   if (Status st = AppendPayload(payload, true, false, &loc, deferral); !st.ok()) return st;
   ++next_seq_;
-  // Queued if anything is (see AppendPayload), else in the file now.
-  (queued_.empty() ? written_seq_ : queued_upto_) = seq;
+  (config_.deferred_writes ? queued_upto_ : written_seq_) = seq;
   pending_.push_back(JournalPending{seq, kind, offset, length, loc});
   segments_.rbegin()->second->last_seq = seq;
   if (kind == JournalRecordKind::kWrite) pending_bytes_ += length;
@@ -1096,7 +1094,6 @@ Journal::WriteBatch Journal::PrepareWrites() {
   queued_.clear();
   queued_bytes_ = 0;
   batch.upto_seq = std::max(written_seq_, queued_upto_);
-  batch_out_ = true;
   return batch;
 }
 
@@ -1144,7 +1141,6 @@ void Journal::RunWrites(WriteBatch* batch) {
 }
 
 Status Journal::WritesDone(WriteBatch* batch) {
-  batch_out_ = false;
   Status st = batch->status;
   if (st.ok()) {
     written_seq_ = std::max(written_seq_, batch->upto_seq);

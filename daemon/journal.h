@@ -71,10 +71,6 @@ struct JournalConfig {
   // REQUIRES !synced. A record not yet written cannot be read back
   // (ReadWriteData, Overlay): only replayed records are.
   bool deferred_writes = false;
-  // Smaller records are written at once when nothing is queued or being
-  // written; the file order is the append order either way. (The daemon
-  // queues everything and writes small batches on its loop thread.)
-  uint64_t deferred_min_bytes = 32 * 1024;
 };
 
 struct JournalDiskHeader {
@@ -271,17 +267,17 @@ class Journal {
   // earlier append failed (best-effort retire records).
   // How AppendPayload() may write a record with deferred writes on.
   enum class Deferral {
-    kAllowed,   // queued if large or behind queued records
-    kBorrowed,  // the same, and the last piece is referenced until written
+    kQueued,    // queued for RunWrites()
+    kBorrowed,  // queued, the last piece referenced until written
     kNever,     // written now (a new segment's first records)
   };
   Status AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
                        bool even_if_failed, JournalLocation* loc,
-                       Deferral deferral = Deferral::kAllowed);
+                       Deferral deferral = Deferral::kQueued);
   // Appends a data record (write, trim, flush) and indexes it.
   Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
                               std::span<const std::span<const uint8_t>> payload,
-                              Deferral deferral = Deferral::kAllowed);
+                              Deferral deferral = Deferral::kQueued);
   void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
   void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
   // Deletes the non-current segments whose records are all retired (every
@@ -309,7 +305,6 @@ class Journal {
   std::vector<QueuedWrite> queued_;
   uint64_t queued_upto_ = 0;
   uint64_t queued_bytes_ = 0;
-  bool batch_out_ = false;  // between PrepareWrites() and WritesDone()
   // The highest retire watermark in a file (see DeleteRetiredSegments).
   uint64_t retired_in_file_ = 0;
   uint64_t written_seq_ = 0;

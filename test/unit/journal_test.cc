@@ -850,11 +850,9 @@ TEST_CASE("the worked example of docs/journal-format.md is what the journal writ
 
 // ---- deferred writes (--sync=remote) ----
 
-JournalConfig DeferredConfig(const TempDir& t, uint64_t min_bytes,
-                             uint64_t segment_bytes = 64ull << 20) {
+JournalConfig DeferredConfig(const TempDir& t, uint64_t segment_bytes = 64ull << 20) {
   JournalConfig c = Config(t, segment_bytes);
   c.deferred_writes = true;
-  c.deferred_min_bytes = min_bytes;
   return c;
 }
 
@@ -867,8 +865,8 @@ Status WriteQueued(Journal& j) {
 
 TEST_CASE("deferred writes reach the file only through a batch, in order", "[journal]") {
   TempDir t;
-  // Every record queued; small segments, so records roll mid-batch.
-  JournalConfig c = DeferredConfig(t, 0, 64 << 10);
+  // Small segments, so records roll mid-batch.
+  JournalConfig c = DeferredConfig(t, 64 << 10);
   const JournalDiskHeader h = Header(8 << 20);
   const std::string dir = DiskDir(c, h);
   std::vector<Bytes> data;
@@ -929,7 +927,7 @@ TEST_CASE("deferred writes reach the file only through a batch, in order", "[jou
 TEST_CASE("a deferred write that fails cuts the segment and switches the journal off",
           "[journal]") {
   TempDir t;
-  JournalConfig c = DeferredConfig(t, 0);
+  JournalConfig c = DeferredConfig(t);
   const JournalDiskHeader h = Header(64 << 20);
   const std::string dir = DiskDir(c, h);
   auto j = OpenOk(c, h);
@@ -965,57 +963,11 @@ TEST_CASE("a deferred write that fails cuts the segment and switches the journal
   CHECK(r->pending().front().seq == s1);
 }
 
-TEST_CASE("small deferred records go straight to the file unless something is queued",
-          "[journal]") {
-  TempDir t;
-  JournalConfig c = DeferredConfig(t, 8192);
-  const JournalDiskHeader h = Header(64 << 20);
-  const std::string dir = DiskDir(c, h);
-  auto j = OpenOk(c, h);
-  const uint64_t s1 = AppendW(*j, 0, Pattern(4096, 1));
-  CHECK_FALSE(j->has_queued_writes());
-  CHECK(j->written_seq() == s1);
-  CHECK(FilesBytes(dir) == j->bytes_on_disk());
-  // A large record is queued; a small one after it queues behind it, also
-  // while their batch is out, so the file keeps the append order.
-  // (Queued data is referenced: it must outlive its write.)
-  const Bytes d2 = Pattern(9000, 2), d3 = Pattern(100, 3), d4 = Pattern(100, 4);
-  const uint64_t s2 = AppendW(*j, 0, d2);
-  const uint64_t s3 = AppendW(*j, 4096, d3);
-  CHECK(j->written_seq() == s1);
-  Journal::WriteBatch b = j->PrepareWrites();
-  const uint64_t s4 = AppendW(*j, 8192, d4);
-  CHECK(j->written_seq() == s1);
-  CHECK(j->has_queued_writes());
-  Journal::RunWrites(&b);
-  REQUIRE(j->WritesDone(&b).ok());
-  CHECK(j->written_seq() == s3);
-  REQUIRE(WriteQueued(*j).ok());
-  CHECK(j->written_seq() == s4);
-  // Nothing queued or out: small ones are immediate again.
-  const uint64_t s5 = AppendW(*j, 0, Pattern(10, 5));
-  CHECK(j->written_seq() == s5);
-  j.reset();
-  c.deferred_writes = false;
-  std::string dump;
-  REQUIRE(Journal::Dump(dir, &dump).ok());
-  INFO(dump);
-  ReplayReport rep;
-  auto r = OpenOk(c, h, &rep);
-  INFO(rep.ToString());
-  REQUIRE(r->pending().size() == 5);
-  for (size_t k = 0; k < 5; ++k)
-    CHECK(r->pending()[k].seq == std::vector<uint64_t>{s1, s2, s3, s4, s5}[k]);
-  auto back = r->ReadWriteData(r->pending()[1]);
-  REQUIRE(back.ok());
-  CHECK(*back == d2);
-}
-
 TEST_CASE("a segment rolled while a batch is out opens after a kill, whatever was deleted",
           "[journal]") {
   TempDir t;
-  // 64 KiB segments, every record queued.
-  JournalConfig c = DeferredConfig(t, 0, 64 << 10);
+  // 64 KiB segments.
+  JournalConfig c = DeferredConfig(t, 64 << 10);
   const JournalDiskHeader h = Header(8 << 20);
   const Bytes d = Pattern(40000, 7);
   auto j = OpenOk(c, h);
