@@ -28,6 +28,7 @@ struct ImportedDisk::Op {
   OpKind kind;
   uint64_t offset = 0, length = 0;
   const uint8_t* wdata = nullptr;
+  BufferHold whold;  // keeps wdata alive for the link (empty: the link copies)
   dmsg::ByteBuffer rbuf;
   ReadFn read_cb;
   DoneFn done_cb;
@@ -41,7 +42,6 @@ struct ImportedDisk::Op {
   // journal record to the remote, own their data and answer nobody.
   uint64_t jseq = 0;
   bool background = false;
-  std::vector<uint8_t> owned;
   // Partly covered read (write-back): the journal's bytes for it, taken
   // when it was submitted, laid over the remote's reply.
   std::vector<uint8_t> snap;
@@ -149,12 +149,14 @@ void ImportedDisk::Read(uint64_t offset, uint32_t length, ReadFn done) {
   DoRead(offset, length, std::move(done));
 }
 
-void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
+void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                         DoneFn done) {
   ++stats_.writes;
   if (MustHold(OpKind::kWrite))
-    return HoldDone(OpKind::kWrite, std::move(done),
-                    [this, offset, data](DoneFn d) { DoWrite(offset, data, std::move(d)); });
-  DoWrite(offset, data, std::move(done));
+    return HoldDone(OpKind::kWrite, std::move(done), [this, offset, data, hold](DoneFn d) {
+      DoWrite(offset, data, hold, std::move(d));
+    });
+  DoWrite(offset, data, std::move(hold), std::move(done));
 }
 
 void ImportedDisk::Flush(DoneFn done) {
@@ -218,16 +220,19 @@ void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
   Submit(std::move(op));
 }
 
-void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, DoneFn done) {
+void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                           DoneFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kWrite;
   op->offset = offset;
   op->length = data.size();
   op->wdata = data.data();
+  op->whold = hold;
   op->done_cb = std::move(done);
   if (journal_ok_ && !shut_down_ &&
-      Journaled(op, journal_->AppendWrite(offset, data),
-                [this, offset, data](DoneFn d) { DoWrite(offset, data, std::move(d)); }))
+      Journaled(op, journal_->AppendWrite(offset, data), [this, offset, data, hold](DoneFn d) {
+        DoWrite(offset, data, hold, std::move(d));
+      }))
     return;
   Submit(std::move(op));
 }
@@ -484,8 +489,10 @@ void ImportedDisk::SendChunk(Chunk* c) {
   std::vector<uint8_t> ext = io.Encode();
   std::span<const uint8_t> aux;
   if (op->kind == OpKind::kWrite) aux = {op->wdata + c->op_off, c->length};
-  Transaction* t =
-      open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux, kFlagDelete);
+  // Write data goes to the socket from the request's own buffer, held
+  // until it is written.
+  Transaction* t = open_link_->Open(kCmds[static_cast<int>(op->kind)], open_txn_, this, ext, aux,
+                                    kFlagDelete, op->whold);
   if (t == nullptr) {
     OnOpenLost();
     return;
@@ -925,9 +932,10 @@ void ImportedDisk::FeedBackground() {
           return;
         }
         op->kind = OpKind::kWrite;
-        op->owned = std::move(*data);
-        op->length = op->owned.size();
-        op->wdata = op->owned.data();
+        auto bytes = std::make_shared<std::vector<uint8_t>>(std::move(*data));
+        op->length = bytes->size();
+        op->wdata = bytes->data();
+        op->whold = std::move(bytes);
         feed_bytes_ += op->length;
         break;
       }

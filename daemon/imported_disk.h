@@ -148,7 +148,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void Open(DoneFn done) override;
   void Close() override;
   void Read(uint64_t offset, uint32_t length, ReadFn done) override;
-  void Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) override;
+  void Write(uint64_t offset, std::span<const uint8_t> data, BufferHold hold, DoneFn done) override;
   void Flush(DoneFn done) override;
   void Trim(uint64_t offset, uint64_t length, DoneFn done) override;
 
@@ -177,7 +177,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool GateClosed(OpKind kind) const;
   void Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail);
   void ReleaseHeld();
-  void DoWrite(uint64_t offset, std::span<const uint8_t> data, DoneFn done);
+  void DoWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold, DoneFn done);
   void DoTrim(uint64_t offset, uint64_t length, DoneFn done);
   void DoFlush(DoneFn done);
   void DoRead(uint64_t offset, uint32_t length, ReadFn done);

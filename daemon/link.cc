@@ -288,8 +288,8 @@ void Link::MaybeUp() {
 // ---- send path ----
 
 Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
-                        std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                        uint32_t flags) {
+                        std::span<const uint8_t> ext, std::span<const uint8_t> aux, uint32_t flags,
+                        std::shared_ptr<const void> aux_hold) {
   if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
   // Nothing new may hang under a transaction that is closing, at any level:
   // it would outlive its parent.
@@ -299,7 +299,7 @@ Transaction* Link::Open(uint32_t base_cmd, Transaction* parent, TransactionHandl
   t->handler = handler;
   Header h;
   h.cmd = base_cmd;
-  if (txns_.PrepareSend(t, flags, &h)) Enqueue(h, ext, aux, nullptr);
+  if (txns_.PrepareSend(t, flags, &h)) Enqueue(h, ext, aux, nullptr, std::move(aux_hold));
   return t;
 }
 
@@ -339,21 +339,26 @@ void Link::SendOneWay(uint32_t cmd) {
 }
 
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                   dmsg::ByteBuffer* owned) {
+                   dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
   if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;
   OutMsg m;
   EncodeHeader(h, ext, aux, &m.header);
-  // The link always owns what it sends: a transaction terminated locally
-  // (its parent deleted) may leave its message queued or half-written while
-  // the caller, told LOSTLINK, frees or reuses its buffer.
+  // The link owns what it sends, or holds it: a transaction terminated
+  // locally (its parent deleted) may leave its message queued or
+  // half-written while the caller, told LOSTLINK, frees or reuses its
+  // buffer.
   if (owned != nullptr) {
     m.aux_owned = std::move(*owned);
+    m.aux = m.aux_owned;
+  } else if (aux_hold != nullptr) {
+    m.aux_hold = std::move(aux_hold);
+    m.aux = aux;
   } else {
     m.aux_owned.assign(aux.begin(), aux.end());
+    m.aux = m.aux_owned;
   }
-  m.aux = m.aux_owned;
   m.pad = PaddedAux(m.aux.size()) - m.aux.size();
   queued_bytes_ += m.header.size() + m.aux.size() + m.pad;
   XLOG(kTrace, name_, "tx %s msgid %#" PRIx64 " circuit %#" PRIx64 " err %u aux %zu",

@@ -107,10 +107,13 @@ class Link : public TransactionHandler {
 
   // Opens a transaction in table L under `parent` (nullptr = top level) and
   // sends its first message. `flags` may include DELETE (a one-message
-  // request). Returns nullptr if the link is not usable.
+  // request). Returns nullptr if the link is not usable. The link copies
+  // `aux` unless `aux_hold` is set: then `aux` must stay valid while the
+  // hold lives, and the link keeps a copy of the hold until the bytes are
+  // written or dropped.
   Transaction* Open(uint32_t base_cmd, Transaction* parent, TransactionHandler* handler,
                     std::span<const uint8_t> ext, std::span<const uint8_t> aux = {},
-                    uint32_t flags = 0);
+                    uint32_t flags = 0, std::shared_ptr<const void> aux_hold = nullptr);
   // Sends a message on `t`; CREATE/REPLY/REVTRANS/REVCIRC are computed.
   // Returns false if it was discarded (link down, t dying or closed).
   bool Send(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<const uint8_t> ext,
@@ -146,7 +149,8 @@ class Link : public TransactionHandler {
   struct OutMsg {
     std::vector<uint8_t> header;
     dmsg::ByteBuffer aux_owned;
-    std::span<const uint8_t> aux;  // into aux_owned
+    std::shared_ptr<const void> aux_hold;  // or: keeps the caller's aux alive
+    std::span<const uint8_t> aux;          // into aux_owned or held memory
     size_t pad = 0;
   };
   struct WriteReq;
@@ -174,7 +178,7 @@ class Link : public TransactionHandler {
   void SendConn();
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               dmsg::ByteBuffer* owned);
+               dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr);
   void FlushWrites();
   void HalfClose();
   void MaybeUp();

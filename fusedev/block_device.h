@@ -11,12 +11,13 @@
 // before the method returns (an in-memory device) or much later (a remote
 // disk whose peer is away: I/O then blocks until the disk returns, or fails
 // with EIO after the importer's --io-timeout). Data passed to Write() stays
-// valid until its callback runs (the FUSE layer keeps the request buffer
-// alive until then). Data handed to a ReadFn is valid only during the call.
+// valid until its callback runs, and longer while a copy of its BufferHold
+// lives. Data handed to a ReadFn is valid only during the call.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 
 namespace xdisk::fusedev {
@@ -25,6 +26,11 @@ class BlockDevice {
  public:
   using DoneFn = std::function<void(int err)>;
   using ReadFn = std::function<void(int err, std::span<const uint8_t> data)>;
+  // Keeps a write's bytes alive: a device that hands them on to something
+  // that may outlive the write (a socket's send queue) keeps a copy instead
+  // of copying the bytes. The memory is reused once the last copy is gone.
+  // Copies are made and dropped on the loop thread only.
+  using BufferHold = std::shared_ptr<const void>;
 
   virtual ~BlockDevice() = default;
 
@@ -42,8 +48,10 @@ class BlockDevice {
   // REQUIRES: offset + length <= size(). The FUSE layer clamps requests past
   // the end before calling. Reads return exactly `length` bytes on success.
   virtual void Read(uint64_t offset, uint32_t length, ReadFn done) = 0;
-  // `data` stays valid until `done` runs.
-  virtual void Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) = 0;
+  // `data` stays valid until `done` runs and while a copy of `hold` lives
+  // (`hold` may be empty: then only until `done` runs).
+  virtual void Write(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                     DoneFn done) = 0;
   // Completes once every write that completed before Flush() was called is
   // on stable storage on the remote side.
   virtual void Flush(DoneFn done) = 0;

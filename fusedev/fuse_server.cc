@@ -349,17 +349,14 @@ struct FuseServer::Ops {
     s->inflight_++;
     s->stats_.writes++;
     std::span<const uint8_t> data(reinterpret_cast<const uint8_t*>(buf), len);
-    dev->Write(off, data, [s, req, len, owned, pooled](int err) {
+    BlockDevice::BufferHold hold = s->HoldBuffer(owned, pooled);
+    // The callback's copy of the hold keeps the data valid until it runs.
+    dev->Write(off, data, hold, [s, req, len, hold](int err) {
       s->inflight_--;
       if (err) {
         fuse_reply_err(req, err);
       } else {
         fuse_reply_write(req, len);
-      }
-      if (pooled) {
-        s->GiveBack(owned);
-      } else {
-        free(owned);
       }
       s->Kick();
     });
@@ -538,12 +535,32 @@ struct FuseServer::Ops {
   }
 };
 
+struct FuseServer::SparePool {
+  std::vector<void*> spare;
+  bool closed = false;  // after the stop: buffers coming back are freed
+
+  ~SparePool() { Close(); }
+  void Close() {
+    closed = true;
+    for (void* m : spare) free(m);
+    spare.clear();
+  }
+  void GiveBack(void* mem) {
+    if (!closed && spare.size() < kMaxSpareBuffers) {
+      spare.push_back(mem);
+    } else {
+      free(mem);
+    }
+  }
+};
+
 FuseServer::FuseServer(uv_loop_t* loop, DiskTree* tree, Options options, LogFn log, ExitFn on_exit)
     : loop_(loop),
       tree_(tree),
       opts_(std::move(options)),
       log_(std::move(log)),
-      on_exit_(std::move(on_exit)) {}
+      on_exit_(std::move(on_exit)),
+      spare_(std::make_shared<SparePool>()) {}
 
 FuseServer::~FuseServer() {
   // Normally everything below is already gone (on_exit ran, or Start never
@@ -573,7 +590,7 @@ FuseServer::~FuseServer() {
   }
   if (tree_ && state_ != State::kNew && state_ != State::kStopped) tree_->SetChangeHook(nullptr);
   free(rx_mem_);
-  for (void* m : spare_) free(m);
+  spare_->Close();
   if (g_fuse_log == &log_) {
     fuse_set_log_func(nullptr);
     g_fuse_log = nullptr;
@@ -796,8 +813,7 @@ void FuseServer::Finish() {
   se_ = nullptr;
   free(rx_mem_);
   rx_mem_ = nullptr;
-  for (void* m : spare_) free(m);
-  spare_.clear();
+  spare_->Close();
   if (uint64_t n = notify_errors_.load()) {
     Log(LogLevel::kInfo, std::to_string(n) + " kernel cache invalidations failed");
   }
@@ -920,19 +936,19 @@ void FuseServer::ReleaseHandle(Ino ino) {
 }
 
 void* FuseServer::TakeSpare() {
-  if (spare_.empty()) return nullptr;
-  void* m = spare_.back();
-  spare_.pop_back();
+  if (spare_->spare.empty()) return nullptr;
+  void* m = spare_->spare.back();
+  spare_->spare.pop_back();
   return m;
 }
 
-void FuseServer::GiveBack(void* mem) {
-  // After the stop the buffers are freed in Finish; late ones are freed here.
-  if (se_ && spare_.size() < kMaxSpareBuffers) {
-    spare_.push_back(mem);
-  } else {
-    free(mem);
-  }
+BlockDevice::BufferHold FuseServer::HoldBuffer(void* mem, bool pooled) {
+  // The deleter runs when the last copy goes, possibly after this server:
+  // it holds the pool, not the server.
+  if (!pooled)
+    return BlockDevice::BufferHold(mem, [](const void* m) { free(const_cast<void*>(m)); });
+  return BlockDevice::BufferHold(
+      mem, [pool = spare_](const void* m) { pool->GiveBack(const_cast<void*>(m)); });
 }
 
 FuseServer::Stats FuseServer::stats() const {

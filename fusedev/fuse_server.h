@@ -184,9 +184,12 @@ class FuseServer {
   // Replies to an open with a handle already counted in OpenDisk::handles;
   // false if the kernel rejected the reply (interrupted open).
   bool SendOpen(fuse_req* req, Ino ino);
-  // Receive buffers: a write keeps its buffer until the device completes.
+  // Receive buffers: a write keeps its buffer until the device completes
+  // and every BufferHold on it is gone; then it returns to the spare pool.
+  // The pool outlives the server while holds remain.
+  struct SparePool;
   void* TakeSpare();
-  void GiveBack(void* mem);
+  BlockDevice::BufferHold HoldBuffer(void* mem, bool pooled);
 
   uv_loop_t* loop_;
   DiskTree* tree_;
@@ -207,7 +210,7 @@ class FuseServer {
   // request in it; spare buffers come back from completed writes.
   void* rx_mem_ = nullptr;
   size_t rx_len_ = 0;
-  std::vector<void*> spare_;
+  std::shared_ptr<SparePool> spare_;
 
   uint64_t inflight_ = 0;
   Stats stats_;

@@ -94,7 +94,7 @@ class MemDisk : public BlockDevice {
       done(0, std::span<const uint8_t>(data_.data() + offset, length));
     });
   }
-  void Write(uint64_t offset, std::span<const uint8_t> data, DoneFn done) override {
+  void Write(uint64_t offset, std::span<const uint8_t> data, BufferHold, DoneFn done) override {
     Complete([this, offset, data, done = std::move(done)] {
       if (!Check(offset, data.size())) return done(EIO);
       memcpy(data_.data() + offset, data.data(), data.size());

@@ -38,6 +38,7 @@ void RunUntil(uv_loop_t* loop, const std::function<bool()>& done, int max_ms = 5
 // Serves a BLK_OPEN under our span and answers reads with a pattern.
 struct TestService : TransactionHandler {
   int opens = 0, reads = 0, lostlinks = 0;
+  std::vector<uint8_t> last_write;
   TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
     return this;
   }
@@ -54,6 +55,9 @@ struct TestService : TransactionHandler {
       BlkIo io = BlkIo::Decode(f.ext_span());
       dmsg::ByteBuffer data(io.bytes, 0x5a);
       link.SendOwned(&t, kLnkError, kFlagDelete, {}, std::move(data));
+    } else if (t.cmd == kBlkWrite && (f.hdr.cmd & kFlagCreate)) {
+      last_write.assign(f.aux.begin(), f.aux.end());
+      link.Reply(&t, 0, true);
     }
   }
 };
@@ -88,7 +92,7 @@ struct DeferredService : TransactionHandler {
 struct TestClient : SpanObserver, TransactionHandler {
   std::vector<RemoteSpan> spans;
   int removed = 0;
-  int open_ok = 0, read_ok = 0, lostlink = 0;
+  int open_ok = 0, read_ok = 0, write_ok = 0, lostlink = 0;
   std::vector<uint8_t> last_data;
   void OnSpanAdded(const RemoteSpan& s) override { spans.push_back(s); }
   void OnSpanRemoved(const RemoteSpan&, const std::string&) override { ++removed; }
@@ -98,6 +102,7 @@ struct TestClient : SpanObserver, TransactionHandler {
       return;
     }
     if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate) && f.hdr.error == 0) ++open_ok;
+    if (t.cmd == kBlkWrite && (f.hdr.cmd & kFlagDelete) && f.hdr.error == 0) ++write_ok;
     if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagDelete) && f.hdr.error == 0) {
       ++read_ok;
       last_data.assign(f.aux.begin(), f.aux.end());
@@ -278,6 +283,71 @@ TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE go
     CHECK(observer.lostlink == 2);
     CHECK(observer.read_ok == 0);
     CHECK(rs.link->up());
+
+    ShutdownBoth(&loop, server, client);
+  }
+  CloseLoop(&loop, keys);
+}
+
+TEST_CASE(
+    "a write sent under a hold is sent from the caller's buffer, which the link keeps "
+    "alive until written or dropped",
+    "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    Side server(&loop, keys, "test/server");
+    Side client(&loop, keys, "test/client");
+    TestService service;
+    TestClient observer;
+    client.registry.AddObserver(&observer);
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    server.registry.AddLocalSpan(BlockSpan("held"), &service);
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
+    RunUntil(&loop, [&] { return observer.spans.size() == 1; });
+    REQUIRE(observer.spans.size() == 1);
+    const RemoteSpan rs = observer.spans[0];
+    BlkOpen o;
+    o.modes = kBlkModeRead | kBlkModeWrite;
+    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
+    RunUntil(&loop, [&] { return observer.open_ok == 1; });
+    REQUIRE(observer.open_ok == 1);
+
+    // 1 MiB: more than one socket write's worth, so the link still needs
+    // the bytes after Open() returns. The caller lets go of its buffer at
+    // once; under ASan a link that kept only the span would read freed
+    // memory, and without ASan the server would see the pattern broken.
+    auto MakeData = [](uint8_t seed) {
+      auto data = std::make_shared<std::vector<uint8_t>>(1 << 20);
+      for (size_t i = 0; i < data->size(); i++) (*data)[i] = static_cast<uint8_t>(i * 7 + seed);
+      return data;
+    };
+    auto data = MakeData(3);
+    const std::vector<uint8_t> expect = *data;
+    std::weak_ptr<std::vector<uint8_t>> watch = data;
+    BlkIo io;
+    io.bytes = expect.size();
+    std::span<const uint8_t> bytes(*data);
+    REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), bytes, kFlagDelete,
+                          std::move(data)) != nullptr);
+    CHECK_FALSE(watch.expired());  // the link holds it
+    RunUntil(&loop, [&] { return observer.write_ok == 1 && watch.expired(); });
+    CHECK(observer.write_ok == 1);
+    CHECK(service.last_write == expect);
+    CHECK(watch.expired());  // written: the link let go
+
+    // A link dropped with the write queued lets go of the hold as well.
+    auto data2 = MakeData(5);
+    std::weak_ptr<std::vector<uint8_t>> watch2 = data2;
+    std::span<const uint8_t> bytes2(*data2);
+    REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), bytes2, kFlagDelete,
+                          std::move(data2)) != nullptr);
+    CHECK_FALSE(watch2.expired());
+    rs.link->Close("test drops the link");
+    RunUntil(&loop, [&] { return watch2.expired(); });
+    CHECK(watch2.expired());
+    CHECK(observer.write_ok == 1);
 
     ShutdownBoth(&loop, server, client);
   }
