@@ -829,7 +829,13 @@ void ImportedDisk::Shutdown() {
 
 void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
   journal_ = std::move(journal);
-  journal_ok_ = true;
+  // A journal that opened failed (no new segment) still sends and
+  // retires what it holds; new requests go unjournaled.
+  journal_ok_ = !journal_->failed();
+  if (!journal_ok_)
+    XLOG(kError, log_name_,
+         "journal: %s; journaling is off for this disk, requests go straight to the remote",
+         journal_->failure().c_str());
   done_prefix_ = journal_->retired_seq();
   feed_next_ = journal_->retired_seq() + 1;
   // The backlog: records of an earlier run. kRemote sends all of them

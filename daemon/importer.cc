@@ -100,10 +100,7 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
       return;
     }
   } else {
-    it = disks_
-             .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, span.info.media_bytes,
-                                                             blksize, config_))
-             .first;
+    std::unique_ptr<Journal> journal;
     if (!journal_config_.dir.empty()) {
       JournalDiskHeader h{serial, span.info.media_bytes, blksize, label};
       ReplayReport report;
@@ -111,12 +108,28 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
       if (j.ok()) {
         if (!report.damage.empty() || report.torn_tail)
           XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
-        it->second->AttachJournal(std::move(*j));
-        WatchDrain(it->second.get());
+        journal = std::move(*j);
+      } else if (Journal::MayHoldRecords(journal_config_.dir, serial)) {
+        // In use by another daemon, written for another size, unreadable:
+        // running without it now would let its records be sent later,
+        // over whatever is written meanwhile.
+        XLOG(kError, "disk " + serial,
+             "not imported: its journal %s/%s cannot be used (%s); fix that or move the "
+             "directory away (xdisk-fuse --journal-dump shows what it holds), then reconnect",
+             journal_config_.dir.c_str(), serial.c_str(), j.status().ToString().c_str());
+        return;
       } else {
         XLOG(kError, "disk " + serial, "running without a journal: %s",
              j.status().ToString().c_str());
       }
+    }
+    it = disks_
+             .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, span.info.media_bytes,
+                                                             blksize, config_))
+             .first;
+    if (journal != nullptr) {
+      it->second->AttachJournal(std::move(journal));
+      WatchDrain(it->second.get());
     }
   }
   span_serial_[span.id] = serial;

@@ -770,7 +770,11 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   // not synced here: a crash before the next group commit at worst brings
   // back retired records, which are then resent in order (see
   // docs/journal-format.md, "Crash windows").
-  if (Status st = j->StartSegment(); !st.ok()) return st;
+  // Without a new segment the journal takes no appends (StartSegment set
+  // failed_), but what it replayed is still sent and retired; failing the
+  // open instead would leave those records behind to be resent later over
+  // whatever was written meanwhile.
+  (void)j->StartSegment();
   // Unsynced records written before a reboot: a power loss may have kept
   // an old record of a segment and lost a newer overlapping one (and the
   // retire record after them). Resending them could undo acknowledged
@@ -793,6 +797,13 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   (void)j->DeleteRetiredSegments();  // failures are retried at the next Retire()
   if (report != nullptr) *report = std::move(rep);
   return j;
+}
+
+bool Journal::MayHoldRecords(const std::string& dir, const std::string& serial) {
+  if (!ValidSerial(serial)) return false;  // no such directory can exist
+  auto segments = ListSegments(dir + "/" + serial);
+  if (!segments.ok()) return segments.status().errno_value() != ENOENT;
+  return !segments->empty();
 }
 
 Result<std::vector<std::string>> Journal::ListDisks(const std::string& dir) {

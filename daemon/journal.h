@@ -125,7 +125,10 @@ class Journal {
   // differ from `header`) is an InvalidArgument error. A fresh journal gets
   // its header record at once. A journal is locked (flock) while a Journal
   // object has it open: a second open is Unavailable. New records always
-  // go to a new segment.
+  // go to a new segment; if that cannot be created (a full or read-only
+  // file system), the journal still opens, failed() (no appends), with
+  // what it replayed pending: that goes out first and its segments are
+  // deleted once retired.
   static Result<std::unique_ptr<Journal>> Open(const JournalConfig& config,
                                                const JournalDiskHeader& header,
                                                ReplayReport* report);
@@ -138,6 +141,10 @@ class Journal {
   // Serials that have a journal directory under `dir` (sorted). A missing
   // `dir` is an empty list.
   static Result<std::vector<std::string>> ListDisks(const std::string& dir);
+  // Whether DIR/<serial>/ may hold records: false only if it is missing or
+  // readable and without segments. For a journal that Open() refused: its
+  // records must not be bypassed and later resent over newer writes.
+  static bool MayHoldRecords(const std::string& dir, const std::string& serial);
   // Human-readable listing of every record of every journal under `dir`
   // (or of the one journal if `dir` is a disk's directory) and a summary
   // per disk: for `xdisk-fuse --journal-dump DIR`.
@@ -157,6 +164,10 @@ class Journal {
   Result<uint64_t> AppendWrite(uint64_t offset, std::span<const uint8_t> data);
   Result<uint64_t> AppendTrim(uint64_t offset, uint64_t length);
   Result<uint64_t> AppendFlush();
+  // Appends are refused after a failed append, write batch or new
+  // segment; failure() says why.
+  bool failed() const { return failed_; }
+  const std::string& failure() const { return failure_; }
   // Retires every record with seq <= upto (no-op if upto <= watermark):
   // appends a retire record, drops them from pending() and the index, and
   // deletes segments that hold nothing pending.

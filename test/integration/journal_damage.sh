@@ -11,8 +11,10 @@
 #   garbage segment   random bytes as a second segment: logged, no crash
 #   --journal-strict  the flipped byte makes the daemon exit 1, naming the
 #                     segment
-# --journal-dump reports each kind of damage. Finally the exporter returns
-# to the torn-tail importer and its journal drains to zero.
+# --journal-dump reports each kind of damage. Then the exporter returns
+# to the torn-tail importer and its journal drains to zero. Last, a journal
+# locked by another process keeps its disk out of the tree (the daemon up,
+# the records kept) until the lock is gone; then it drains.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
@@ -110,5 +112,35 @@ wait_for "journal_pending '$WORK_DIR/torn' | grep -qx 0" 60 || fail "the journal
 stop_daemon "$IMP" 15 TERM || fail "importer exit status $? after SIGTERM"
 stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
 
-scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe|journal replay)|error: disk $SERIAL: journal"
+log "a journal another process holds: the disk is not imported without it"
+# Bypassing it would send new writes now and its old records over them at
+# the next start that can open it.
+cp -a "$WORK_DIR/j0" "$WORK_DIR/held"
+python3 -c 'import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+time.sleep(600)' "$WORK_DIR/held/$SERIAL" &
+HOLDER=$!  # one process: the lock goes with it
+cleanup_fn kill "$HOLDER"
+wait_for "! flock -n '$WORK_DIR/held/$SERIAL' true" 10 || fail "the lock holder did not start"
+start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+importer "$WORK_DIR/held"
+wait_for "grep -q 'disk $SERIAL: not imported: its journal .*/held/$SERIAL cannot be used' \
+  '$WORK_DIR/importer.log'" 15 || fail "the refusal is not logged: $(tail -5 "$WORK_DIR/importer.log")"
+sleep 0.5
+[ ! -e "$MNT/serno/$SERIAL" ] || fail "the disk was imported without its journal"
+require_alive "$IMP" "with its journal held by another process"
+left=$(journal_pending "$WORK_DIR/held")
+[ "$left" = "$total" ] || fail "held journal: $left of $total records pending"
+kill "$HOLDER"
+wait "$HOLDER" 2>/dev/null || true
+kill_importer
+log "the lock released: imported, the journal drains"
+importer "$WORK_DIR/held"
+wait_disk "$MNT" "$SERIAL" 15
+wait_for "journal_pending '$WORK_DIR/held' | grep -qx 0" 60 || fail "the journal did not drain"
+stop_daemon "$IMP" 15 TERM || fail "importer exit status $? after SIGTERM"
+stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
+
+scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe|journal replay)|error: disk $SERIAL: (journal|not imported: its journal)"
 log "PASS"

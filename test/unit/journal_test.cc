@@ -772,6 +772,56 @@ TEST_CASE("an append that fails switches the journal off and it cleans up after 
   CHECK(j->bytes_on_disk() == 0);
 }
 
+TEST_CASE("a journal that cannot start its new segment opens failed and still sends what it holds",
+          "[journal]") {
+  TempDir t;
+  const JournalConfig c = Config(t);
+  const JournalDiskHeader h = Header(1 << 20);
+  const std::string dir = DiskDir(c, h);
+  CHECK_FALSE(Journal::MayHoldRecords(c.dir, h.serial));  // no directory
+  {
+    auto j = OpenOk(c, h);
+    for (int i = 0; i < 3; ++i) AppendW(*j, 4096 * i, Pattern(4096, i));
+  }
+  CHECK(Journal::MayHoldRecords(c.dir, h.serial));
+  // A full file system: the new segment's header cannot be written.
+  std::unique_ptr<Journal> j;
+  WithFileSizeLimit(0, [&] {
+    ReplayReport rep;
+    auto r = Journal::Open(c, h, &rep);
+    REQUIRE(r.ok());
+    j = std::move(*r);
+    CHECK(rep.pending == 3);
+  });
+  CHECK(j->failed());
+  CHECK(j->failure().find("000002.log") != std::string::npos);
+  CHECK(j->pending().size() == 3);
+  CHECK_FALSE(j->AppendFlush().ok());
+  Bytes got(4096, 0);
+  REQUIRE(j->Overlay(8192, got).ok());
+  CHECK(got == Pattern(4096, 2));
+  // Dropped unretired (a crash): nothing is lost, the next open has it all.
+  j.reset();
+  {
+    auto again = OpenOk(c, h);
+    CHECK_FALSE(again->failed());
+    CHECK(again->pending().size() == 3);
+  }
+  // Failed again; once its records are retired (sent), the segments go,
+  // so they can never be resent over later writes.
+  WithFileSizeLimit(0, [&] {
+    auto r = Journal::Open(c, h, nullptr);
+    REQUIRE(r.ok());
+    j = std::move(*r);
+  });
+  REQUIRE(j->failed());
+  REQUIRE(j->Retire(j->last_seq()).ok());
+  CHECK(j->pending().empty());
+  CHECK(SegmentFiles(dir).empty());
+  CHECK_FALSE(Journal::MayHoldRecords(c.dir, h.serial));
+  CHECK_FALSE(Journal::MayHoldRecords(c.dir, "a/b"));
+}
+
 TEST_CASE("a hostile journal never crashes replay or the dump", "[journal]") {
   TempDir t;
   const JournalConfig c = Config(t, 48 << 10);
