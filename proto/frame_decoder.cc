@@ -189,7 +189,7 @@ FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::stri
   // received directly into the buffer that becomes the frame's aux: what
   // is buffered moves there once, the socket fills in the rest.
   if (!direct_ && avail < hdr_bytes_ + aux_padded_) {
-    if (aux_padded_ < kDirectAuxMin) return Outcome::kNeedMore;
+    if (aux_padded_ < direct_aux_min_) return Outcome::kNeedMore;
     direct_ = true;
     direct_buf_.resize(aux_padded_);
     direct_filled_ = avail - hdr_bytes_;

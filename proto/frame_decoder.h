@@ -47,7 +47,10 @@ class FrameDecoder {
  public:
   enum class Outcome { kFrame, kNeedMore, kError };
 
-  FrameDecoder() = default;
+  // Auxes of `direct_aux_min` bytes or more may be received directly (see
+  // WritableTail); the fuzzer lowers it to reach that path with small
+  // inputs.
+  explicit FrameDecoder(size_t direct_aux_min = kDirectAuxMin) : direct_aux_min_(direct_aux_min) {}
   FrameDecoder(const FrameDecoder&) = delete;
   FrameDecoder& operator=(const FrameDecoder&) = delete;
 
@@ -67,7 +70,7 @@ class FrameDecoder {
   // valid until the next call on the decoder.
   //
   // Direct aux: once Next() has checked a frame's header and a large aux
-  // (kDirectAuxMin or more) is still incomplete, the span is instead the
+  // (direct_aux_min or more, by default kDirectAuxMin) is still incomplete, the span is instead the
   // rest of that aux in the frame's own buffer, possibly shorter than
   // `min`: the socket's bytes land where Next() hands them out, with no
   // copy through the internal buffer.
@@ -107,6 +110,7 @@ class FrameDecoder {
   // Direct aux (stage kAux only): the frame's header stays in buf_ at pos_
   // (and buf_ ends there); its aux arrives in direct_, of which the first
   // direct_filled_ of aux_padded_ bytes are received.
+  size_t direct_aux_min_;
   bool direct_ = false;
   ByteBuffer direct_buf_;
   size_t direct_filled_ = 0;

@@ -1,14 +1,21 @@
 // libFuzzer target for FrameDecoder.
 //
-// Input layout: byte 0 selects how many of the following bytes (1..8) form
-// the chunk-size schedule; each schedule byte b feeds b+1 bytes (cycled).
-// The rest is the byte stream. Every decoded frame is re-encoded with
+// Input layout: byte 0 bits 0-2 select how many of the following bytes
+// (1..8) form the chunk-size schedule; each schedule byte b feeds b+1 bytes
+// (cycled). Bits 3-5 pick the smallest aux received directly (the default
+// 64 KiB, out of reach of small inputs, or 1..512 bytes), bit 6 feeds
+// through WritableTail/Commit as the link's socket reader does instead of
+// Feed. The rest is the byte stream. Every decoded frame is re-encoded with
 // EncodeFrame and fed to a second "mirror" decoder, which must return an
 // equal frame: this checks that the decoder only accepts what the encoder can
-// produce, and that the mirror sees the same sequence numbers.
+// produce, and that the mirror sees the same sequence numbers. A reference
+// decoder (defaults, fed with Feed in the same chunks) must decode the same
+// frames and fail the same way: direct aux and tail feeding change where
+// bytes land, never what is decoded.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <span>
@@ -23,13 +30,14 @@ using namespace xdisk::dmsg;
 namespace {
 
 // A plain abort keeps the fuzzer's crash report pointing at the failed check
-// even in builds with NDEBUG.
-#define FUZZ_CHECK(cond)                                                         \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      __builtin_printf("check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                              \
-    }                                                                            \
+// even in builds with NDEBUG; stderr, unlike a redirected stdout, is not
+// buffered, so the message survives the abort.
+#define FUZZ_CHECK(cond)                                                        \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      fprintf(stderr, "check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
+      std::abort();                                                             \
+    }                                                                           \
   } while (0)
 
 void CheckRoundTrip(const Frame& f, FrameDecoder* mirror) {
@@ -53,6 +61,23 @@ void CheckRoundTrip(const Frame& f, FrameDecoder* mirror) {
   if (f.aux.empty()) FUZZ_CHECK(b.aux_crc == 0);
 }
 
+// Feeds `bytes` the way a socket reader does: into WritableTail's span,
+// which during a direct aux may be shorter than asked for.
+void FeedTail(FrameDecoder* d, std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    std::span<uint8_t> w = d->WritableTail(bytes.size());
+    const size_t k = std::min(w.size(), bytes.size());
+    FUZZ_CHECK(k > 0);
+    memcpy(w.data(), bytes.data(), k);
+    d->Commit(k);
+    bytes = bytes.subspan(k);
+  }
+}
+
+bool SameFrame(const Frame& a, const Frame& b) {
+  return memcmp(&a.hdr, &b.hdr, sizeof(Header)) == 0 && a.ext == b.ext && a.aux == b.aux;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -62,27 +87,42 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::span<const uint8_t> sched(data + 1, nsched);
   std::span<const uint8_t> stream(data + 1 + nsched, size - 1 - nsched);
 
-  FrameDecoder dec, mirror;
-  Frame f;
-  DecodeError err = DecodeError::kNone;
-  std::string detail;
+  static constexpr size_t kDirectMins[8] = {FrameDecoder::kDirectAuxMin, 1, 4, 16, 64, 512,
+                                            FrameDecoder::kDirectAuxMin, 8};
+  const size_t direct_min = kDirectMins[(data[0] >> 3) & 7];
+  const bool tail_feed = (data[0] >> 6) & 1;
+
+  FrameDecoder dec(direct_min), mirror, ref;
+  Frame f, r;
+  DecodeError err = DecodeError::kNone, ref_err = DecodeError::kNone;
+  std::string detail, ref_detail;
   size_t pos = 0, i = 0;
   uint64_t frames = 0;
   bool failed = false;
   while (pos < stream.size() && !failed) {
     size_t n = std::min<size_t>(sched[i++ % nsched] + 1u, stream.size() - pos);
-    dec.Feed(stream.subspan(pos, n));
+    if (tail_feed) {
+      FeedTail(&dec, stream.subspan(pos, n));
+    } else {
+      dec.Feed(stream.subspan(pos, n));
+    }
+    ref.Feed(stream.subspan(pos, n));
     pos += n;
     for (;;) {
       FrameDecoder::Outcome o = dec.Next(&f, &err, &detail);
+      FrameDecoder::Outcome ro = ref.Next(&r, &ref_err, &ref_detail);
+      FUZZ_CHECK(o == ro);
+      FUZZ_CHECK(dec.buffered() == ref.buffered());
       if (o == FrameDecoder::Outcome::kFrame) {
         ++frames;
         FUZZ_CHECK(err == DecodeError::kNone);
+        FUZZ_CHECK(SameFrame(f, r));
         CheckRoundTrip(f, &mirror);
         continue;
       }
       if (o == FrameDecoder::Outcome::kError) {
         FUZZ_CHECK(err != DecodeError::kNone && !detail.empty());
+        FUZZ_CHECK(err == ref_err && detail == ref_detail);
         failed = true;
       }
       break;
