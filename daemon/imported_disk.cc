@@ -368,7 +368,10 @@ void ImportedDisk::OnKick(uv_idle_t* h) {
   if (self->journal_ != nullptr) {
     // Once per loop turn: retire what the remote finished (kRemote) and
     // start one group commit for everything appended this turn.
-    if (!self->writeback() && self->done_prefix_ > self->journal_->retired_seq())
+    // (Write-back records, also of a journal switched off, need a flush
+    // first: MaybeFlushBackground.)
+    if (self->config_.sync == SyncMode::kRemote &&
+        self->done_prefix_ > self->journal_->retired_seq())
       self->RetireUpTo(self->done_prefix_);
     if (self->sync_wanted_) self->StartSync();
     self->StartWrites();  // what this turn queued, after its requests went out
@@ -832,10 +835,14 @@ void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
   // A journal that opened failed (no new segment) still sends and
   // retires what it holds; new requests go unjournaled.
   journal_ok_ = !journal_->failed();
-  if (!journal_ok_)
+  if (!journal_ok_) {
     XLOG(kError, log_name_,
-         "journal: %s; journaling is off for this disk, requests go straight to the remote",
+         "journal: %s; journaling is off for this disk, new writes wait until what it holds "
+         "is sent, then go straight to the remote",
          journal_->failure().c_str());
+    if (Status st = journal_->DeleteIfDrained(); !st.ok())
+      XLOG(kError, log_name_, "%s; writes wait until it is gone", st.ToString().c_str());
+  }
   done_prefix_ = journal_->retired_seq();
   feed_next_ = journal_->retired_seq() + 1;
   // The backlog: records of an earlier run. kRemote sends all of them
@@ -867,6 +874,13 @@ bool ImportedDisk::GateClosed(OpKind kind) const {
     // Write-back: only writes and trims wait, and only for journal space.
     return (kind == OpKind::kWrite || kind == OpKind::kTrim) && journal_->full();
   }
+  // A journal switched off with records still in its files: new writes
+  // and trims wait until they are all retired and the files are gone.
+  // Sent unjournaled beside them, they could be overwritten by a resend
+  // of those records: after a restart, or after a lost open (write-back).
+  if (!journal_ok_ && (kind == OpKind::kWrite || kind == OpKind::kTrim) &&
+      journal_->segment_count() > 0)
+    return true;
   // kRemote (or a journal switched off): nothing new goes out before the
   // whole backlog is queued ahead of it.
   return feed_next_ <= feed_limit_;
@@ -881,7 +895,9 @@ bool ImportedDisk::MustHold(OpKind kind) const {
 void ImportedDisk::Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail) {
   if (held_.empty())
     XLOG(kDebug, log_name_, "requests wait for %s",
-         writeback() ? "journal space" : "the journal's backlog");
+         writeback()   ? "journal space"
+         : journal_ok_ ? "the journal's backlog"
+                       : "the switched-off journal's records to be sent and deleted");
   held_.push_back(HeldOp{kind, std::move(run), std::move(fail), uv_now(loop_)});
   UpdateBlocked();
 }
@@ -896,9 +912,13 @@ void ImportedDisk::ReleaseHeld() {
 
 void ImportedDisk::JournalFailed(const Status& s) {
   XLOG(kError, log_name_,
-       "journal: %s; journaling is off for this disk, requests go straight to the remote",
+       "journal: %s; journaling is off for this disk, new writes wait until what it holds "
+       "is sent, then go straight to the remote",
        s.ToString().c_str());
   journal_ok_ = false;
+  journal_->Fail(s.message());
+  if (Status st = journal_->DeleteIfDrained(); !st.ok())
+    XLOG(kError, log_name_, "%s; writes wait until it is gone", st.ToString().c_str());
   if (config_.sync == SyncMode::kJournal) {
     // Write-back: what the journal holds still goes out first, in order
     // (the kRemote gate), and writes already appended complete once their
@@ -964,7 +984,7 @@ void ImportedDisk::MaybeFlushBackground() {
   // Write-back only: a BLK_FLUSH after acknowledged records makes them safe
   // on the remote; they are retired when it is acknowledged. One at a time,
   // when the background queue drained or at least every second.
-  if (!writeback() || bg_flush_inflight_) return;
+  if (config_.sync != SyncMode::kJournal || bg_flush_inflight_) return;
   if (done_prefix_ <= journal_->retired_seq()) return;
   const uint64_t now = uv_now(loop_);
   const bool drained = background_ops_ == 0;

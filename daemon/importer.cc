@@ -115,7 +115,8 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
         // over whatever is written meanwhile.
         XLOG(kError, "disk " + serial,
              "not imported: its journal %s/%s cannot be used (%s); fix that or move the "
-             "directory away (xdisk-fuse --journal-dump shows what it holds), then reconnect",
+             "directory away (xdisk-fuse --journal-dump shows what it holds); it is tried "
+             "again when the disk is announced again (xdiskctl disconnect/connect, or a restart)",
              journal_config_.dir.c_str(), serial.c_str(), j.status().ToString().c_str());
         return;
       } else {

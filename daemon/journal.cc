@@ -771,9 +771,11 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
   // back retired records, which are then resent in order (see
   // docs/journal-format.md, "Crash windows").
   // Without a new segment the journal takes no appends (StartSegment set
-  // failed_), but what it replayed is still sent and retired; failing the
-  // open instead would leave those records behind to be resent later over
-  // whatever was written meanwhile.
+  // failed_), but what it replayed is still sent and retired, and the
+  // files go once nothing is pending. (Failing the open would be no
+  // safer: the records would stay for a later start to resend over
+  // whatever was written meanwhile. ImportedDisk holds new writes until
+  // the files are gone.)
   (void)j->StartSegment();
   // Unsynced records written before a reboot: a power loss may have kept
   // an old record of a segment and lost a newer overlapping one (and the
@@ -1044,6 +1046,17 @@ Status Journal::Retire(uint64_t upto) {
   Status del = DeleteRetiredSegments();
   if (result.ok() && !del.ok()) result = del;
   return result;
+}
+
+void Journal::Fail(const std::string& why) {
+  if (failed_) return;
+  failed_ = true;
+  failure_ = why;
+}
+
+Status Journal::DeleteIfDrained() {
+  if (!failed_ || !pending_.empty()) return Status::Ok();
+  return DeleteRetiredSegments();
 }
 
 Status Journal::DeleteRetiredSegments() {

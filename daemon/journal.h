@@ -127,8 +127,9 @@ class Journal {
   // object has it open: a second open is Unavailable. New records always
   // go to a new segment; if that cannot be created (a full or read-only
   // file system), the journal still opens, failed() (no appends), with
-  // what it replayed pending: that goes out first and its segments are
-  // deleted once retired.
+  // what it replayed pending: the caller sends and retires it, and the
+  // segments go once nothing is pending (on a read-only file system they
+  // cannot, and segment_count() stays above 0).
   static Result<std::unique_ptr<Journal>> Open(const JournalConfig& config,
                                                const JournalDiskHeader& header,
                                                ReplayReport* report);
@@ -165,9 +166,19 @@ class Journal {
   Result<uint64_t> AppendTrim(uint64_t offset, uint64_t length);
   Result<uint64_t> AppendFlush();
   // Appends are refused after a failed append, write batch or new
-  // segment; failure() says why.
+  // segment, or Fail(); failure() says why.
   bool failed() const { return failed_; }
   const std::string& failure() const { return failure_; }
+  // Refuses appends from now on (the daemon no longer trusts the journal,
+  // say after a failed fdatasync). What is pending stays and is retired as
+  // usual. No-op if already failed.
+  void Fail(const std::string& why);
+  // A failed journal with nothing pending deletes every segment file, so
+  // nothing of it can be replayed later; returns the first deletion error.
+  // No-op otherwise (Retire() does the same as records drain).
+  Status DeleteIfDrained();
+  // Segment files still there (0: nothing of this journal can replay).
+  size_t segment_count() const { return segments_.size(); }
   // Retires every record with seq <= upto (no-op if upto <= watermark):
   // appends a retire record, drops them from pending() and the index, and
   // deletes segments that hold nothing pending.

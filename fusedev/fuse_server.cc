@@ -327,7 +327,9 @@ struct FuseServer::Ops {
     size_t len = std::min<uint64_t>(size, end - off);
     // The data lives in the receive buffer. Rather than copy up to 1 MiB,
     // the write takes the whole buffer and the next receive gets another
-    // one; the buffer comes back to the spare pool on completion.
+    // one; the buffer comes back to the spare pool when the last
+    // BufferHold on it goes (the socket may still be sending from it after
+    // the write completed).
     void* owned;
     bool pooled;
     auto base = reinterpret_cast<uintptr_t>(s->rx_mem_);

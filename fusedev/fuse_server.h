@@ -207,7 +207,8 @@ class FuseServer {
   std::atomic<bool> stop_requested_{false};
 
   // Current receive buffer (malloc'd by libfuse) and the length of the
-  // request in it; spare buffers come back from completed writes.
+  // request in it; spare buffers come back once their write's last
+  // BufferHold is gone.
   void* rx_mem_ = nullptr;
   size_t rx_len_ = 0;
   std::shared_ptr<SparePool> spare_;

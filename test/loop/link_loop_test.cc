@@ -317,7 +317,7 @@ TEST_CASE(
     // 1 MiB: more than one socket write's worth, so the link still needs
     // the bytes after Open() returns. The caller lets go of its buffer at
     // once; under ASan a link that kept only the span would read freed
-    // memory, and without ASan the server would see the pattern broken.
+    // memory, and in any build the hold must outlive Open() and then go.
     auto MakeData = [](uint8_t seed) {
       auto data = std::make_shared<std::vector<uint8_t>>(1 << 20);
       for (size_t i = 0; i < data->size(); i++) (*data)[i] = static_cast<uint8_t>(i * 7 + seed);

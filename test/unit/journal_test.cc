@@ -808,7 +808,7 @@ TEST_CASE("a journal that cannot start its new segment opens failed and still se
     CHECK(again->pending().size() == 3);
   }
   // Failed again; once its records are retired (sent), the segments go,
-  // so they can never be resent over later writes.
+  // so no later start can resend them over later writes.
   WithFileSizeLimit(0, [&] {
     auto r = Journal::Open(c, h, nullptr);
     REQUIRE(r.ok());

@@ -1,0 +1,86 @@
+#!/bin/bash
+# A write-back journal that cannot start a new segment at startup (its
+# file system is full) opens switched off: what it holds is still sent,
+# flushed and retired, and only then are its files deleted. Writes that
+# arrive meanwhile wait for that, because a later start would otherwise
+# resend the old records over them. The importer (--sync=journal) takes
+# 4 MiB of writes A while the exporter is away and is killed; its journal's
+# tmpfs is then filled up. After the restart, with the exporter back, a
+# write elsewhere completes only once the journal has no segment left;
+# 4 MiB of writes B over A then leave B in the image, and the daemon
+# stays up.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/xdisk.sh"
+require_root
+require_fuse
+for c in fusermount3 mountpoint dd cmp truncate ss mount umount; do requires "$c"; done
+
+MIB=1048576
+SERIAL=off1
+IMG=$WORK_DIR/off.img
+MNT=$WORK_DIR/mnt
+JFS=$WORK_DIR/jfs
+truncate -s $((64 * MIB)) "$IMG"
+mkdir -p "$JFS"
+mount -t tmpfs -o size=16M tmpfs "$JFS"
+mount_cleanup "$JFS"
+head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/a"
+head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/b"
+
+PORT=$(free_port)
+make_keys "$WORK_DIR/keys" 127.0.0.1
+importer() {
+  start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- \
+    --sync=journal --journal "$JFS/j"
+}
+
+log "4 MiB of writes A into the journal while the exporter is away"
+start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+importer
+wait_disk "$MNT" "$SERIAL"
+kill -KILL "$EXP"
+wait "$EXP" 2>/dev/null || true
+wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
+  fail "the importer did not notice the outage"
+timeout 60 dd if="$WORK_DIR/a" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
+  status=none || fail "write-back writes A failed"
+kill_importer
+pending=$(journal_pending "$JFS/j")
+[ "$pending" -ge 64 ] || fail "only $pending records pending"
+
+log "the journal's file system fills up; restart, the exporter back but stopped"
+dd if=/dev/zero of="$JFS/filler" bs=64k status=none 2>/dev/null || true
+start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+kill -STOP "$EXP"
+cleanup_fn kill -CONT "$EXP"
+importer
+wait_disk "$MNT" "$SERIAL" 15 # from its journal, before the exporter answers
+grep -q "disk $SERIAL: journal: .*No space left on device.*journaling is off" \
+  "$WORK_DIR/importer.log" || fail "no log line says the journal is off: $(cat "$WORK_DIR/importer.log")"
+
+log "a write elsewhere completes only after the old records are gone"
+# It overlaps none of them, so only the gate keeps it from going out (and
+# completing) beside them once the exporter answers.
+timeout 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=64k count=1 seek=512 oflag=direct \
+  conv=notrunc status=none &
+DD=$!
+sleep 0.5
+kill -0 "$DD" 2>/dev/null || fail "the write completed while the exporter was stopped"
+kill -CONT "$EXP"
+wait "$DD" || fail "the write elsewhere failed"
+left=$(find "$JFS/j" -name '*.log')
+[ -z "$left" ] || fail "a write completed with journal segments still there: $left"
+
+log "writes B over A"
+timeout 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=1M oflag=direct conv=notrunc \
+  status=none || fail "writes B failed"
+require_alive "$IMP" "with a journal that opened switched off"
+cmp "$WORK_DIR/b" "$MNT/serno/$SERIAL" -n $((4 * MIB)) || fail "the FUSE file does not hold B"
+
+stop_pair
+cmp -n $((4 * MIB)) "$WORK_DIR/b" "$IMG" || fail "the exported image does not hold B"
+cmp -n $((64 * 1024)) "$WORK_DIR/b" <(dd if="$IMG" bs=64k skip=512 count=1 status=none) ||
+  fail "the exported image does not hold the write elsewhere"
+scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe)|error: disk $SERIAL: journal: .*No space left on device"
+log "PASS"
