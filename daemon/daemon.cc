@@ -61,6 +61,7 @@ struct Daemon::Impl {
   std::unique_ptr<fusedev::DiskTree> tree;
   std::unique_ptr<Importer> importer;
   std::unique_ptr<fusedev::FuseServer> fuse;
+  std::string mount_real;  // realpath of the mountpoint, taken before mounting
   // Control socket and SIGHUP reload (StartControl). Destroyed after the
   // loop ran dry, before the modules they point at.
   std::unique_ptr<DaemonControl> daemon_control;
@@ -133,6 +134,11 @@ struct Daemon::Impl {
       if (status != 0) XLOG(kError, "fuse", "session ended: %s", strerror(status));
       Stop(status == 0 ? 0 : 1);
     });
+    // Safe only now: once mounted, resolving the path would ask ourselves.
+    if (char* r = realpath(opts.mountpoint.c_str(), nullptr)) {
+      mount_real = r;
+      free(r);
+    }
     std::string err;
     if (fuse->Start(&err) != 0) {
       XLOG(kError, "main", "cannot mount %s: %s", opts.mountpoint.c_str(), err.c_str());
@@ -154,6 +160,7 @@ struct Daemon::Impl {
     parts.exporter = exporter.get();
     parts.importer = importer.get();
     parts.tree = tree.get();
+    parts.mount_real = mount_real;
     daemon_control = std::make_unique<DaemonControl>(parts, opts, hostname);
     uv_signal_init(&loop, &sighup);
     sighup.data = this;

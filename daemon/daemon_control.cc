@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <fstream>
+#include <iterator>
 #include <set>
 
 #include "config.h"
@@ -10,6 +12,7 @@
 #include "daemon/importer.h"
 #include "daemon/link_table.h"
 #include "daemon/log.h"
+#include "daemon/own_mount.h"
 #include "fusedev/disk_tree.h"
 
 namespace xdisk {
@@ -272,16 +275,26 @@ std::string LexicalAbsolute(const std::string& path) {
 
 Status DaemonControl::CheckNotInMount(const std::string& path) const {
   // Resolving or opening a path inside our own FUSE mount from the loop
-  // thread would wait for an answer only this thread can give: refuse it
-  // before any system call touches it. (A symbolic link into the mount is
-  // not caught here.)
+  // thread would wait for an answer only this thread can give: the path is
+  // resolved one component at a time and refused before any system call
+  // reaches the mount, as named, as started, or bound elsewhere
+  // (daemon/own_mount.h).
   if (opts_.mountpoint.empty()) return Status::Ok();
-  const std::string mnt = LexicalAbsolute(opts_.mountpoint);
-  const std::string p = LexicalAbsolute(path);
-  if (p == mnt || p.starts_with(mnt == "/" ? mnt : mnt + "/"))
-    return Status::InvalidArgument(path + " is inside this daemon's mount " + opts_.mountpoint +
-                                   "; export it from another daemon");
-  return Status::Ok();
+  std::vector<std::string> forbidden{LexicalAbsolute(opts_.mountpoint)};
+  if (!parts_.mount_real.empty()) {
+    forbidden.push_back(parts_.mount_real);
+    std::ifstream f("/proc/self/mountinfo");
+    std::string info((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    for (std::string& m : MountsOfSameDevice(info, parts_.mount_real))
+      forbidden.push_back(std::move(m));
+  }
+  auto resolved = ResolveAvoiding(path, forbidden);
+  if (!resolved.ok() && resolved.status().kind() == Status::Kind::kInvalidArgument)
+    return Status::InvalidArgument(resolved.status().message() +
+                                   ": inside this daemon's mount; export it from another daemon");
+  // Other failures (a missing file, a link loop) end it here too: the
+  // export's own realpath(3) must not take a way this walk did not check.
+  return resolved.status();
 }
 
 Result<control::ExportInfo> DaemonControl::AddExport(const std::string& raw,

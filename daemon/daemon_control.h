@@ -80,6 +80,9 @@ class DaemonControl : public control::ControlBackend {
     Exporter* exporter = nullptr;
     const Importer* importer = nullptr;       // null without MOUNTPOINT
     const fusedev::DiskTree* tree = nullptr;  // null without MOUNTPOINT
+    // The mountpoint as realpath(3) gave it before mounting (how
+    // /proc/self/mountinfo names it); empty without MOUNTPOINT.
+    std::string mount_real;
   };
 
   // `opts` are the options the daemon started with; their connect targets

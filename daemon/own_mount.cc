@@ -1,0 +1,138 @@
+#include "daemon/own_mount.h"
+
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <deque>
+
+namespace xdisk {
+namespace {
+
+constexpr int kMaxSymlinks = 40;  // Linux's limit for one lookup
+
+// Splits on '/', dropping empty parts and ".".
+std::deque<std::string> Components(std::string_view path) {
+  std::deque<std::string> out;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    std::string_view part = path.substr(i, j - i);
+    if (!part.empty() && part != ".") out.emplace_back(part);
+    i = j + 1;
+  }
+  return out;
+}
+
+bool AtOrUnder(const std::string& p, const std::string& dir) {
+  if (dir == "/") return true;
+  return p == dir || (p.size() > dir.size() && p.starts_with(dir) && p[dir.size()] == '/');
+}
+
+std::string Parent(const std::string& p) {
+  size_t k = p.rfind('/');
+  return k == 0 || k == std::string::npos ? "/" : p.substr(0, k);
+}
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string Unescape(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '3' && s[i + 2] >= '0' &&
+        s[i + 2] <= '7' && s[i + 3] >= '0' && s[i + 3] <= '7') {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
+                                            const std::string& mountpoint) {
+  // Each line: id parent major:minor root mountpoint options ...
+  struct Entry {
+    std::string dev, point;
+  };
+  std::vector<Entry> entries;
+  size_t i = 0;
+  while (i < mountinfo.size()) {
+    size_t e = mountinfo.find('\n', i);
+    if (e == std::string_view::npos) e = mountinfo.size();
+    std::string_view line = mountinfo.substr(i, e - i);
+    i = e + 1;
+    std::vector<std::string_view> f;
+    size_t a = 0;
+    while (a < line.size() && f.size() < 5) {
+      size_t b = line.find(' ', a);
+      if (b == std::string_view::npos) b = line.size();
+      f.push_back(line.substr(a, b - a));
+      a = b + 1;
+    }
+    if (f.size() == 5) entries.push_back(Entry{std::string(f[2]), Unescape(f[4])});
+  }
+  std::string dev;
+  for (const Entry& en : entries)
+    if (en.point == mountpoint) dev = en.dev;  // the last one mounted there
+  std::vector<std::string> out;
+  if (dev.empty()) return out;
+  for (const Entry& en : entries)
+    if (en.dev == dev) out.push_back(en.point);
+  return out;
+}
+
+Result<std::string> ResolveAvoiding(const std::string& path,
+                                    const std::vector<std::string>& forbidden) {
+  auto check = [&](const std::string& p) -> Status {
+    for (const std::string& m : forbidden)
+      if (AtOrUnder(p, m))
+        return Status::InvalidArgument(path + " leads into this daemon's mount " + m + " (at " + p +
+                                       ")");
+    return Status::Ok();
+  };
+  std::string resolved = "/";
+  std::deque<std::string> todo;
+  if (path.empty() || path[0] != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd) == nullptr) return Status::FromErrno(errno, "getcwd");
+    todo = Components(cwd);
+  }
+  for (std::string& c : Components(path)) todo.push_back(std::move(c));
+  if (Status st = check(resolved); !st.ok()) return st;
+  int links = 0;
+  while (!todo.empty()) {
+    std::string part = std::move(todo.front());
+    todo.pop_front();
+    if (part == "..") {
+      resolved = Parent(resolved);  // physical: `resolved` has no links
+      continue;
+    }
+    std::string next = resolved;
+    if (next != "/") next.push_back('/');
+    next.append(part);
+    if (Status st = check(next); !st.ok()) return st;
+    struct stat st;
+    if (lstat(next.c_str(), &st) != 0) return Status::FromErrno(errno, path + ": " + next);
+    if (!S_ISLNK(st.st_mode)) {
+      resolved = std::move(next);
+      continue;
+    }
+    if (++links > kMaxSymlinks) return Status::FromErrno(ELOOP, path);
+    char buf[PATH_MAX];
+    ssize_t n = readlink(next.c_str(), buf, sizeof buf);
+    if (n < 0) return Status::FromErrno(errno, path + ": readlink " + next);
+    if (static_cast<size_t>(n) == sizeof buf) return Status::FromErrno(ENAMETOOLONG, next);
+    std::string_view target(buf, static_cast<size_t>(n));
+    std::deque<std::string> parts = Components(target);
+    todo.insert(todo.begin(), parts.begin(), parts.end());
+    if (!target.empty() && target[0] == '/')
+      resolved.assign(1, '/');  // (not = "/": gcc 12 -O3 warns falsely)
+  }
+  return resolved;
+}
+
+}  // namespace xdisk
