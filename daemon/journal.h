@@ -283,6 +283,8 @@ class Journal {
                                                    ReplayReport* report);
   // Creates the next segment and writes its header and retire records.
   Status StartSegment();
+  // Allocates the current segment's blocks up to at least `end`, ahead.
+  void Preallocate(Segment& seg, uint64_t end);
   // Frames the payload (the concatenation of `pieces`) and writes it to the
   // current segment, rolling to a new one first if `may_roll` and the
   // current one is past segment_bytes. `even_if_failed`: try although an
