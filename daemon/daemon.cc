@@ -216,7 +216,6 @@ struct Daemon::Impl {
   }
 
   int Run() {
-    uv_loop_init(&loop);
     std::string hostname = opts.hostname;
     if (hostname.empty()) {
       char buf[256] = {};
@@ -253,6 +252,9 @@ struct Daemon::Impl {
       }
     }
 
+    // From here on every way out closes the loop (the checks above leave
+    // nothing to close).
+    uv_loop_init(&loop);
     LinkConfig config;
     config.label = hostname + "/xdisk-fuse";
     config.peer_id = host_uuid;

@@ -159,6 +159,11 @@ class Link : public TransactionHandler {
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
   static void OnWrite(uv_write_t* req, int status);
   static void OnTimer(uv_timer_t* t);
+  // Ends a cork (FlushWrites) before the loop waits and after its poll
+  // callbacks, whichever comes first.
+  static void OnUncorkPrepare(uv_prepare_t* h);
+  static void OnUncorkCheck(uv_check_t* h);
+  void Uncork();
   static void OnClose(uv_handle_t* h);
 
   void DecodeAvailable();
@@ -179,7 +184,10 @@ class Link : public TransactionHandler {
   void SendOneWay(uint32_t cmd);
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr);
-  void FlushWrites();
+  // Writes what is queued: at once when nothing is on its way, then corks
+  // (`may_cork`) so that what the rest of this loop turn queues goes out
+  // together, in one writev, when Uncork() runs.
+  void FlushWrites(bool may_cork = true);
   void HalfClose();
   void MaybeUp();
   void Fail(const std::string& reason);
@@ -194,6 +202,9 @@ class Link : public TransactionHandler {
   State state_ = State::kConnecting;
   uv_tcp_t tcp_;
   uv_timer_t timer_;
+  uv_prepare_t uncork_prepare_;
+  uv_check_t uncork_check_;
+  bool corked_ = false;
   int open_handles_ = 0;
   bool handles_inited_ = false;
 

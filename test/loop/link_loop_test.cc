@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <functional>
@@ -38,7 +39,7 @@ void RunUntil(uv_loop_t* loop, const std::function<bool()>& done, int max_ms = 5
 // Serves a BLK_OPEN under our span and answers reads with a pattern.
 struct TestService : TransactionHandler {
   int opens = 0, reads = 0, lostlinks = 0;
-  std::vector<uint8_t> last_write;
+  std::vector<std::vector<uint8_t>> writes;
   TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
     return this;
   }
@@ -56,7 +57,7 @@ struct TestService : TransactionHandler {
       dmsg::ByteBuffer data(io.bytes, 0x5a);
       link.SendOwned(&t, kLnkError, kFlagDelete, {}, std::move(data));
     } else if (t.cmd == kBlkWrite && (f.hdr.cmd & kFlagCreate)) {
-      last_write.assign(f.aux.begin(), f.aux.end());
+      writes.emplace_back(f.aux.begin(), f.aux.end());
       link.Reply(&t, 0, true);
     }
   }
@@ -314,40 +315,51 @@ TEST_CASE(
     RunUntil(&loop, [&] { return observer.open_ok == 1; });
     REQUIRE(observer.open_ok == 1);
 
-    // 1 MiB: more than one socket write's worth, so the link still needs
-    // the bytes after Open() returns. The caller lets go of its buffer at
-    // once; under ASan a link that kept only the span would read freed
-    // memory, and in any build the hold must outlive Open() and then go.
+    // Eight 1 MiB writes queued in one go, the loop not running: the
+    // socket takes part at once (the link then lets go of those holds) and
+    // the link must keep the rest. The caller lets go of every buffer at
+    // once; under ASan a link that kept only the spans would read freed
+    // memory, and in any build the held ones must outlive Open() and go
+    // once written.
     auto MakeData = [](uint8_t seed) {
       auto data = std::make_shared<std::vector<uint8_t>>(1 << 20);
       for (size_t i = 0; i < data->size(); i++) (*data)[i] = static_cast<uint8_t>(i * 7 + seed);
       return data;
     };
-    auto data = MakeData(3);
-    const std::vector<uint8_t> expect = *data;
-    std::weak_ptr<std::vector<uint8_t>> watch = data;
+    constexpr int kWrites = 8;
     BlkIo io;
-    io.bytes = expect.size();
-    std::span<const uint8_t> bytes(*data);
-    REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), bytes, kFlagDelete,
-                          std::move(data)) != nullptr);
-    CHECK_FALSE(watch.expired());  // the link holds it
-    RunUntil(&loop, [&] { return observer.write_ok == 1 && watch.expired(); });
-    CHECK(observer.write_ok == 1);
-    CHECK(service.last_write == expect);
-    CHECK(watch.expired());  // written: the link let go
+    io.bytes = 1 << 20;
+    // Queues kWrites writes; returns watches on their buffers.
+    auto Burst = [&](uint8_t seed0, std::vector<std::vector<uint8_t>>* expect) {
+      std::vector<std::weak_ptr<std::vector<uint8_t>>> watches;
+      for (int i = 0; i < kWrites; i++) {
+        auto data = MakeData(static_cast<uint8_t>(seed0 + i));
+        if (expect) expect->push_back(*data);
+        watches.push_back(data);
+        std::span<const uint8_t> bytes(*data);
+        REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), bytes, kFlagDelete,
+                              std::move(data)) != nullptr);
+      }
+      return watches;
+    };
+    auto Held = [](const std::vector<std::weak_ptr<std::vector<uint8_t>>>& w) {
+      return std::count_if(w.begin(), w.end(), [](auto& x) { return !x.expired(); });
+    };
+    std::vector<std::vector<uint8_t>> expect;
+    auto watches = Burst(3, &expect);
+    CHECK(Held(watches) > 0);  // the link holds what the socket did not take
+    RunUntil(&loop, [&] { return observer.write_ok == kWrites && Held(watches) == 0; });
+    CHECK(observer.write_ok == kWrites);
+    CHECK(service.writes == expect);
+    CHECK(Held(watches) == 0);  // written: the link let go
 
-    // A link dropped with the write queued lets go of the hold as well.
-    auto data2 = MakeData(5);
-    std::weak_ptr<std::vector<uint8_t>> watch2 = data2;
-    std::span<const uint8_t> bytes2(*data2);
-    REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), bytes2, kFlagDelete,
-                          std::move(data2)) != nullptr);
-    CHECK_FALSE(watch2.expired());
+    // A link dropped with writes queued lets go of their holds as well.
+    auto dropped = Burst(40, nullptr);
+    CHECK(Held(dropped) > 0);
     rs.link->Close("test drops the link");
-    RunUntil(&loop, [&] { return watch2.expired(); });
-    CHECK(watch2.expired());
-    CHECK(observer.write_ok == 1);
+    RunUntil(&loop, [&] { return Held(dropped) == 0; });
+    CHECK(Held(dropped) == 0);
+    CHECK(observer.write_ok == kWrites);
 
     ShutdownBoth(&loop, server, client);
   }
