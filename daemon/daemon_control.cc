@@ -243,36 +243,6 @@ std::vector<control::DiskStats> DaemonControl::Stats() const {
 
 // ---- changes ----
 
-namespace {
-
-// `path` made absolute and normalized without touching the file system
-// ("." and ".." folded, repeated slashes dropped).
-std::string LexicalAbsolute(const std::string& path) {
-  std::string full = path;
-  if (full.empty() || full[0] != '/') {
-    char cwd[4096];
-    full = std::string(getcwd(cwd, sizeof cwd) != nullptr ? cwd : "/") + "/" + path;
-  }
-  std::vector<std::string> parts;
-  size_t i = 0;
-  while (i <= full.size()) {
-    size_t j = full.find('/', i);
-    if (j == std::string::npos) j = full.size();
-    std::string part = full.substr(i, j - i);
-    if (part == "..") {
-      if (!parts.empty()) parts.pop_back();
-    } else if (!part.empty() && part != ".") {
-      parts.push_back(part);
-    }
-    i = j + 1;
-  }
-  std::string out;
-  for (const std::string& p : parts) out += "/" + p;
-  return out.empty() ? "/" : out;
-}
-
-}  // namespace
-
 Status DaemonControl::CheckNotInMount(const std::string& path) const {
   // Resolving or opening a path inside our own FUSE mount from the loop
   // thread would wait for an answer only this thread can give: the path is

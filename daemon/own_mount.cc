@@ -52,6 +52,30 @@ std::string Unescape(std::string_view s) {
 
 }  // namespace
 
+std::string LexicalAbsolute(const std::string& path) {
+  std::deque<std::string> parts;
+  if (path.empty() || path[0] != '/') {
+    char cwd[PATH_MAX];
+    parts = Components(getcwd(cwd, sizeof cwd) != nullptr ? cwd : "/");
+  }
+  for (std::string& c : Components(path)) parts.push_back(std::move(c));
+  std::string out;
+  std::vector<std::string> kept;
+  for (std::string& p : parts) {
+    if (p == "..") {
+      if (!kept.empty()) kept.pop_back();
+    } else {
+      kept.push_back(std::move(p));
+    }
+  }
+  for (const std::string& p : kept) {
+    out.push_back('/');
+    out.append(p);
+  }
+  if (out.empty()) out.push_back('/');
+  return out;
+}
+
 std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
                                             const std::string& mountpoint) {
   // Each line: id parent major:minor root mountpoint options ...

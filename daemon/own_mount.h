@@ -27,6 +27,11 @@ namespace xdisk {
 std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
                                             const std::string& mountpoint);
 
+// `path` made absolute (against the current directory) and normalized
+// without touching the file system: "." and ".." folded, repeated slashes
+// dropped.
+std::string LexicalAbsolute(const std::string& path);
+
 // Resolves `path` (absolute, or relative to the current directory) like
 // realpath(3), following at most 40 symbolic links, but checks every path
 // before the system call on it: a path at or under one of `forbidden`

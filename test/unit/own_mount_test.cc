@@ -38,6 +38,16 @@ TEST_CASE("the mounts of one device are found, bind mounts and escapes included"
   CHECK(MountsOfSameDevice("", "/mnt/other").empty());
 }
 
+TEST_CASE("lexical paths fold . and .. without touching the file system", "[own_mount]") {
+  CHECK(LexicalAbsolute("/a/./b//c/../d/") == "/a/b/d");
+  CHECK(LexicalAbsolute("/../..") == "/");
+  CHECK(LexicalAbsolute("/") == "/");
+  CHECK(LexicalAbsolute("/no/such/dir/..") == "/no/such");
+  char cwd[4096];
+  REQUIRE(getcwd(cwd, sizeof cwd) != nullptr);
+  CHECK(LexicalAbsolute("x/../y") == (std::string(cwd) == "/" ? "/y" : std::string(cwd) + "/y"));
+}
+
 TEST_CASE("paths resolve like realpath, and never through a forbidden directory", "[own_mount]") {
   TempDir t;
   const std::string d = t.path;
