@@ -138,6 +138,9 @@ struct Daemon::Impl {
     if (char* r = realpath(opts.mountpoint.c_str(), nullptr)) {
       mount_real = r;
       free(r);
+    } else {
+      XLOG(kWarning, "main", "realpath %s: %s; runtime exports are checked against it by name only",
+           opts.mountpoint.c_str(), strerror(errno));
     }
     std::string err;
     if (fuse->Start(&err) != 0) {

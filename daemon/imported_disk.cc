@@ -741,6 +741,12 @@ void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
 void ImportedDisk::OnTick(uv_timer_t* h) {
   auto* self = static_cast<ImportedDisk*>(h->data);
   self->CheckTimeouts();
+  // A switched-off journal whose files could not be deleted (a read-only
+  // file system) holds writes back (GateClosed): try again every second.
+  if (self->journal_ != nullptr && !self->journal_ok_ && self->journal_->pending().empty() &&
+      self->journal_->segment_count() > 0 && !self->shut_down_) {
+    if (self->journal_->DeleteIfDrained().ok()) self->Kick();
+  }
   if (self->open_state_ == OpenState::kClosed || self->pause_until_ms_ != 0) self->Dispatch();
 }
 
@@ -976,7 +982,9 @@ void ImportedDisk::FeedBackground() {
     ++background_ops_;
     Enqueue(std::move(op));
   }
-  if (feed_next_ > end) feed_next_ = end + 1;
+  // Everything up to `end` is queued once no pending record is left at or
+  // below it (seqs replay dropped as damage leave gaps, at the end too).
+  if (feed_next_ > end || it == pending.end() || it->seq > end) feed_next_ = end + 1;
   if (!writeback() && feed_next_ > feed_limit_ && !held_.empty()) Kick();  // gate opens
 }
 

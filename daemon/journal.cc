@@ -610,11 +610,18 @@ void Journal::Preallocate(Segment& seg, uint64_t end) {
   // copy ran at 4.2 GB/s into a new file and at 5.6 GB/s into preallocated
   // blocks. KEEP_SIZE leaves the file's size, and so replay, unchanged.
   // Best effort: a file system without it, or short of space, just writes.
+  // Never past the segment's roll size (small segments under a small
+  // --journal-max stay small), and a failed call gives back what it got.
   if (!seg.preallocate || end <= seg.preallocated) return;
-  const uint64_t want = std::max(end, seg.preallocated + kPreallocateBytes) - seg.preallocated;
-  if (fallocate(seg.fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(seg.preallocated),
-                static_cast<off_t>(want)) != 0) {
+  const uint64_t limit = std::max(end, config_.segment_bytes);
+  const uint64_t want =
+      std::min(std::max(end, seg.preallocated + kPreallocateBytes), limit) - seg.preallocated;
+  const auto at = static_cast<off_t>(seg.preallocated);
+  if (fallocate(seg.fd, FALLOC_FL_KEEP_SIZE, at, static_cast<off_t>(want)) != 0) {
     seg.preallocate = false;
+    if (static_cast<uint64_t>(at) >= seg.size)
+      (void)fallocate(seg.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at,
+                      static_cast<off_t>(want));
     return;
   }
   seg.preallocated += want;

@@ -375,7 +375,9 @@ bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8
 void Link::FlushWrites(bool may_cork) {
   // One write at a time; whatever queues meanwhile goes out in the next
   // one as one writev, so a busy link batches naturally.
-  if (write_inflight_ || corked_ || queue_.empty()) return;
+  // After a write error nothing more is written: the timer closes the link
+  // (a later message must not reach the peer after a lost one).
+  if (write_inflight_ || corked_ || queue_.empty() || !pending_close_.empty()) return;
   auto* w = new WriteReq;
   w->link = this;
   w->msgs.reserve(queue_.size());
@@ -404,7 +406,9 @@ void Link::FlushWrites(bool may_cork) {
     last_tx_ms_ = uv_now(loop_);
     delete w;  // the kernel has the bytes: holds and owned buffers go
     if (graceful_) {
-      HalfClose();
+      // The half-close goes from the timer: a failing shutdown closes the
+      // link, never from inside a caller's Open()/Send().
+      uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
     } else if (may_cork) {
       // As uv_write's completion would: the rest of this turn batches.
       // A prepare handle ends the cork before the loop can wait, a check
@@ -507,6 +511,7 @@ void Link::OnTimer(uv_timer_t* t) {
   }
   uint64_t now = uv_now(self->loop_);
   if (self->graceful_) {
+    if (!self->write_inflight_ && !self->corked_ && self->queue_.empty()) self->HalfClose();
     if (now - self->last_tx_ms_ >= kGracefulCloseMs) self->Close("closed (flush timed out)");
     return;
   }
