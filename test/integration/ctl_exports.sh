@@ -43,7 +43,7 @@ refused() {
     fail "$1: no clear message: $(cat "$WORK_DIR/out")"
   timeout 20 "$XDISKCTL" --control "$ISOCK" status >/dev/null ||
     fail "$1: the importer does not answer any more"
-  timeout 20 dd if="$MNT/xa0" of=/dev/null bs=1M count=4 iflag=direct status=none ||
+  timeout -k 5 20 dd if="$MNT/xa0" of=/dev/null bs=1M count=4 iflag=direct status=none ||
     fail "$1: the mount is stuck"
 }
 log "export add inside the daemon's own mount is refused"

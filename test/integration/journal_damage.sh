@@ -45,7 +45,7 @@ kill -KILL "$EXP"
 wait "$EXP" 2>/dev/null || true
 wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
   fail "the importer did not notice the outage"
-(cd "$WORK_DIR" && timeout 60 fio --name=w --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
+(cd "$WORK_DIR" && timeout -k 5 60 fio --name=w --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
   --rw=write --bs=64k --size=8M --iodepth=4 --output="$WORK_DIR/w.out") || fail "fio failed"
 kill_importer
 total=$(journal_pending "$WORK_DIR/j0")

@@ -8,7 +8,9 @@
 # tmpfs is then filled up. After the restart, with the exporter back, a
 # write elsewhere completes only once the journal has no segment left;
 # 4 MiB of writes B over A then leave B in the image, and the daemon
-# stays up.
+# stays up. Then the same with the journal's file system read-only: the
+# backlog is sent, but its files cannot be deleted, so a new write waits
+# until the file system is writable again (retried every second).
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
@@ -43,7 +45,7 @@ kill -KILL "$EXP"
 wait "$EXP" 2>/dev/null || true
 wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
   fail "the importer did not notice the outage"
-timeout 60 dd if="$WORK_DIR/a" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
+timeout -k 5 60 dd if="$WORK_DIR/a" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
   status=none || fail "write-back writes A failed"
 kill_importer
 pending=$(journal_pending "$JFS/j")
@@ -62,7 +64,7 @@ grep -q "disk $SERIAL: journal: .*No space left on device.*journaling is off" \
 log "a write elsewhere completes only after the old records are gone"
 # It overlaps none of them, so only the gate keeps it from going out (and
 # completing) beside them once the exporter answers.
-timeout 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=64k count=1 seek=512 oflag=direct \
+timeout -k 5 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=64k count=1 seek=512 oflag=direct \
   conv=notrunc status=none &
 DD=$!
 sleep 0.5
@@ -73,7 +75,7 @@ left=$(find "$JFS/j" -name '*.log')
 [ -z "$left" ] || fail "a write completed with journal segments still there: $left"
 
 log "writes B over A"
-timeout 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=1M oflag=direct conv=notrunc \
+timeout -k 5 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=1M oflag=direct conv=notrunc \
   status=none || fail "writes B failed"
 require_alive "$IMP" "with a journal that opened switched off"
 cmp "$WORK_DIR/b" "$MNT/serno/$SERIAL" -n $((4 * MIB)) || fail "the FUSE file does not hold B"
@@ -82,5 +84,38 @@ stop_pair
 cmp -n $((4 * MIB)) "$WORK_DIR/b" "$IMG" || fail "the exported image does not hold B"
 cmp -n $((64 * 1024)) "$WORK_DIR/b" <(dd if="$IMG" bs=64k skip=512 count=1 status=none) ||
   fail "the exported image does not hold the write elsewhere"
-scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe)|error: disk $SERIAL: journal: .*No space left on device"
+log "again on a read-only journal: its files cannot go, so writes wait until they can"
+rm -f "$JFS/filler"
+head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/c"
+start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+importer
+wait_disk "$MNT" "$SERIAL"
+kill -KILL "$EXP"
+wait "$EXP" 2>/dev/null || true
+wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
+  fail "the importer did not notice the outage"
+timeout -k 5 60 dd if="$WORK_DIR/c" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
+  status=none || fail "write-back writes C failed"
+kill_importer
+mount -o remount,ro "$JFS"
+start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+importer
+wait_disk "$MNT" "$SERIAL" 15
+grep -q "disk $SERIAL: journal: .*Read-only file system.*journaling is off" \
+  "$WORK_DIR/importer.log" || fail "no log line says the journal is off: $(tail -5 "$WORK_DIR/importer.log")"
+timeout -k 5 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=64k count=1 seek=768 oflag=direct \
+  conv=notrunc status=none &
+DD=$!
+sleep 2
+kill -0 "$DD" 2>/dev/null || fail "a write completed while the old records' files were still there"
+cmp -n $((4 * MIB)) "$WORK_DIR/c" "$IMG" || fail "the backlog C was not sent meanwhile"
+mount -o remount,rw "$JFS"
+wait "$DD" || fail "the write failed after the journal's file system became writable"
+left=$(find "$JFS/j" -name '*.log')
+[ -z "$left" ] || fail "journal segments left: $left"
+require_alive "$IMP" "after its read-only journal"
+stop_pair
+cmp -n $((64 * 1024)) "$WORK_DIR/b" <(dd if="$IMG" bs=64k skip=768 count=1 status=none) ||
+  fail "the exported image does not hold the write"
+scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe|journal retire: .*Read-only)|error: disk $SERIAL: journal: .*(No space left on device|Read-only file system)"
 log "PASS"

@@ -41,7 +41,7 @@ fio_job() {
   shift 2
   # A read that blocks on the absent remote instead of coming from the
   # journal would hang: time out instead.
-  (cd "$WORK_DIR" && timeout 120 fio --name="$name" --filename="$file" --ioengine=libaio --direct=1 \
+  (cd "$WORK_DIR" && timeout -k 5 120 fio --name="$name" --filename="$file" --ioengine=libaio --direct=1 \
     --verify=crc32c --verify_fatal=1 --output="$WORK_DIR/$name.out" "$@") ||
     { cat "$WORK_DIR/$name.out" >&2; fail "fio $name failed"; }
   grep -q "err= 0" "$WORK_DIR/$name.out" || fail "fio $name: errors"
