@@ -106,9 +106,9 @@ grep -q "disk $SERIAL: journal: .*Read-only file system.*journaling is off" \
 timeout -k 5 60 dd if="$WORK_DIR/b" of="$MNT/serno/$SERIAL" bs=64k count=1 seek=768 oflag=direct \
   conv=notrunc status=none &
 DD=$!
-sleep 2
+wait_for "cmp -s -n $((4 * MIB)) '$WORK_DIR/c' '$IMG'" 30 || fail "the backlog C was not sent"
+sleep 1
 kill -0 "$DD" 2>/dev/null || fail "a write completed while the old records' files were still there"
-cmp -n $((4 * MIB)) "$WORK_DIR/c" "$IMG" || fail "the backlog C was not sent meanwhile"
 mount -o remount,rw "$JFS"
 wait "$DD" || fail "the write failed after the journal's file system became writable"
 left=$(find "$JFS/j" -name '*.log')
