@@ -744,7 +744,7 @@ void ImportedDisk::OnTick(uv_timer_t* h) {
   // A switched-off journal whose files could not be deleted (a read-only
   // file system) holds writes back (GateClosed): try again every second.
   if (self->journal_ != nullptr && !self->journal_ok_ && self->journal_->pending().empty() &&
-      self->journal_->segment_count() > 0 && !self->shut_down_) {
+      !self->journal_->gone() && !self->shut_down_) {
     if (self->journal_->DeleteIfDrained().ok()) self->Kick();
   }
   if (self->open_state_ == OpenState::kClosed || self->pause_until_ms_ != 0) self->Dispatch();
@@ -884,8 +884,7 @@ bool ImportedDisk::GateClosed(OpKind kind) const {
   // and trims wait until they are all retired and the files are gone.
   // Sent unjournaled beside them, they could be overwritten by a resend
   // of those records: after a restart, or after a lost open (write-back).
-  if (!journal_ok_ && (kind == OpKind::kWrite || kind == OpKind::kTrim) &&
-      journal_->segment_count() > 0)
+  if (!journal_ok_ && (kind == OpKind::kWrite || kind == OpKind::kTrim) && !journal_->gone())
     return true;
   // kRemote (or a journal switched off): nothing new goes out before the
   // whole backlog is queued ahead of it.

@@ -1094,8 +1094,7 @@ Status Journal::DeleteIfDrained() {
 }
 
 Status Journal::DeleteRetiredSegments() {
-  if (segments_.empty()) return Status::Ok();
-  const uint64_t current = segments_.rbegin()->first;
+  const uint64_t current = segments_.empty() ? 0 : segments_.rbegin()->first;
   // A journal that failed takes no more appends, so its current segment
   // is no different from the others; once nothing is pending it all goes,
   // and a later start finds no stale records to resend.
@@ -1120,6 +1119,16 @@ Status Journal::DeleteRetiredSegments() {
     bytes_on_disk_ -= seg.size;
     dir_dirty_ = true;
     it = segments_.erase(it);
+  }
+  // A failed journal that is gone lets unjournaled writes through (see
+  // ImportedDisk::GateClosed): its deletions must survive a power loss
+  // first, or a restart could replay its records over those writes.
+  if (everything && result.ok() && segments_.empty() && dir_dirty_ && dir_fd_ >= 0) {
+    if (fsync(dir_fd_) != 0) {
+      result = Status::FromErrno(errno, "journal: syncing " + disk_dir_);
+    } else {
+      dir_dirty_ = false;
+    }
   }
   return result;
 }

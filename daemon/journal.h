@@ -129,7 +129,7 @@ class Journal {
   // file system), the journal still opens, failed() (no appends), with
   // what it replayed pending: the caller sends and retires it, and the
   // segments go once nothing is pending (on a read-only file system they
-  // cannot, and segment_count() stays above 0).
+  // cannot, and gone() stays false).
   static Result<std::unique_ptr<Journal>> Open(const JournalConfig& config,
                                                const JournalDiskHeader& header,
                                                ReplayReport* report);
@@ -177,8 +177,9 @@ class Journal {
   // nothing of it can be replayed later; returns the first deletion error.
   // No-op otherwise (Retire() does the same as records drain).
   Status DeleteIfDrained();
-  // Segment files still there (0: nothing of this journal can replay).
-  size_t segment_count() const { return segments_.size(); }
+  // A failed journal whose every file is deleted, durably (the directory
+  // synced): nothing of it can replay, even after a power loss.
+  bool gone() const { return segments_.empty() && !dir_dirty_; }
   // Retires every record with seq <= upto (no-op if upto <= watermark):
   // appends a retire record, drops them from pending() and the index, and
   // deletes segments that hold nothing pending.

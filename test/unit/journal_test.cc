@@ -841,9 +841,11 @@ TEST_CASE("a journal that cannot start its new segment opens failed and still se
     j = std::move(*r);
   });
   REQUIRE(j->failed());
+  CHECK_FALSE(j->gone());
   REQUIRE(j->Retire(j->last_seq()).ok());
   CHECK(j->pending().empty());
   CHECK(SegmentFiles(dir).empty());
+  CHECK(j->gone());  // deleted and the directory synced
   CHECK_FALSE(Journal::MayHoldRecords(c.dir, h.serial));
   CHECK_FALSE(Journal::MayHoldRecords(c.dir, "a/b"));
 }
