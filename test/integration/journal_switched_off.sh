@@ -37,17 +37,23 @@ importer() {
     --sync=journal --journal "$JFS/j"
 }
 
+# backlog FILE: writes FILE at offset 0 into the journal while the exporter
+# is away (write-back completes them), then kills the importer.
+backlog() {
+  start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
+  importer
+  wait_disk "$MNT" "$SERIAL"
+  kill -KILL "$EXP"
+  wait "$EXP" 2>/dev/null || true
+  wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
+    fail "the importer did not notice the outage"
+  timeout -k 5 60 dd if="$1" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
+    status=none || fail "write-back writes of $1 failed"
+  kill_importer
+}
+
 log "4 MiB of writes A into the journal while the exporter is away"
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-importer
-wait_disk "$MNT" "$SERIAL"
-kill -KILL "$EXP"
-wait "$EXP" 2>/dev/null || true
-wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
-  fail "the importer did not notice the outage"
-timeout -k 5 60 dd if="$WORK_DIR/a" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
-  status=none || fail "write-back writes A failed"
-kill_importer
+backlog "$WORK_DIR/a"
 pending=$(journal_pending "$JFS/j")
 [ "$pending" -ge 64 ] || fail "only $pending records pending"
 
@@ -87,16 +93,7 @@ cmp -n $((64 * 1024)) "$WORK_DIR/b" <(dd if="$IMG" bs=64k skip=512 count=1 statu
 log "again on a read-only journal: its files cannot go, so writes wait until they can"
 rm -f "$JFS/filler"
 head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/c"
-start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
-importer
-wait_disk "$MNT" "$SERIAL"
-kill -KILL "$EXP"
-wait "$EXP" 2>/dev/null || true
-wait_for "grep -q 'disk $SERIAL: no path left' '$WORK_DIR/importer.log'" 15 ||
-  fail "the importer did not notice the outage"
-timeout -k 5 60 dd if="$WORK_DIR/c" of="$MNT/serno/$SERIAL" bs=64k oflag=direct conv=notrunc \
-  status=none || fail "write-back writes C failed"
-kill_importer
+backlog "$WORK_DIR/c"
 mount -o remount,ro "$JFS"
 start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
 importer
