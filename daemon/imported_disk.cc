@@ -288,7 +288,7 @@ bool ImportedDisk::Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& se
       cb(EINVAL);
       return true;
     }
-    JournalFailed(seq.status());
+    JournalFailed(seq.status().message());
     if (!MustHold(op->kind)) return false;
     // Behind what the journal still holds, like every request after it.
     HoldDone(op->kind, std::move(op->done_cb), std::move(redo));
@@ -838,17 +838,7 @@ void ImportedDisk::Shutdown() {
 
 void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
   journal_ = std::move(journal);
-  // A journal that opened failed (no new segment) still sends and
-  // retires what it holds; new requests go unjournaled.
-  journal_ok_ = !journal_->failed();
-  if (!journal_ok_) {
-    XLOG(kError, log_name_,
-         "journal: %s; journaling is off for this disk, new writes wait until what it holds "
-         "is sent, then go straight to the remote",
-         journal_->failure().c_str());
-    if (Status st = journal_->DeleteIfDrained(); !st.ok())
-      XLOG(kError, log_name_, "%s; writes wait until it is gone", st.ToString().c_str());
-  }
+  journal_ok_ = true;
   done_prefix_ = journal_->retired_seq();
   feed_next_ = journal_->retired_seq() + 1;
   // The backlog: records of an earlier run. kRemote sends all of them
@@ -863,6 +853,9 @@ void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
          "journal: %zu pending records (%" PRIu64 " bytes of writes) from an earlier run%s",
          journal_->pending().size(), journal_->pending_bytes(),
          online() ? "" : "; sent when the disk returns");
+  // A journal that opened failed (no new segment) is switched off like one
+  // that fails later: what it holds is still sent and retired.
+  if (journal_->failed()) JournalFailed(journal_->failure());
   Kick();
 }
 
@@ -915,13 +908,13 @@ void ImportedDisk::ReleaseHeld() {
   }
 }
 
-void ImportedDisk::JournalFailed(const Status& s) {
+void ImportedDisk::JournalFailed(const std::string& why) {
   XLOG(kError, log_name_,
        "journal: %s; journaling is off for this disk, new writes wait until what it holds "
        "is sent, then go straight to the remote",
-       s.ToString().c_str());
+       why.c_str());
   journal_ok_ = false;
-  journal_->Fail(s.message());
+  journal_->Fail(why);
   if (Status st = journal_->DeleteIfDrained(); !st.ok())
     XLOG(kError, log_name_, "%s; writes wait until it is gone", st.ToString().c_str());
   if (config_.sync == SyncMode::kJournal) {
@@ -1071,7 +1064,7 @@ void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
     XLOG(kError, self->log_name_, "journal sync: %s", self->sync_status_.ToString().c_str());
     // Not durable: what waits fails, and the journal is no longer trusted.
     self->sync_failed_ = true;
-    if (self->journal_ok_) self->JournalFailed(self->sync_status_);
+    if (self->journal_ok_) self->JournalFailed(self->sync_status_.message());
     self->StartSync();
     return;
   }
@@ -1124,7 +1117,7 @@ void ImportedDisk::FinishWrites() {
   Status st = journal_->WritesDone(&write_batch_);
   // A failed write switches the journal off like a failed append; every
   // waiting request is then released (written_seq() jumped).
-  if (!st.ok() && journal_ok_) JournalFailed(st);
+  if (!st.ok() && journal_ok_) JournalFailed(st.message());
   const uint64_t written = journal_->written_seq();
   std::vector<std::unique_ptr<Op>> done;
   while (!unwritten_.empty() && unwritten_.begin()->first <= written) {

@@ -181,7 +181,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void DoTrim(uint64_t offset, uint64_t length, DoneFn done);
   void DoFlush(DoneFn done);
   void DoRead(uint64_t offset, uint32_t length, ReadFn done);
-  void JournalFailed(const Status& s);
+  void JournalFailed(const std::string& why);
   // Applies the journal's answer to a write, trim or flush Op: true if the
   // Op was taken care of (refused alone, held behind the journal, or
   // waiting for durability), false if it is to be submitted (with its seq).

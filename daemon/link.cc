@@ -421,10 +421,7 @@ void Link::FlushWrites(bool may_cork) {
   }
   if (rc < 0 && rc != UV_EAGAIN) {
     delete w;
-    // We may be inside Open()/Send() of a caller that still holds its
-    // transaction: fail from the timer, never from the send path.
-    if (pending_close_.empty()) pending_close_ = std::string("write error: ") + uv_strerror(rc);
-    uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+    FailOnWriteError(rc);
     return;
   }
   // The rest goes through uv_write, from where the socket stopped.
@@ -444,11 +441,15 @@ void Link::FlushWrites(bool may_cork) {
     write_inflight_ = false;
     inflight_bytes_ = 0;
     delete w;
-    // We may be inside Open()/Send() of a caller that still holds its
-    // transaction: fail from the timer, never from the send path.
-    if (pending_close_.empty()) pending_close_ = std::string("write error: ") + uv_strerror(rc);
-    uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+    FailOnWriteError(rc);
   }
+}
+
+void Link::FailOnWriteError(int rc) {
+  // We may be inside Open()/Send() of a caller that still holds its
+  // transaction: fail from the timer, never from the send path.
+  if (pending_close_.empty()) pending_close_ = std::string("write error: ") + uv_strerror(rc);
+  uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
 }
 
 void Link::OnUncorkPrepare(uv_prepare_t* h) { static_cast<Link*>(h->data)->Uncork(); }

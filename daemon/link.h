@@ -164,6 +164,9 @@ class Link : public TransactionHandler {
   static void OnUncorkPrepare(uv_prepare_t* h);
   static void OnUncorkCheck(uv_check_t* h);
   void Uncork();
+  // A write failed: the link fails from the timer (FlushWrites writes
+  // nothing more meanwhile).
+  void FailOnWriteError(int rc);
   static void OnClose(uv_handle_t* h);
 
   void DecodeAvailable();

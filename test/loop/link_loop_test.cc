@@ -154,6 +154,27 @@ LnkSpan BlockSpan(const std::string& serial) {
   return span;
 }
 
+// Connects `client` to `server`'s listener and returns the one span the
+// client learns (`observer` is registered with the client's registry).
+RemoteSpan FirstSpan(uv_loop_t* loop, Side& server, Side& client, TestClient& observer) {
+  client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
+  RunUntil(loop, [&] { return observer.spans.size() == 1; });
+  REQUIRE(observer.spans.size() == 1);
+  return observer.spans[0];
+}
+
+// BLK_OPEN of the span's disk with `modes`, answered.
+Transaction* OpenDisk(uv_loop_t* loop, const RemoteSpan& rs, TestClient& observer, uint32_t modes) {
+  BlkOpen o;
+  o.modes = modes;
+  Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
+  REQUIRE(open != nullptr);
+  const int before = observer.open_ok;
+  RunUntil(loop, [&] { return observer.open_ok == before + 1; });
+  REQUIRE(observer.open_ok == before + 1);
+  return open;
+}
+
 }  // namespace
 
 TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then one dies",
@@ -183,12 +204,7 @@ TEST_CASE("two links exchange LNK_CONN, a span and a stacked transaction, then o
     CHECK(rs.link->peer_conn().peer_label == "test/server");
 
     // BLK_OPEN under the span, a read under the open.
-    BlkOpen o;
-    o.modes = kBlkModeRead;
-    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
-    REQUIRE(open != nullptr);
-    RunUntil(&loop, [&] { return observer.open_ok == 1; });
-    REQUIRE(observer.open_ok == 1);
+    Transaction* open = OpenDisk(&loop, rs, observer, kBlkModeRead);
     BlkIo io;
     io.offset = 4096;
     io.bytes = 8192;
@@ -257,13 +273,8 @@ TEST_CASE("withdrawing a span ends what is stacked under it before the DELETE go
     client.registry.AddObserver(&observer);
     REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
     uint64_t id = server.registry.AddLocalSpan(BlockSpan("withdrawn"), &service);
-    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
-    RunUntil(&loop, [&] { return observer.spans.size() == 1; });
-    REQUIRE(observer.spans.size() == 1);
-    const RemoteSpan rs = observer.spans[0];
-    BlkOpen o;
-    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
-    RunUntil(&loop, [&] { return observer.open_ok == 1; });
+    const RemoteSpan rs = FirstSpan(&loop, server, client, observer);
+    Transaction* open = OpenDisk(&loop, rs, observer, BlkOpen().modes);
     BlkIo io;
     io.bytes = 512;
     REQUIRE(rs.link->Open(kBlkRead, open, &observer, io.Encode(), {}, kFlagDelete) != nullptr);
@@ -305,15 +316,8 @@ TEST_CASE(
     client.registry.AddObserver(&observer);
     REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
     server.registry.AddLocalSpan(BlockSpan("held"), &service);
-    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
-    RunUntil(&loop, [&] { return observer.spans.size() == 1; });
-    REQUIRE(observer.spans.size() == 1);
-    const RemoteSpan rs = observer.spans[0];
-    BlkOpen o;
-    o.modes = kBlkModeRead | kBlkModeWrite;
-    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &observer, o.Encode());
-    RunUntil(&loop, [&] { return observer.open_ok == 1; });
-    REQUIRE(observer.open_ok == 1);
+    const RemoteSpan rs = FirstSpan(&loop, server, client, observer);
+    Transaction* open = OpenDisk(&loop, rs, observer, kBlkModeRead | kBlkModeWrite);
 
     // Eight 1 MiB writes queued in one go, the loop not running: the
     // socket takes part at once (the link then lets go of those holds) and
