@@ -58,6 +58,8 @@ std::string CommandName(const Request& r) {
       return "connect";
     case Request::kDisconnect:
       return "disconnect";
+    case Request::kRestart:
+      return "restart";
     case Request::COMMAND_NOT_SET:
       break;
   }
@@ -167,6 +169,8 @@ Response ControlService::Handle(const Request& req) {
         return ErrorResponse(Error::INVALID_ARGUMENT, "disconnect: " + hp.status().message());
       return DoneResponse(backend_->Disconnect(hp.value()));
     }
+    case Request::kRestart:
+      return DoneResponse(backend_->Restart());
     case Request::COMMAND_NOT_SET:
       break;
   }

@@ -47,6 +47,9 @@ class ControlBackend {
   virtual Result<std::string> RemoveExport(const std::string& serial) = 0;
   virtual Result<std::string> Connect(const HostPort& addr) = 0;
   virtual Result<std::string> Disconnect(const HostPort& addr) = 0;
+  // Starts a live restart (RestartRequest); the answer goes out before the
+  // daemon goes. Unavailable when the daemon cannot restart now.
+  virtual Result<std::string> Restart() = 0;
 };
 
 class ControlService {

@@ -1,5 +1,9 @@
 #include "daemon/daemon.h"
 
+#include <fcntl.h>
+#include <libgen.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -11,9 +15,13 @@
 #include "daemon/daemon_control.h"
 #include "daemon/export_identity.h"
 #include "daemon/exporter.h"
+#include "daemon/fd_store.h"
 #include "daemon/importer.h"
+#include "daemon/keeper.h"
 #include "daemon/link_table.h"
 #include "daemon/log.h"
+#include "daemon/mount_state.h"
+#include "daemon/own_mount.h"
 #include "daemon/peer_policy.h"
 #include "daemon/span_registry.h"
 #include "fusedev/disk_tree.h"
@@ -46,6 +54,46 @@ Result<std::vector<std::string>> OwnCommandLine() {
   return args;
 }
 
+std::string SelfExe() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return {};
+  std::string p(buf, static_cast<size_t>(n));
+  // A binary replaced since we started shows as "PATH (deleted)": the new
+  // one is at PATH.
+  if (p.ends_with(" (deleted)")) p.resize(p.size() - 10);
+  return p;
+}
+
+// realpath(3) of the mountpoint without touching the mountpoint itself: once
+// something is mounted there, only this daemon could answer for it.
+std::string MountRealPath(const std::string& mountpoint) {
+  std::string lex = LexicalAbsolute(mountpoint);
+  if (lex == "/") return lex;
+  std::string dir = lex.substr(0, lex.rfind('/'));
+  if (dir.empty()) dir = "/";
+  char* r = realpath(dir.c_str(), nullptr);
+  if (r == nullptr) return lex;
+  std::string out = r;
+  free(r);
+  return (out == "/" ? "" : out) + lex.substr(lex.rfind('/'));
+}
+
+// A FUSE mount whose server died without a keeper answers ENOTCONN; nothing
+// can be mounted over it until it is gone. Ours or not, it serves nobody.
+void ClearDeadMount(const std::string& mnt) {
+  auto top = MountAt(ReadMountInfo(), mnt);
+  if (!top || !top->fstype.starts_with("fuse")) return;
+  struct stat st;
+  if (stat(mnt.c_str(), &st) == 0 || errno != ENOTCONN) return;
+  if (umount2(mnt.c_str(), MNT_DETACH) == 0) {
+    XLOG(kInfo, "main", "took away the dead FUSE mount at %s (its daemon died)", mnt.c_str());
+  } else {
+    XLOG(kWarning, "main", "cannot take away the dead FUSE mount at %s: %s", mnt.c_str(),
+         strerror(errno));
+  }
+}
+
 }  // namespace
 
 struct Daemon::Impl {
@@ -62,6 +110,18 @@ struct Daemon::Impl {
   std::unique_ptr<Importer> importer;
   std::unique_ptr<fusedev::FuseServer> fuse;
   std::string mount_real;  // realpath of the mountpoint, taken before mounting
+  // Surviving restarts (fusedev/fuse_server.h, ADOPTION): the keeper or
+  // systemd's fd store holds the mount while no daemon runs; adopt_fd is the
+  // descriptor of a live mount handed to this process to take over.
+  std::unique_ptr<KeeperLink> keeper;
+  bool fd_store = false;
+  int adopt_fd = -1;
+  std::string self_exe;  // what a live restart executes
+  std::string state_path;
+  MountState mount_state;
+  bool state_warned = false, resend_noted = false;
+  bool restarting = false;
+  uv_timer_t restart_timer;
   // Control socket and SIGHUP reload (StartControl). Destroyed after the
   // loop ran dry, before the modules they point at.
   std::unique_ptr<DaemonControl> daemon_control;
@@ -82,27 +142,147 @@ struct Daemon::Impl {
     if (stopping) return;
     stopping = true;
     exit_code = code;
+    uv_timer_stop(&restart_timer);
+    if (!restarting) {
+      // The mount goes with us: nobody is to hold it or start us again.
+      if (keeper) keeper->SendStop();
+      if (fd_store) RemoveStoredFd(kFuseFdName);
+      NotifyStopping();
+    }
     if (control_server) control_server->Close();
     if (sighup_open) {
       sighup_open = false;
       uv_close(reinterpret_cast<uv_handle_t*>(&sighup), nullptr);
     }
-    // Blocked I/O fails now (the FUSE server waits for every request handed
-    // to a disk), then the mount goes. Withdraw what we advertised before the
+    // A restart detaches first, so that what the importer's shutdown fails
+    // below is left to the kernel to resend to the next daemon. A stop fails
+    // blocked I/O now (the FUSE server waits for every request handed to a
+    // disk), then the mount goes. Withdraw what we advertised before the
     // links go, so peers see a clean DELETE rather than a lost link.
+    if (fuse && restarting) fuse->Detach();
     if (importer) importer->Shutdown();
-    if (fuse) fuse->Stop();
+    if (fuse && !restarting) fuse->Stop();
     registry.RemoveAllLocalSpans();
     table->Shutdown([this] {
       uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&restart_timer), nullptr);
+      if (keeper) keeper->Close();
     });
   }
 
+  // xdiskctl restart: answered first (the control reply needs a loop turn
+  // or two), then the orderly stop without unmount, then Run() re-executes.
+  Status BeginRestart() {
+    if (stopping) return Status::Unavailable("the daemon is shutting down");
+    if (self_exe.empty() || access(self_exe.c_str(), X_OK) != 0)
+      return Status::Unavailable("cannot find this daemon's binary to execute (" + self_exe + ")");
+    if (restarting) return Status::Ok();
+    restarting = true;
+    XLOG(kInfo, "main", "restart requested: re-executing %s", self_exe.c_str());
+    uv_timer_start(
+        &restart_timer, [](uv_timer_t* t) { static_cast<Impl*>(t->data)->Stop(0); }, 100, 0);
+    return Status::Ok();
+  }
+
+  // Runs after the loop ended for a restart; returns only on failure.
+  int ReExec(int fuse_fd) {
+    auto args = OwnCommandLine();
+    if (!args.ok()) {
+      XLOG(kError, "main", "restart: %s", args.status().message().c_str());
+      return 1;
+    }
+    if (fuse_fd >= 0) {
+      fcntl(fuse_fd, F_SETFD, 0);
+      setenv(kEnvFuseFd, std::to_string(fuse_fd).c_str(), 1);
+    }
+    if (keeper && keeper->alive()) {
+      int kfd = keeper->TakeFd();
+      fcntl(kfd, F_SETFD, 0);
+      setenv(kEnvKeeperFd, std::to_string(kfd).c_str(), 1);
+      setenv(kEnvKeeperPid, std::to_string(keeper->keeper_pid()).c_str(), 1);
+    }
+    std::vector<char*> argv;
+    for (std::string& a : *args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    fflush(stderr);
+    execv(self_exe.c_str(), argv.data());
+    XLOG(kError, "main", "restart: exec %s: %s", self_exe.c_str(), strerror(errno));
+    return 1;
+  }
+
+  // Persists what a restarted daemon needs (daemon/mount_state.h). Runs on
+  // every change of the tree's identity and of the FUSE session's state.
+  void SaveState() {
+    if (!tree || !fuse) return;
+    mount_state.identity = tree->identity();
+    fusedev::FuseServer::SessionState ss = fuse->session_state();
+    if (!ss.init_request.empty()) mount_state.init_request = ss.init_request;
+    mount_state.handles = ss.handles;
+    if (Status s = SaveMountState(state_path, mount_state); !s.ok() && !state_warned) {
+      state_warned = true;
+      XLOG(kWarning, "main", "%s: a restarted daemon cannot take this mount over",
+           s.message().c_str());
+    }
+    if (!mount_state.init_request.empty() && !resend_noted) {
+      resend_noted = true;
+      NoteProtection();
+    }
+  }
+
+  // Said once, when the kernel's capabilities are known: what a crash of
+  // this daemon would cost.
+  void NoteProtection() {
+    if (!fuse->resend_supported()) {
+      XLOG(kWarning, "main",
+           "this kernel cannot resend FUSE requests (FUSE_NOTIFY_RESEND, Linux 6.9+): a crash of "
+           "this daemon fails the requests it had read");
+    } else if (!keeper && !fd_store) {
+      XLOG(kInfo, "main", "no keeper (--no-keeper): a crash of this daemon ends the mount");
+    }
+  }
+
   bool StartImport() {
+    // Safe only before mounting (or adopting): afterwards, resolving the
+    // mountpoint itself would ask ourselves.
+    mount_real = MountRealPath(opts.mountpoint);
+    state_path = MountStatePath(opts.state_dir, mount_real);
+    auto loaded = LoadMountState(state_path);
+    if (loaded.ok()) {
+      mount_state = std::move(*loaded);
+    } else if (loaded.status().kind() != Status::Kind::kNotFound) {
+      XLOG(kWarning, "main", "%s; inode numbers and xaN names start afresh",
+           loaded.status().message().c_str());
+    }
+    if (adopt_fd >= 0) {
+      auto top = MountAt(ReadMountInfo(), mount_real);
+      std::string why = !loaded.ok()                        ? loaded.status().message()
+                        : mount_state.init_request.empty()  ? "its FUSE_INIT was never saved"
+                        : !top                              ? "nothing is mounted there"
+                        : top->dev != mount_state.mount_dev ? "the saved state is of another mount"
+                                                            : "";
+      if (!why.empty()) {
+        XLOG(kError, "main", "cannot take over the mount at %s: %s", mount_real.c_str(),
+             why.c_str());
+        close(adopt_fd);
+        adopt_fd = -1;
+        return false;
+      }
+    } else {
+      mount_state.init_request.clear();
+      mount_state.handles.clear();
+      mount_state.mount_dev.clear();
+      ClearDeadMount(mount_real);
+    }
+    mount_state.mountpoint = mount_real;
     fusedev::TreeAttrs attrs;
     attrs.file_mode = opts.file_mode;
     tree = std::make_unique<fusedev::DiskTree>(attrs);
+    if (!mount_state.identity.disks.empty() && !tree->Restore(mount_state.identity)) {
+      XLOG(kWarning, "main", "%s: the saved inode table is inconsistent; numbers start afresh",
+           state_path.c_str());
+      mount_state.handles.clear();
+    }
     ImportedDisk::Config dc;
     dc.io_timeout_ms = opts.io_timeout_s * 1000;
     dc.sync = opts.sync == DaemonOptions::SyncMode::kJournal ? ImportedDisk::SyncMode::kJournal
@@ -120,9 +300,19 @@ struct Daemon::Impl {
       return false;
     }
     registry.AddObserver(importer.get());
+    if (adopt_fd >= 0) {
+      // The disks the kernel holds open come back before their remotes.
+      std::vector<fusedev::DiskInfo> open_disks;
+      for (const auto& d : mount_state.identity.disks)
+        if (mount_state.handles.count(d.ino)) open_disks.push_back(d.info);
+      importer->RestoreDisks(open_disks);
+    }
     fusedev::FuseServer::Options fo;
     fo.mountpoint = opts.mountpoint;
     fo.mount_options = opts.fuse_options;
+    fo.adopt_fd = adopt_fd;
+    fo.init_request = mount_state.init_request;
+    fo.restored_handles = mount_state.handles;
     auto log = [](fusedev::LogLevel level, const std::string& msg) {
       static const LogLevel kMap[] = {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning,
                                       LogLevel::kError};
@@ -134,21 +324,37 @@ struct Daemon::Impl {
       if (status != 0) XLOG(kError, "fuse", "session ended: %s", strerror(status));
       Stop(status == 0 ? 0 : 1);
     });
-    // Safe only now: once mounted, resolving the path would ask ourselves.
-    if (char* r = realpath(opts.mountpoint.c_str(), nullptr)) {
-      mount_real = r;
-      free(r);
-    } else {
-      XLOG(kWarning, "main", "realpath %s: %s; runtime exports are checked against it by name only",
-           opts.mountpoint.c_str(), strerror(errno));
-    }
     std::string err;
+    const bool adopting = adopt_fd >= 0;
+    adopt_fd = -1;  // the server owns it now
     if (fuse->Start(&err) != 0) {
-      XLOG(kError, "main", "cannot mount %s: %s", opts.mountpoint.c_str(), err.c_str());
+      XLOG(kError, "main", "cannot %s %s: %s", adopting ? "take over the mount at" : "mount",
+           opts.mountpoint.c_str(), err.c_str());
       fuse.reset();
       return false;
     }
-    XLOG(kInfo, "main", "mounted at %s", opts.mountpoint.c_str());
+    if (adopting) {
+      mount_state.restarts++;
+      XLOG(kInfo, "main", "took over the mount at %s (restart %u)", opts.mountpoint.c_str(),
+           mount_state.restarts);
+    } else {
+      auto top = MountAt(ReadMountInfo(), mount_real);
+      mount_state.mount_dev = top ? top->dev : "";
+      XLOG(kInfo, "main", "mounted at %s", opts.mountpoint.c_str());
+      // Whoever outlives us holds a copy of the mount from now on.
+      if (keeper) {
+        if (Status s = keeper->SendFuseFd(fuse->fd()); !s.ok())
+          XLOG(kWarning, "main", "keeper: %s", s.message().c_str());
+      } else if (fd_store) {
+        if (Status s = StoreFd(fuse->fd(), kFuseFdName); !s.ok()) {
+          XLOG(kWarning, "main", "%s: a crash of this daemon ends the mount", s.message().c_str());
+          fd_store = false;
+        }
+      }
+    }
+    fuse->SetStateHook([this] { SaveState(); });
+    tree->SetIdentityHook([this] { SaveState(); });
+    SaveState();
     return true;
   }
 
@@ -164,6 +370,14 @@ struct Daemon::Impl {
     parts.importer = importer.get();
     parts.tree = tree.get();
     parts.mount_real = mount_real;
+    parts.describe_survival = [this](control::DaemonInfo* d) {
+      if (!fuse) return;
+      d->set_protection(keeper && keeper->alive() ? "keeper" : fd_store ? "systemd" : "none");
+      d->set_keeper_pid(static_cast<uint32_t>(keeper ? keeper->keeper_pid() : 0));
+      d->set_restarts(mount_state.restarts);
+      d->set_resend(fuse->resend_supported());
+    };
+    parts.restart = [this] { return BeginRestart(); };
     daemon_control = std::make_unique<DaemonControl>(parts, opts, hostname);
     uv_signal_init(&loop, &sighup);
     sighup.data = this;
@@ -258,6 +472,19 @@ struct Daemon::Impl {
     // From here on every way out closes the loop (the checks above leave
     // nothing to close).
     uv_loop_init(&loop);
+    uv_timer_init(&loop, &restart_timer);
+    restart_timer.data = this;
+    self_exe = SelfExe();
+    // A mount to take over: from a keeper or a re-executing predecessor
+    // (XDISK_FUSE_FD), or from systemd's fd store.
+    keeper = KeeperLink::FromEnvironment(&loop, nullptr);
+    adopt_fd = TakeFdFromEnvironment(kEnvFuseFd);
+    fd_store = UnderServiceManager() && !keeper;
+    if (adopt_fd < 0 && fd_store) adopt_fd = TakeStoredFd(kFuseFdName);
+    if (adopt_fd >= 0 && opts.mountpoint.empty()) {
+      close(adopt_fd);
+      adopt_fd = -1;
+    }
     LinkConfig config;
     config.label = hostname + "/xdisk-fuse";
     config.peer_id = host_uuid;
@@ -270,6 +497,9 @@ struct Daemon::Impl {
       if (!s.ok()) {
         XLOG(kError, "main", "%s", s.message().c_str());
         exit_code = 1;
+        uv_close(reinterpret_cast<uv_handle_t*>(&restart_timer), nullptr);
+        if (keeper) keeper->Close();
+        if (adopt_fd >= 0) close(adopt_fd);
         table->Shutdown([] {});
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
@@ -302,8 +532,13 @@ struct Daemon::Impl {
     if (!stopping)
       for (const HostPort& hp : opts.connect) table->Connect(hp);
 
-    XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
+    if (!stopping) {
+      XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
+      if (keeper) keeper->SendReady();
+      NotifyReady();
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
+    const int detached_fd = fuse ? fuse->detached_fd() : -1;
     control_server.reset();
     control_service.reset();
     daemon_control.reset();
@@ -314,6 +549,7 @@ struct Daemon::Impl {
     tree.reset();
     int rc = uv_loop_close(&loop);
     if (rc != 0) XLOG(kWarning, "main", "loop closed with handles open: %s", uv_strerror(rc));
+    if (restarting) return ReExec(detached_fd);
     XLOG(kInfo, "main", "exit %d", exit_code);
     return exit_code;
   }

@@ -155,7 +155,14 @@ control::DaemonInfo DaemonControl::DescribeDaemon() const {
     d.add_listen(hp.ToString());
   }
   for (const HostPort& hp : connects_) d.add_connect(hp.ToString());
+  if (parts_.describe_survival) parts_.describe_survival(&d);
   return d;
+}
+
+Result<std::string> DaemonControl::Restart() {
+  if (!parts_.restart) return Status::Unavailable("this daemon cannot restart itself");
+  if (Status s = parts_.restart(); !s.ok()) return s;
+  return std::string("restarting: the daemon re-executes itself and keeps its mount");
 }
 
 std::vector<control::LinkInfo> DaemonControl::Links() const {
@@ -253,9 +260,7 @@ Status DaemonControl::CheckNotInMount(const std::string& path) const {
   std::vector<std::string> forbidden{LexicalAbsolute(opts_.mountpoint)};
   if (!parts_.mount_real.empty()) {
     forbidden.push_back(parts_.mount_real);
-    std::ifstream f("/proc/self/mountinfo");
-    std::string info((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    for (std::string& m : MountsOfSameDevice(info, parts_.mount_real))
+    for (std::string& m : MountsOfSameDevice(ReadMountInfo(), parts_.mount_real))
       forbidden.push_back(std::move(m));
   }
   auto resolved = ResolveAvoiding(path, forbidden);

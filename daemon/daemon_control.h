@@ -33,6 +33,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,10 @@ class DaemonControl : public control::ControlBackend {
     // The mountpoint as realpath(3) gave it before mounting (how
     // /proc/self/mountinfo names it); empty without MOUNTPOINT.
     std::string mount_real;
+    // Fills DaemonInfo's protection, keeper_pid, restarts and resend.
+    std::function<void(control::DaemonInfo*)> describe_survival;
+    // Starts a live restart (daemon/daemon.cc); an error if it cannot.
+    std::function<Status()> restart;
   };
 
   // `opts` are the options the daemon started with; their connect targets
@@ -103,6 +108,7 @@ class DaemonControl : public control::ControlBackend {
   Result<std::string> RemoveExport(const std::string& serial) override;
   Result<std::string> Connect(const HostPort& addr) override;
   Result<std::string> Disconnect(const HostPort& addr) override;
+  Result<std::string> Restart() override;
 
  private:
   Status CheckNotInMount(const std::string& path) const;

@@ -100,38 +100,12 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
       return;
     }
   } else {
-    std::unique_ptr<Journal> journal;
-    if (!journal_config_.dir.empty()) {
-      JournalDiskHeader h{serial, span.info.media_bytes, blksize, label};
-      ReplayReport report;
-      auto j = Journal::Open(journal_config_, h, &report);
-      if (j.ok()) {
-        if (!report.damage.empty() || report.torn_tail)
-          XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
-        journal = std::move(*j);
-      } else if (Journal::MayHoldRecords(journal_config_.dir, serial)) {
-        // In use by another daemon, written for another size, unreadable:
-        // running without it now would let its records be sent later,
-        // over whatever is written meanwhile.
-        XLOG(kError, "disk " + serial,
-             "not imported: its journal %s/%s cannot be used (%s); fix that or move the "
-             "directory away (xdisk-fuse --journal-dump shows what it holds); it is tried "
-             "again when the disk is announced again (xdiskctl disconnect/connect, or a restart)",
-             journal_config_.dir.c_str(), serial.c_str(), j.status().ToString().c_str());
-        return;
-      } else {
-        XLOG(kError, "disk " + serial, "running without a journal: %s",
-             j.status().ToString().c_str());
-      }
-    }
-    it = disks_
-             .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, span.info.media_bytes,
-                                                             blksize, config_))
-             .first;
-    if (journal != nullptr) {
-      it->second->AttachJournal(std::move(journal));
-      WatchDrain(it->second.get());
-    }
+    bool refuse = false;
+    auto journal =
+        OpenJournalFor(JournalDiskHeader{serial, span.info.media_bytes, blksize, label}, &refuse);
+    if (refuse) return;
+    NewDisk(serial, span.info.media_bytes, blksize, std::move(journal));
+    it = disks_.find(serial);
   }
   span_serial_[span.id] = serial;
   fusedev::DiskInfo info;
@@ -144,6 +118,62 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
   if (tree_ != nullptr) {
     tree_->AddOrUpdate(info, it->second.get());
     tree_->SetOnline(serial, true);
+  }
+}
+
+std::unique_ptr<Journal> Importer::OpenJournalFor(const JournalDiskHeader& h, bool* refuse) {
+  *refuse = false;
+  if (journal_config_.dir.empty()) return nullptr;
+  const std::string& serial = h.serial;
+  // --sync=remote writes no journal (see importer.h); one left by an
+  // earlier version is opened so that its records go out first.
+  if (!journal_config_.synced && !Journal::MayHoldRecords(journal_config_.dir, serial))
+    return nullptr;
+  ReplayReport report;
+  auto j = Journal::Open(journal_config_, h, &report);
+  if (j.ok()) {
+    if (!report.damage.empty() || report.torn_tail)
+      XLOG(kWarning, "disk " + serial, "%s", report.ToString().c_str());
+    return std::move(*j);
+  }
+  if (Journal::MayHoldRecords(journal_config_.dir, serial)) {
+    // In use by another daemon, written for another size, unreadable:
+    // running without it now would let its records be sent later,
+    // over whatever is written meanwhile.
+    XLOG(kError, "disk " + serial,
+         "not imported: its journal %s/%s cannot be used (%s); fix that or move the "
+         "directory away (xdisk-fuse --journal-dump shows what it holds); it is tried "
+         "again when the disk is announced again (xdiskctl disconnect/connect, or a restart)",
+         journal_config_.dir.c_str(), serial.c_str(), j.status().ToString().c_str());
+    *refuse = true;
+    return nullptr;
+  }
+  XLOG(kError, "disk " + serial, "running without a journal: %s", j.status().ToString().c_str());
+  return nullptr;
+}
+
+ImportedDisk* Importer::NewDisk(const std::string& serial, uint64_t size, uint32_t blksize,
+                                std::unique_ptr<Journal> journal) {
+  auto disk = std::make_unique<ImportedDisk>(loop_, serial, size, blksize, config_);
+  ImportedDisk* d = disk.get();
+  disks_.emplace(serial, std::move(disk));
+  if (journal != nullptr) {
+    d->AttachJournal(std::move(journal));
+    WatchDrain(d);
+  }
+  return d;
+}
+
+void Importer::RestoreDisks(const std::vector<fusedev::DiskInfo>& disks) {
+  for (const fusedev::DiskInfo& info : disks) {
+    if (disks_.count(info.serial) || info.size == 0) continue;
+    bool refuse = false;
+    auto journal = OpenJournalFor(
+        JournalDiskHeader{info.serial, info.size, info.blksize, info.label}, &refuse);
+    if (refuse) continue;  // logged; its open handles then fail
+    ImportedDisk* d = NewDisk(info.serial, info.size, info.blksize, std::move(journal));
+    XLOG(kInfo, "disk " + info.serial, "restored after a restart; waiting for its remote");
+    if (tree_ != nullptr) tree_->AddOrUpdate(info, d, d->usable_offline());
   }
 }
 

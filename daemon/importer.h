@@ -10,9 +10,17 @@
 // whose size or block size disagrees with the disk already known under its
 // serial is refused (two disks claiming one serial).
 //
-// Journals: with a journal directory, every disk gets a journal
-// (daemon/journal.h) keyed by its serial when it is first seen; a journal
-// that cannot be opened is logged and the disk runs without one.
+// Journals: with a journal directory and --sync=journal (write-back), every
+// disk gets a journal (daemon/journal.h) keyed by its serial when it is
+// first seen; a journal that cannot be opened is logged and the disk runs
+// without one. With --sync=remote no journal is written: what a dead daemon
+// never answered, the kernel resends to the next one (fusedev/fuse_server.h,
+// ADOPTION); a journal left by an earlier version is still replayed and
+// then removed.
+//
+// Restarts: RestoreDisks() puts the disks the kernel still holds open into
+// the tree before any span is known, offline, under their old inode and
+// xaN; their I/O waits for the remote as in an outage.
 //
 // When the last path of a disk goes, it is marked offline: the tree keeps it
 // while it is open and its I/O blocks (ImportedDisk); it returns online with
@@ -54,6 +62,11 @@ class Importer : public SpanObserver {
   // --journal-strict a damaged journal is an error (the daemon exits).
   Status RecoverJournals();
 
+  // After a restart: registers each disk (not yet known) in the tree,
+  // offline, with an ImportedDisk that blocks until a span of its serial
+  // arrives. Call after RecoverJournals and before the FUSE server starts.
+  void RestoreDisks(const std::vector<fusedev::DiskInfo>& disks);
+
   void OnSpanAdded(const RemoteSpan& span) override;
   void OnSpanRemoved(const RemoteSpan& span, const std::string& why) override;
 
@@ -66,6 +79,12 @@ class Importer : public SpanObserver {
   uv_loop_t* loop_;
   fusedev::DiskTree* tree_;
   void WatchDrain(ImportedDisk* disk);
+  // Opens the journal a new disk gets (see "Journals"). nullptr without
+  // one; *refuse is set when the disk must stay out of the tree because a
+  // journal that may hold records cannot be used.
+  std::unique_ptr<Journal> OpenJournalFor(const JournalDiskHeader& h, bool* refuse);
+  ImportedDisk* NewDisk(const std::string& serial, uint64_t size, uint32_t blksize,
+                        std::unique_ptr<Journal> journal);
 
   ImportedDisk::Config config_;
   JournalConfig journal_config_;

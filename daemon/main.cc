@@ -6,9 +6,12 @@
 #include <cstdlib>
 
 #include "daemon/daemon.h"
+#include "daemon/fd_store.h"
 #include "daemon/journal.h"
+#include "daemon/keeper.h"
 #include "daemon/log.h"
 #include "daemon/options.h"
+#include "daemon/own_mount.h"
 
 int main(int argc, char** argv) {
   // SIGHUP reloads (daemon/daemon.cc), but only once the loop runs; until
@@ -49,6 +52,15 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
   xdisk::SetLogLevel(static_cast<xdisk::LogLevel>(opts.verbosity));
+  // With a mountpoint, in a shell: this process becomes the keeper that
+  // holds the mount and runs the daemon as its child (daemon/keeper.h).
+  // Not under systemd (its fd store does that), not in the daemon the
+  // keeper started, not in a daemon that re-executed itself.
+  if (!opts.mountpoint.empty() && !opts.no_keeper && !xdisk::UnderServiceManager() &&
+      getenv(xdisk::kEnvKeeperFd) == nullptr && getenv(xdisk::kEnvFuseFd) == nullptr) {
+    return xdisk::RunKeeper(std::vector<std::string>(argv, argv + argc),
+                            xdisk::LexicalAbsolute(opts.mountpoint));
+  }
   xdisk::Daemon daemon(std::move(opts));
   return daemon.Run();
 }

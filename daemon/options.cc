@@ -147,6 +147,9 @@ std::string UsageText() {
          "  --journal-max SIZE       writes wait while the journal is this big\n"
          "                           (default 1G; k, M, G suffixes)\n"
          "  --journal-strict         refuse a journal with damage in the middle\n"
+         "  --no-keeper              no keeper process: a crash of the daemon then\n"
+         "                           ends the mount (default: the keeper holds the\n"
+         "                           mount and starts the daemon again)\n"
          "  --journal-dump DIR       print the records of the journals in DIR, exit\n"
          "\n"
          "General:\n"
@@ -211,6 +214,11 @@ Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions*
     if (name == "--journal-strict") {
       if (Status st = no_value(); !st.ok()) return st;
       opts->journal_strict = true;
+      continue;
+    }
+    if (name == "--no-keeper") {
+      if (Status st = no_value(); !st.ok()) return st;
+      opts->no_keeper = true;
       continue;
     }
     if (name == "--no-config") {

@@ -50,6 +50,9 @@ struct DaemonOptions {
   enum class SyncMode { kRemote, kJournal } sync = SyncMode::kRemote;
   uint64_t journal_max = 1ull << 30;
   bool journal_strict = false;
+  // --no-keeper: with MOUNTPOINT and no service manager, run without the
+  // keeper process (daemon/keeper.h); a crash then ends the mount.
+  bool no_keeper = false;
   std::string journal_dump;  // --journal-dump DIR: print and exit
 
   // The journal directory in effect ("" when journaling is off).

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <deque>
+#include <fstream>
+#include <iterator>
 
 namespace xdisk {
 namespace {
@@ -76,13 +78,10 @@ std::string LexicalAbsolute(const std::string& path) {
   return out;
 }
 
-std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
-                                            const std::string& mountpoint) {
-  // Each line: id parent major:minor root mountpoint options ...
-  struct Entry {
-    std::string dev, point;
-  };
-  std::vector<Entry> entries;
+std::vector<MountEntry> ParseMountInfo(std::string_view mountinfo) {
+  // Each line: id parent major:minor root mountpoint options [optional
+  // fields...] - fstype source super-options
+  std::vector<MountEntry> entries;
   size_t i = 0;
   while (i < mountinfo.size()) {
     size_t e = mountinfo.find('\n', i);
@@ -91,21 +90,45 @@ std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
     i = e + 1;
     std::vector<std::string_view> f;
     size_t a = 0;
-    while (a < line.size() && f.size() < 5) {
+    while (a < line.size()) {
       size_t b = line.find(' ', a);
       if (b == std::string_view::npos) b = line.size();
       f.push_back(line.substr(a, b - a));
       a = b + 1;
     }
-    if (f.size() == 5) entries.push_back(Entry{std::string(f[2]), Unescape(f[4])});
+    if (f.size() < 5) continue;
+    MountEntry en{std::string(f[2]), Unescape(f[4]), {}, {}};
+    for (size_t k = 5; k + 2 < f.size(); k++) {
+      if (f[k] == "-") {
+        en.fstype = Unescape(f[k + 1]);
+        en.source = Unescape(f[k + 2]);
+        break;
+      }
+    }
+    entries.push_back(std::move(en));
   }
-  std::string dev;
-  for (const Entry& en : entries)
-    if (en.point == mountpoint) dev = en.dev;  // the last one mounted there
+  return entries;
+}
+
+std::string ReadMountInfo() {
+  std::ifstream f("/proc/self/mountinfo");
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+std::optional<MountEntry> MountAt(std::string_view mountinfo, const std::string& mountpoint) {
+  std::optional<MountEntry> top;
+  for (MountEntry& en : ParseMountInfo(mountinfo))
+    if (en.point == mountpoint) top = std::move(en);  // the last one mounted there
+  return top;
+}
+
+std::vector<std::string> MountsOfSameDevice(std::string_view mountinfo,
+                                            const std::string& mountpoint) {
   std::vector<std::string> out;
-  if (dev.empty()) return out;
-  for (const Entry& en : entries)
-    if (en.dev == dev) out.push_back(en.point);
+  auto top = MountAt(mountinfo, mountpoint);
+  if (!top) return out;
+  for (const MountEntry& en : ParseMountInfo(mountinfo))
+    if (en.dev == top->dev) out.push_back(en.point);
   return out;
 }
 

@@ -12,6 +12,7 @@
 // server) still stalls the loop while it hangs.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,19 @@
 #include "proto/status.h"
 
 namespace xdisk {
+
+// One line of /proc/self/mountinfo, octal escapes (\040) decoded.
+struct MountEntry {
+  std::string dev;     // "major:minor"
+  std::string point;   // where it is mounted
+  std::string fstype;  // "fuse.xdisk", "ext4"
+  std::string source;  // "xdisk", "/dev/sda1"
+};
+std::vector<MountEntry> ParseMountInfo(std::string_view mountinfo);
+// The mount on top at `mountpoint` (absolute, normalized), if any.
+std::optional<MountEntry> MountAt(std::string_view mountinfo, const std::string& mountpoint);
+// Reads /proc/self/mountinfo ("" if it cannot).
+std::string ReadMountInfo();
 
 // The mount points of the file system mounted at `mountpoint` (an absolute,
 // normalized path), from the text of /proc/self/mountinfo: the mount itself

@@ -37,6 +37,8 @@ std::string CtlUsage() {
          "  export remove SERIAL     withdraw an export\n"
          "  connect HOST[:PORT]      keep a link to HOST (port 987)\n"
          "  disconnect HOST[:PORT]   drop a connect target and its link\n"
+         "  restart                  replace the daemon with the installed binary, keeping\n"
+         "                           the mount, exports and journals\n"
          "\n"
          "Options:\n"
          "  --control PATH           the daemon's socket (default /run/xdisk-fuse.sock)\n"
@@ -111,8 +113,9 @@ Result<CtlOutcome> ParseCtlArgs(int argc, const char* const* argv, CtlArgs* out)
   };
   Request& r = out->request;
   r.set_version(control::kControlVersion);
-  if (cmd == "status" || cmd == "links" || cmd == "disks" || cmd == "stats") {
+  if (cmd == "status" || cmd == "links" || cmd == "disks" || cmd == "stats" || cmd == "restart") {
     if (Status s = arity(0, ""); !s.ok()) return s;
+    if (cmd == "restart") r.mutable_restart();
     if (cmd == "status") r.mutable_status();
     if (cmd == "links") r.mutable_links();
     if (cmd == "disks") r.mutable_disks();
@@ -448,6 +451,10 @@ std::string DaemonJson(const control::DaemonInfo& d) {
       .Num("started_ms", d.started_ms())
       .Time("started", d.started_ms())
       .Str("mountpoint", d.mountpoint())
+      .Str("protection", d.protection())
+      .Num("keeper_pid", d.keeper_pid())
+      .Num("restarts", d.restarts())
+      .Raw("resend", d.resend() ? "true" : "false")
       .Raw("listen", StringsJson(d.listen()))
       .Raw("connect", StringsJson(d.connect()))
       .Done();
@@ -584,6 +591,13 @@ std::string StatusText(const control::StatusReply& s, uint64_t now_ms) {
                     HumanAge(now_ms > d.started_ms() ? now_ms - d.started_ms() : 0) + "\n";
   out += "mount    " + (d.mountpoint().empty() ? std::string("-") : TerminalSafe(d.mountpoint())) +
          "\n";
+  if (!d.mountpoint().empty()) {
+    std::string p = TerminalSafe(d.protection());
+    if (d.keeper_pid() != 0) p += " (pid " + std::to_string(d.keeper_pid()) + ")";
+    p += ", " + std::to_string(d.restarts()) + " restarts";
+    if (!d.resend()) p += ", no kernel resend";
+    out += "survives " + p + "\n";
+  }
   out += "listen   " + TerminalSafe(Join(d.listen(), " ")) + "\n";
   out += "connect  " + TerminalSafe(Join(d.connect(), " ")) + "\n";
   out += "\nlinks: " + std::to_string(t.links) + " (" + std::to_string(t.links_up) + " up), in " +
@@ -655,6 +669,7 @@ std::string FormatHuman(const Request& req, const Response& resp, uint64_t now_m
     case Request::kExportRemove:
     case Request::kConnect:
     case Request::kDisconnect:
+    case Request::kRestart:
       return TerminalSafe(resp.done().message()) + "\n";
     case Request::COMMAND_NOT_SET:
       break;
@@ -714,6 +729,7 @@ std::string FormatJson(const Request& req, const Response& resp, uint64_t now_ms
     case Request::kExportRemove:
     case Request::kConnect:
     case Request::kDisconnect:
+    case Request::kRestart:
       o.Str("message", resp.done().message());
       break;
     case Request::COMMAND_NOT_SET:

@@ -59,7 +59,7 @@ bool DiskTree::ValidComponent(std::string_view c) {
          c.find('/') == std::string_view::npos && c.find('\0') == std::string_view::npos;
 }
 
-Ino DiskTree::AddOrUpdate(const DiskInfo& info, BlockDevice* dev) {
+Ino DiskTree::AddOrUpdate(const DiskInfo& info, BlockDevice* dev, bool online) {
   if (info.serial.empty()) return 0;
   auto it = by_serial_.find(info.serial);
   Ino ino;
@@ -71,18 +71,73 @@ Ino DiskTree::AddOrUpdate(const DiskInfo& info, BlockDevice* dev) {
     d.xa = static_cast<unsigned>(by_xa_.size());
     d.born = Now();
     by_xa_.push_back(ino);
+    identity_changed_ = true;
   } else {
     ino = it->second;
     const DiskInfo& old = disks_[ino].info;
     attr_changed = old.size != info.size || old.blksize != info.blksize;
   }
   Disk& d = disks_[ino];
+  // A restored disk learns its label and uuid again from its span.
+  attr_changed = attr_changed || (d.info.size != 0 && d.info.size != info.size);
   d.info = info;
   d.dev = dev;
-  d.online = true;
+  d.online = online;
   Reconcile();
   if (attr_changed) Emit({TreeChange::Kind::kAttrChanged, 0, {}, ino});
   return ino;
+}
+
+DiskTree::Identity DiskTree::identity() const {
+  Identity id;
+  for (Ino ino : by_xa_) {
+    const Disk& d = disks_.at(ino);
+    id.disks.push_back({d.info, ino, d.xa});
+  }
+  for (const auto& [path, ino] : dir_by_path_) {
+    if (ino <= kByUuidIno) continue;
+    id.dirs.push_back({path, ino, dirs_.at(ino).parent});
+  }
+  id.next_ino = next_ino_;
+  return id;
+}
+
+bool DiskTree::Restore(const Identity& id) {
+  if (!disks_.empty() || dir_by_path_.size() != 3) return false;
+  // Validate everything before changing anything.
+  std::set<Ino> inos = {kRootIno, kSernoIno, kByLabelIno, kByUuidIno};
+  std::set<std::string, std::less<>> serials, paths = {"serno", "by-label", "by-uuid"};
+  std::vector<bool> xa_seen(id.disks.size(), false);
+  std::set<Ino> disk_inos;
+  for (const Identity::Disk& d : id.disks) {
+    disk_inos.insert(d.ino);
+    if (d.info.serial.empty() || !inos.insert(d.ino).second || d.ino >= id.next_ino ||
+        d.xa >= id.disks.size() || xa_seen[d.xa] || !serials.insert(d.info.serial).second)
+      return false;
+    xa_seen[d.xa] = true;
+  }
+  for (const Identity::Dir& d : id.dirs) {
+    if (!inos.insert(d.ino).second || d.ino >= id.next_ino || !paths.insert(d.path).second)
+      return false;
+  }
+  for (const Identity::Dir& d : id.dirs)
+    if (!inos.count(d.parent) || disk_inos.count(d.parent)) return false;
+  by_xa_.assign(id.disks.size(), 0);
+  for (const Identity::Disk& d : id.disks) {
+    Disk& disk = disks_[d.ino];
+    disk.info = d.info;
+    disk.xa = d.xa;
+    disk.born = Now();
+    by_serial_.emplace(d.info.serial, d.ino);
+    by_xa_[d.xa] = d.ino;
+  }
+  for (const Identity::Dir& d : id.dirs) {
+    dir_by_path_.emplace(d.path, d.ino);
+    dirs_[d.ino].parent = d.parent;
+  }
+  next_ino_ = id.next_ino;
+  Reconcile();
+  return true;
 }
 
 bool DiskTree::SetOnline(std::string_view serial, bool online) {
@@ -236,6 +291,7 @@ Ino DiskTree::DirIno(const std::string& path, Ino parent) {
   Ino ino = next_ino_++;
   dir_by_path_.emplace(path, ino);
   dirs_[ino].parent = parent;
+  identity_changed_ = true;
   return ino;
 }
 
@@ -321,6 +377,10 @@ void DiskTree::Reconcile() {
     return c.kind == TreeChange::Kind::kEntryRemoved;
   });
   for (const TreeChange& c : changes) Emit(c);
+  if (identity_changed_) {
+    identity_changed_ = false;
+    if (identity_hook_) identity_hook_();
+  }
 }
 
 }  // namespace xdisk::fusedev

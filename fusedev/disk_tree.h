@@ -18,8 +18,10 @@
 //   assigned when the serial is first seen and are never given to another
 //   serial, even after the disk disappears; a serial that comes back gets
 //   both back. The same holds for directory inodes, keyed by their path.
-// - Inode numbers are stable for the life of the DiskTree (the daemon), not
-//   across restarts.
+// - Inode numbers are stable for the life of the DiskTree. A daemon that
+//   restarts under a mount it keeps (fusedev/fuse_server.h, ADOPTION) carries
+//   them over with identity() / Restore(), so that the kernel's inodes and
+//   open files, and the xaN names, mean the same to the new process.
 //
 // Visibility: a disk is listed and can be looked up while it is online OR
 // while it is open (open count > 0, kept by the FUSE server with OpenRef and
@@ -118,13 +120,43 @@ class DiskTree {
   void SetChangeHook(ChangeFn fn) { hook_ = std::move(fn); }
 
   // Registers a new disk or updates a known one (matched by serial) and
-  // marks it online. Label and uuid changes move its names. Returns the
+  // marks it online (or, with online = false, leaves it offline: a disk
+  // restored after a restart whose remote is not back yet). Label and uuid changes move its names. Returns the
   // disk's inode, or 0 (and changes nothing) if info.serial is empty.
   // `dev` must stay alive while the disk is in the tree: until the owner
   // replaces it with another AddOrUpdate while the disk is not open, or
   // until the FUSE server using this tree has stopped. A FUSE server that
   // opened the disk keeps using the device it opened until the last release.
-  Ino AddOrUpdate(const DiskInfo& info, BlockDevice* dev);
+  Ino AddOrUpdate(const DiskInfo& info, BlockDevice* dev, bool online = true);
+
+  // What must survive a restart of the daemon for the kernel's inode numbers
+  // and the xaN names to keep their meaning: every serial and directory ever
+  // given an inode, and the next free inode number.
+  struct Identity {
+    struct Disk {
+      DiskInfo info;
+      Ino ino = 0;
+      unsigned xa = 0;
+    };
+    struct Dir {
+      std::string path;  // "by-label/h"
+      Ino ino = 0;
+      Ino parent = 0;
+    };
+    std::vector<Disk> disks;  // in xa order
+    std::vector<Dir> dirs;    // below the four fixed ones
+    Ino next_ino = 0;
+  };
+  Identity identity() const;
+  // Loads an identity into a tree that has no disk yet: the disks become
+  // known (offline, without a device, hidden) under their old inode and xaN.
+  // Returns false, changing nothing, if the tree is not empty or the
+  // identity is inconsistent (duplicate or reserved inodes or xa numbers,
+  // xa numbers with holes, next_ino not above every inode).
+  bool Restore(const Identity& id);
+  // Runs whenever a new serial or directory got an inode (what identity()
+  // returns changed), after the change. An empty function removes it.
+  void SetIdentityHook(std::function<void()> fn) { identity_hook_ = std::move(fn); }
 
   // Marks a known disk online or offline. Returns false for an unknown serial.
   bool SetOnline(std::string_view serial, bool online);
@@ -204,6 +236,8 @@ class DiskTree {
 
   TreeAttrs attrs_;
   ChangeFn hook_;
+  std::function<void()> identity_hook_;
+  bool identity_changed_ = false;
   struct timespec born_ {};
   Ino next_ino_ = kByUuidIno + 1;
   std::map<Ino, Disk> disks_;

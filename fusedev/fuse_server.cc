@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <glob.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include <span>
 
 #include "fusedev/fuse_compat.h"
+#include "fusedev/fuse_wire.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -256,6 +258,7 @@ struct FuseServer::Ops {
     OpenDisk& od = s->open_[ino];
     if (od.ready) {
       od.handles++;
+      s->NotifyState();  // Saved before the kernel holds the handle.
       if (!s->SendOpen(req, ino)) s->ReleaseHandle(ino);
       return;
     }
@@ -273,7 +276,7 @@ struct FuseServer::Ops {
 
   static void Read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file_info* fi) {
     FuseServer* s = Server(req);
-    BlockDevice* dev = s->OpenDevice(fi->fh);
+    BlockDevice* dev = s->DeviceFor(fi->fh);
     if (!dev) {
       fuse_reply_err(req, EBADF);
       return;
@@ -292,10 +295,8 @@ struct FuseServer::Ops {
     s->stats_.reads++;
     dev->Read(off, len, [s, req, len](int err, std::span<const uint8_t> data) {
       s->inflight_--;
-      if (err) {
-        fuse_reply_err(req, err);
-      } else if (data.size() != len) {
-        fuse_reply_err(req, EIO);
+      if (err || data.size() != len) {
+        s->ReplyErr(req, err ? err : EIO);
       } else {
         fuse_reply_buf(req, reinterpret_cast<const char*>(data.data()), data.size());
       }
@@ -306,7 +307,7 @@ struct FuseServer::Ops {
   static void Write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
                     struct fuse_file_info* fi) {
     FuseServer* s = Server(req);
-    BlockDevice* dev = s->OpenDevice(fi->fh);
+    BlockDevice* dev = s->DeviceFor(fi->fh);
     if (!dev) {
       fuse_reply_err(req, EBADF);
       return;
@@ -356,7 +357,7 @@ struct FuseServer::Ops {
     dev->Write(off, data, hold, [s, req, len, hold](int err) {
       s->inflight_--;
       if (err) {
-        fuse_reply_err(req, err);
+        s->ReplyErr(req, err);
       } else {
         fuse_reply_write(req, len);
       }
@@ -372,7 +373,7 @@ struct FuseServer::Ops {
 
   static void Fsync(fuse_req_t req, fuse_ino_t, int, struct fuse_file_info* fi) {
     FuseServer* s = Server(req);
-    BlockDevice* dev = s->OpenDevice(fi->fh);
+    BlockDevice* dev = s->DeviceFor(fi->fh);
     if (!dev) {
       fuse_reply_err(req, EBADF);
       return;
@@ -382,7 +383,7 @@ struct FuseServer::Ops {
     s->stats_.flushes++;
     dev->Flush([s, req](int err) {
       s->inflight_--;
-      fuse_reply_err(req, err);
+      s->ReplyErr(req, err);
       s->Kick();
     });
   }
@@ -390,7 +391,7 @@ struct FuseServer::Ops {
   static void Fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
                         struct fuse_file_info* fi) {
     FuseServer* s = Server(req);
-    BlockDevice* dev = s->OpenDevice(fi->fh);
+    BlockDevice* dev = s->DeviceFor(fi->fh);
     if (!dev) {
       fuse_reply_err(req, EBADF);
       return;
@@ -411,7 +412,7 @@ struct FuseServer::Ops {
       s->stats_.trims++;
       dev->Trim(off, len, [s, req](int err) {
         s->inflight_--;
-        fuse_reply_err(req, err);
+        s->ReplyErr(req, err);
         s->Kick();
       });
       return;
@@ -664,7 +665,10 @@ int FuseServer::Start(std::string* error) {
   fuse_opt_free_args(&args);
   if (!se_) return fail(EINVAL, "fuse_session_new failed (unknown mount option?)");
 
-  if (fuse_session_mount(se_, opts_.mountpoint.c_str()) != 0) {
+  if (opts_.adopt_fd >= 0) {
+    std::string why;
+    if (int e = Adopt(&why); e != 0) return fail(e, why);
+  } else if (fuse_session_mount(se_, opts_.mountpoint.c_str()) != 0) {
     return fail(EIO, "cannot mount FUSE at " + opts_.mountpoint);
   }
   mounted_ = true;
@@ -707,8 +711,113 @@ int FuseServer::Start(std::string* error) {
   uv_async_t* wake = &async_->h;
   notifier_ = std::thread([this, wake] { NotifierMain(wake); });
   state_ = State::kRunning;
-  Log(LogLevel::kInfo, "mounted at " + opts_.mountpoint);
+  Log(LogLevel::kInfo, (adopted_ ? "adopted the mount at " : "mounted at ") + opts_.mountpoint);
   return 0;
+}
+
+int FuseServer::Adopt(std::string* error) {
+  wire::InitRequest init;
+  if (!wire::ParseInitRequest(opts_.init_request, &init)) {
+    *error = "adopting the mount needs the FUSE_INIT request of its first server, which was "
+             "not saved";
+    return EINVAL;
+  }
+  // libfuse takes a descriptor named /dev/fd/N as an already mounted
+  // connection; the session then owns it and never unmounts by itself.
+  std::string dev = "/dev/fd/" + std::to_string(opts_.adopt_fd);
+  if (fuse_session_mount(se_, dev.c_str()) != 0) {
+    *error = "cannot adopt the FUSE descriptor " + std::to_string(opts_.adopt_fd);
+    return EBADF;
+  }
+  adopted_ = true;
+  resend_supported_ = init.has_resend();
+  // Resend first: the requests the dead server read go back to the pending
+  // queue and reach us once we read. Nothing is read before the replayed
+  // INIT below has put libfuse into the negotiated state.
+  if (resend_supported_) {
+    auto note = wire::ResendNotification();
+    if (write(fuse_session_fd(se_), note.data(), note.size()) != static_cast<ssize_t>(note.size())) {
+      Log(LogLevel::kWarning, std::string("FUSE_NOTIFY_RESEND failed: ") + strerror(errno) +
+                                  "; requests the earlier server read are lost");
+      resend_supported_ = false;
+    }
+  } else {
+    Log(LogLevel::kWarning,
+        "this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9+): requests the "
+        "earlier server read but never answered wait forever");
+  }
+  // The kernel will not send FUSE_INIT again: replay the first server's.
+  // libfuse answers it under the old unique, which the kernel refuses with
+  // ENOENT (libfuse ignores that); uniques are never reused, so the answer
+  // cannot land on another request.
+  std::string copy = opts_.init_request;
+  struct fuse_buf b {};
+  b.mem = copy.data();
+  b.size = copy.size();
+  fuse_session_process_buf(se_, &b);
+  init_request_ = opts_.init_request;
+  for (const auto& [ino, count] : opts_.restored_handles) RestoreHandles(ino, count);
+  return 0;
+}
+
+void FuseServer::RestoreHandles(Ino ino, int count) {
+  BlockDevice* dev = tree_->IsDisk(ino) ? tree_->device(ino) : nullptr;
+  if (dev == nullptr || count <= 0) {
+    Log(LogLevel::kWarning, "open handles of inode " + std::to_string(ino) +
+                                " from before the restart name no known disk; their I/O fails");
+    return;
+  }
+  OpenDisk& od = open_[ino];
+  if (od.ready) {
+    od.handles += count;
+  } else {
+    od.dev = dev;
+    od.ready = true;  // The device queues I/O until its Open() completes.
+    od.handles = count;
+    inflight_++;
+    dev->Open([this, ino](int err) {
+      inflight_--;
+      if (err)
+        Log(LogLevel::kWarning, "reopening disk inode " + std::to_string(ino) +
+                                    " after the restart failed: " + strerror(err));
+      Kick();
+    });
+  }
+  for (int i = 0; i < count; i++) tree_->OpenRef(ino);
+}
+
+BlockDevice* FuseServer::DeviceFor(uint64_t fh) {
+  if (BlockDevice* dev = OpenDevice(fh)) return dev;
+  // A handle the kernel kept from before the restart that the saved state
+  // missed (the server died between answering an open and saving).
+  if (!adopted_ || !tree_->IsDisk(fh) || open_.count(fh) || !tree_->device(fh)) return nullptr;
+  RestoreHandles(fh, 1);
+  NotifyState();
+  return OpenDevice(fh);
+}
+
+void FuseServer::ReplyErr(fuse_req* req, int err) {
+  if (err != 0 && detach_) {
+    fuse_reply_none(req);  // Frees the request; the kernel resends it later.
+    return;
+  }
+  fuse_reply_err(req, err);
+}
+
+void FuseServer::Detach() {
+  if (state_ != State::kRunning) return;
+  detach_ = true;
+  Stop();
+}
+
+int FuseServer::fd() const { return se_ && mounted_ ? fuse_session_fd(se_) : -1; }
+
+FuseServer::SessionState FuseServer::session_state() const {
+  SessionState st;
+  st.init_request = init_request_;
+  for (const auto& [ino, od] : open_)
+    if (od.handles > 0) st.handles[ino] = od.handles;
+  return st;
 }
 
 void FuseServer::Stop() {
@@ -770,8 +879,20 @@ void FuseServer::OnPoll(int status) {
       return;
     }
     rx_len_ = buf.size;
+    wire::InHeader in;
+    bool got_init = false;
+    if (buf.mem && wire::ParseInHeader({static_cast<const char*>(buf.mem), buf.size}, &in)) {
+      if (in.unique & wire::kUniqueResent) stats_.resent++;
+      if (in.opcode == wire::kOpInit && init_request_.empty()) {
+        wire::InitRequest init;
+        init_request_.assign(static_cast<const char*>(buf.mem), buf.size);
+        got_init = wire::ParseInitRequest(init_request_, &init);
+        resend_supported_ = got_init && init.has_resend();
+      }
+    }
     fuse_session_process_buf(se_, &buf);
     rx_len_ = 0;
+    if (got_init) NotifyState();
     if (fuse_session_exited(se_)) {
       Log(LogLevel::kInfo, "FUSE session exited");
       Stop();
@@ -785,10 +906,18 @@ void FuseServer::BeginTeardown() {
   // Stop watching before unmount closes the fd.
   if (poll_) poll_->Close();
   fuse_session_exit(se_);
-  if (mounted_) {
+  if (mounted_ && detach_) {
+    Log(LogLevel::kInfo, "detached from " + opts_.mountpoint + " (it stays mounted)");
+  } else if (mounted_) {
     // As root this is a lazy umount2; closing the fd aborts the connection,
-    // so anything still using the file (a loop device) gets ENOTCONN.
-    fuse_session_unmount(se_);
+    // so anything still using the file (a loop device) gets ENOTCONN. An
+    // adopted session has no mountpoint of its own in libfuse: unmount here.
+    if (adopted_) {
+      if (umount2(opts_.mountpoint.c_str(), MNT_DETACH) != 0)
+        Log(LogLevel::kWarning, "umount " + opts_.mountpoint + ": " + strerror(errno));
+    } else {
+      fuse_session_unmount(se_);
+    }
     mounted_ = false;
     Log(LogLevel::kInfo, "unmounted " + opts_.mountpoint);
   }
@@ -811,6 +940,7 @@ void FuseServer::Finish() {
     for (int i = 0; i < od.handles; i++) tree_->CloseRef(ino);
   }
   dir_handles_.clear();
+  if (detach_ && mounted_) detached_fd_ = fcntl(fuse_session_fd(se_), F_DUPFD_CLOEXEC, 3);
   fuse_session_destroy(se_);
   se_ = nullptr;
   free(rx_mem_);
@@ -916,6 +1046,7 @@ void FuseServer::OnDeviceOpened(Ino ino, int err) {
     // (interrupted open) is released at once, and must not close the device
     // under the other waiters.
     it->second.handles += static_cast<int>(waiters.size());
+    NotifyState();
     int rejected = 0;
     for (fuse_req* req : waiters) rejected += SendOpen(req, ino) ? 0 : 1;
     for (int i = 0; i < rejected; i++) ReleaseHandle(ino);
@@ -935,6 +1066,7 @@ void FuseServer::ReleaseHandle(Ino ino) {
   }
   // May hide an offline disk and queue invalidations.
   tree_->CloseRef(ino);
+  NotifyState();
 }
 
 void* FuseServer::TakeSpare() {

@@ -44,6 +44,30 @@
 // Step 3 is bounded by the devices: a remote device completes with EIO after
 // its I/O timeout, so Stop cannot outlast that.
 //
+// ADOPTION (a restarted daemon keeps the mount)
+// The kernel keeps a FUSE connection while any process holds its /dev/fuse
+// descriptor, and gives requests nobody read to whoever reads next. So a
+// keeper process (daemon/keeper.h) or systemd's fd store holds a copy of the
+// descriptor, and a restarted server takes the mount over instead of
+// mounting: Options::adopt_fd names the inherited descriptor. The kernel
+// sends FUSE_INIT only once, so the first server keeps its raw bytes
+// (session_state().init_request) and a restarted one replays them through
+// libfuse to reach the same negotiated state; before that it writes
+// FUSE_NOTIFY_RESEND (if the kernel announced FUSE_HAS_RESEND) so that every
+// request the dead server read but never answered comes again (with bit 63
+// of its unique set; block reads and writes are safe to run twice). File
+// handles are disk inode numbers, so the handles the kernel still holds
+// (Options::restored_handles, from session_state().handles) mean the same
+// device; a handle the new server does not know but whose number is a disk
+// inode is taken as restored too. The DiskTree's identity (disk_tree.h)
+// must be restored before Start().
+//
+// Detach() is the stop for a restart: requests are no longer read, nothing
+// is unmounted, and device callbacks that fail after it (the importer's
+// shutdown fails what is queued) are dropped instead of answered, so the
+// kernel gives those requests to the next server; successful ones are
+// answered. detached_fd() then holds a descriptor of the live mount.
+//
 // REQUESTS
 // Each fuse_req_t is answered exactly once, often later from a BlockDevice
 // callback. Writes are acknowledged only when BlockDevice::Write completed
@@ -108,6 +132,19 @@ class FuseServer {
     // I/O); the kernel default of 12 caps queue depth for loop devices.
     unsigned max_background = 64;
     bool debug = false;  // libfuse request tracing on stderr.
+    // ADOPTION: the /dev/fuse descriptor of a live mount at `mountpoint`
+    // made by an earlier process (-1: mount anew), the raw FUSE_INIT request
+    // its first server saw, and the open handles the kernel holds (disk
+    // inode -> count). The server owns adopt_fd from Start() on.
+    int adopt_fd = -1;
+    std::string init_request;
+    std::map<Ino, int> restored_handles;
+  };
+
+  // What a restarted server needs from this one (see ADOPTION).
+  struct SessionState {
+    std::string init_request;  // empty until the kernel's FUSE_INIT arrived
+    std::map<Ino, int> handles;  // open file handles by disk inode
   };
 
   // status: 0 for a clean stop or external unmount, else a positive errno.
@@ -128,6 +165,26 @@ class FuseServer {
   // Begins the stop sequence (see LIFECYCLE). Idempotent; safe from any loop
   // callback, including a uv_signal_t callback.
   void Stop();
+  // Stop for a restart (see ADOPTION): no unmount, failed requests are left
+  // to the kernel to resend. on_exit(0) as for Stop().
+  void Detach();
+  // After on_exit of a detached server: a descriptor of the still-mounted
+  // connection, owned by the caller (O_CLOEXEC set); -1 otherwise.
+  int detached_fd() const { return detached_fd_; }
+
+  // Runs on the loop thread whenever session_state() changed: after the
+  // kernel's FUSE_INIT, and after an open handle was counted (before the
+  // open is answered) or released.
+  void SetStateHook(std::function<void()> fn) { state_hook_ = std::move(fn); }
+  SessionState session_state() const;
+  // True once Start() adopted a mount rather than mounting.
+  bool adopted() const { return adopted_; }
+  // What the kernel announced in FUSE_INIT: whether it can resend requests
+  // a dead server never answered (Linux 6.9+). False before INIT.
+  bool resend_supported() const { return resend_supported_; }
+  // The /dev/fuse descriptor while running (for a keeper or fd store to
+  // hold a copy of); -1 otherwise.
+  int fd() const;
 
   // Async-signal-safe and thread-safe: asks the loop to Stop(). Valid only
   // between a successful Start() and on_exit.
@@ -146,6 +203,7 @@ class FuseServer {
     uint64_t inflight = 0;  // Requests waiting for a BlockDevice callback.
     uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, opens = 0;
     uint64_t notify_errors = 0;
+    uint64_t resent = 0;  // requests the kernel gave again after a restart
   };
   Stats stats() const;
 
@@ -169,6 +227,16 @@ class FuseServer {
   };
 
   void BeginTeardown();
+  // Answers an error, or drops the request after Detach() (see ADOPTION).
+  void ReplyErr(fuse_req* req, int err);
+  // The device of an open handle; after a restart, also of a handle the
+  // kernel kept from the earlier server (fh = disk inode).
+  BlockDevice* DeviceFor(uint64_t fh);
+  void RestoreHandles(Ino ino, int count);
+  void NotifyState() {
+    if (state_hook_) state_hook_();
+  }
+  int Adopt(std::string* error);
   void MaybeFinish();
   void Finish();
   void Kick();  // Wakes the loop to re-check the stop sequence.
@@ -200,6 +268,12 @@ class FuseServer {
   int exit_status_ = 0;
   struct fuse_session* se_ = nullptr;
   bool mounted_ = false;
+  bool adopted_ = false;
+  bool detach_ = false;
+  int detached_fd_ = -1;
+  bool resend_supported_ = false;
+  std::string init_request_;
+  std::function<void()> state_hook_;
 
   // Owned handles, freed by their close callbacks; nullptr once closed.
   HandleBox<uv_poll_t>* poll_ = nullptr;

@@ -119,12 +119,37 @@ journal_bytes() {
     sed -n 's/^disk .* segments (\([0-9]*\) bytes).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
 
-# kill_importer: SIGKILL $IMP, reap it, and take its dead FUSE mount ($MNT)
-# away (mountpoint(1) cannot stat a dead FUSE mount; /proc/mounts still
-# lists it).
+# The importer runs under its keeper (daemon/keeper.h): $IMP, as started by
+# start_importer, is the keeper's pid; the daemon serving the mount is its
+# child.
+#   importer_daemon        the serving daemon's pid ("" while none runs)
+#   crash_importer [WAIT]  SIGKILL the serving daemon; with WAIT (default 1),
+#                          wait until the keeper started the next one and it
+#                          took the mount over (xdiskctl status answers)
+importer_daemon() { pgrep -P "$IMP" -x xdisk-fuse || true; }
+
+crash_importer() {
+  local old
+  old=$(importer_daemon)
+  [ -n "$old" ] || fail "no importer daemon under keeper $IMP"
+  kill -KILL "$old"
+  [ "${1:-1}" = 1 ] || return 0
+  wait_for "d=\$(importer_daemon); [ -n \"\$d\" ] && [ \"\$d\" != $old ]" 20 ||
+    fail "the keeper did not start the importer again"
+}
+
+# kill_importer: SIGKILL the keeper and then the daemon ($IMP and its
+# child), as a power loss would: nothing of the importer survives, and its
+# dead FUSE mount ($MNT) is taken away (mountpoint(1) cannot stat a dead
+# FUSE mount; /proc/mounts still lists it).
 kill_importer() {
-  kill -KILL "$IMP" 2>/dev/null || true
+  local d
+  d=$(importer_daemon)
+  kill -KILL "$IMP" $d 2>/dev/null || true
   wait "$IMP" 2>/dev/null || true
+  # Orphaned by its keeper, the daemon is nobody's child to reap (this
+  # machine's init does not reap): wait for it to be dead, zombie or gone.
+  [ -z "$d" ] || wait_for "! ps -o stat= -p $d | grep -qv Z" 10 || fail "importer daemon $d survived SIGKILL"
   umount -l "$MNT" 2>/dev/null || true
   wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "cannot unmount $MNT"
 }

@@ -118,6 +118,11 @@ class FakeBackend : public ControlBackend {
     e.set_serial(spec.serial.empty() ? "derived" : spec.serial);
     return e;
   }
+  Result<std::string> Restart() override {
+    ++calls;
+    if (!next_error.ok()) return next_error;
+    return std::string("restarting");
+  }
   Result<std::string> RemoveExport(const std::string& serial) override {
     ++calls;
     last_serial = serial;
