@@ -145,6 +145,8 @@ crash_importer() {
 kill_importer() {
   local d
   d=$(importer_daemon)
+  # Stopped first, the daemon cannot notice (and log) its keeper's death.
+  [ -z "$d" ] || kill -STOP "$d" 2>/dev/null || true
   kill -KILL "$IMP" $d 2>/dev/null || true
   wait "$IMP" 2>/dev/null || true
   # Orphaned by its keeper, the daemon is nobody's child to reap (this

@@ -343,3 +343,90 @@ TEST_CASE("readdir of a file is refused", "[disk_tree]") {
   CHECK(t.IsDisk(ino));
   CHECK_FALSE(t.IsDir(ino));
 }
+
+// ---- identity across restarts (fuse_server.h, ADOPTION) ----
+
+TEST_CASE("a restored identity gives every serial its old inode and xaN", "[disk_tree]") {
+  DiskTree first;
+  Ino a = first.AddOrUpdate(Disk("A", "h/a"), nullptr);
+  Ino b = first.AddOrUpdate(Disk("B", "h/b", "u-b"), nullptr);
+  first.SetOnline("A", false);
+  DiskTree::Identity id = first.identity();
+  REQUIRE(id.disks.size() == 2);
+  REQUIRE(id.dirs.size() == 1);  // by-label/h
+
+  DiskTree second;
+  REQUIRE(second.Restore(id));
+  // Known but hidden until a span (or an open handle) brings them back.
+  CHECK(second.InoOf("A") == a);
+  CHECK(second.InoOf("B") == b);
+  CHECK_FALSE(second.IsVisible(a));
+  CHECK(Resolve(second, "xa1") == 0);
+  CHECK(second.AddOrUpdate(Disk("B", "h/b", "u-b"), nullptr) == b);
+  CHECK(Resolve(second, "xa1") == b);
+  CHECK(Resolve(second, "by-label/h") == Resolve(first, "by-label/h"));
+  // A serial never seen before gets a fresh inode and the next xaN.
+  Ino c = second.AddOrUpdate(Disk("C"), nullptr);
+  CHECK(c == id.next_ino);
+  CHECK(second.XaName("C") == "xa2");
+  // Offline registration keeps it hidden.
+  CHECK(second.AddOrUpdate(Disk("A", "h/a"), nullptr, false) == a);
+  CHECK_FALSE(second.IsVisible(a));
+  second.OpenRef(a);
+  CHECK(second.IsVisible(a));
+  CHECK(Resolve(second, "xa0") == a);
+}
+
+TEST_CASE("an inconsistent identity is refused and changes nothing", "[disk_tree]") {
+  DiskTree t;
+  t.AddOrUpdate(Disk("A"), nullptr);
+  t.AddOrUpdate(Disk("B"), nullptr);
+  const DiskTree::Identity good = t.identity();
+
+  auto refused = [](const DiskTree::Identity& id) {
+    DiskTree fresh;
+    bool ok = fresh.Restore(id);
+    if (!ok) CHECK(fresh.InoOf("A") == 0);
+    return !ok;
+  };
+  DiskTree::Identity id = good;
+  id.disks[1].ino = id.disks[0].ino;  // two disks, one inode
+  CHECK(refused(id));
+  id = good;
+  id.disks[1].xa = 0;  // two disks, one xaN
+  CHECK(refused(id));
+  id = good;
+  id.disks[1].xa = 5;  // a hole in the xaN numbers
+  CHECK(refused(id));
+  id = good;
+  id.disks[0].ino = kSernoIno;  // a reserved inode
+  CHECK(refused(id));
+  id = good;
+  id.next_ino = id.disks[1].ino;  // would hand out an inode again
+  CHECK(refused(id));
+  id = good;
+  id.dirs.push_back({"by-label/x", id.disks[0].ino, kByLabelIno});  // a disk's inode
+  CHECK(refused(id));
+  id = good;
+  id.dirs.push_back({"by-label/x", id.next_ino - 1 + 10, id.disks[0].ino});
+  id.next_ino += 20;  // parent is a disk
+  CHECK(refused(id));
+  // And a tree that already has disks takes no identity.
+  CHECK_FALSE(t.Restore(good));
+  DiskTree fresh;
+  CHECK(fresh.Restore(good));
+}
+
+TEST_CASE("the identity hook hears new serials and directories only", "[disk_tree]") {
+  DiskTree t;
+  int calls = 0;
+  t.SetIdentityHook([&] { calls++; });
+  t.AddOrUpdate(Disk("A"), nullptr);
+  CHECK(calls == 1);
+  t.AddOrUpdate(Disk("A"), nullptr);  // known serial, nothing new
+  t.SetOnline("A", false);
+  t.SetOnline("A", true);
+  CHECK(calls == 1);
+  t.AddOrUpdate(Disk("A", "h/d"), nullptr);  // by-label/h is new
+  CHECK(calls == 2);
+}

@@ -38,6 +38,25 @@ TEST_CASE("the mounts of one device are found, bind mounts and escapes included"
   CHECK(MountsOfSameDevice("", "/mnt/other").empty());
 }
 
+TEST_CASE("the mount on top of a mountpoint is found with its type and source", "[own_mount]") {
+  const std::string info =
+      "61 22 0:55 / /mnt/x rw,nosuid shared:1 master:2 - fuse.xdisk xdisk rw\n"
+      "62 61 0:57 / /mnt/x rw - tmpfs tmp\\040fs rw\n"
+      "63 22 0:58 / /mnt/y rw\n";
+  auto top = MountAt(info, "/mnt/x");
+  REQUIRE(top);
+  CHECK(top->dev == "0:57");
+  CHECK(top->fstype == "tmpfs");
+  CHECK(top->source == "tmp fs");
+  auto fuse = ParseMountInfo(info)[0];
+  CHECK(fuse.fstype == "fuse.xdisk");
+  CHECK(fuse.source == "xdisk");
+  auto y = MountAt(info, "/mnt/y");  // no " - " part: type unknown
+  REQUIRE(y);
+  CHECK(y->fstype.empty());
+  CHECK_FALSE(MountAt(info, "/mnt"));
+}
+
 TEST_CASE("lexical paths fold . and .. without touching the file system", "[own_mount]") {
   CHECK(LexicalAbsolute("/a/./b//c/../d/") == "/a/b/d");
   CHECK(LexicalAbsolute("/../..") == "/");

@@ -1,0 +1,98 @@
+#!/bin/bash
+# The keeper's own failures and edges (daemon/keeper.h):
+#   1. the keeper SIGKILLed while the daemon lives: the daemon says once
+#      what protection is gone, xdiskctl status shows it, I/O goes on, and
+#      a SIGTERM still stops the daemon cleanly;
+#   2. a daemon that can never take the mount over again (its state file
+#      damaged): the keeper gives up after five starts, unmounts, exits 1,
+#      and I/O waiting in the mount fails instead of hanging;
+#   3. a daemon that fails before it ever served (a bad export): the keeper
+#      exits with its status 2 and leaves nothing mounted;
+#   4. a dead mount left by a daemon without a keeper (--no-keeper,
+#      SIGKILL) is taken away by the next start, which then serves.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/xdisk.sh"
+require_root
+require_fuse
+for c in fusermount3 mountpoint truncate ss dd cmp; do requires "$c"; done
+
+MIB=1048576
+SERIAL=keep1
+IMG=$WORK_DIR/keep.img
+MNT=$WORK_DIR/mnt
+CTL=$WORK_DIR/ctl.sock
+XDISKCTL=$BUILD_DIR/daemon/xdiskctl
+truncate -s $((32 * MIB)) "$IMG"
+head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/data"
+ctl() { timeout 10 "$XDISKCTL" --control "$CTL" "$@"; }
+daemon_field() {
+  ctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"][sys.argv[1]])' "$1"
+}
+gone() { ! ps -o stat= -p "$1" | grep -qv Z; }  # dead: zombie or reaped
+
+start_pair -- --control "$CTL"
+
+log "1. the keeper SIGKILLed: the daemon goes on without protection"
+daemon=$(importer_daemon)
+[ "$(daemon_field keeper_pid)" = "$IMP" ] || fail "status names keeper $(daemon_field keeper_pid), not $IMP"
+kill -KILL "$IMP"
+wait "$IMP" 2>/dev/null || true
+wait_for "grep -q 'keeper (pid $IMP) is gone' '$WORK_DIR/importer.log'" 10 ||
+  fail "the daemon did not notice its keeper's death"
+[ "$(grep -c 'keeper (pid .*) is gone' "$WORK_DIR/importer.log")" = 1 ] || fail "said more than once"
+[ "$(daemon_field protection)" = none ] || fail "status still shows protection $(daemon_field protection)"
+[ "$(daemon_field keeper_pid)" = 0 ] || fail "status still shows a keeper pid"
+timeout 30 dd if="$WORK_DIR/data" of="$MNT/xa0" bs=1M oflag=direct conv=notrunc status=none ||
+  fail "a write failed after the keeper died"
+timeout 30 cmp -n $((4 * MIB)) "$WORK_DIR/data" "$MNT/xa0" || fail "read back differs"
+kill -TERM "$daemon"
+wait_for "gone $daemon" 15 || fail "the daemon did not stop on SIGTERM"
+wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "still mounted after SIGTERM"
+grep -q 'main: exit 0' "$WORK_DIR/importer.log" || fail "the daemon did not exit 0"
+
+log "2. a daemon that can never take over: the keeper gives up and unmounts"
+start_importer IMP importer2 "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --control "$CTL"
+wait_disk "$MNT" "$SERIAL"
+state=$(ls "$WORK_DIR"/state-importer2/mount-*.state)
+# A reader that will wait in the kernel while no daemon serves.
+printf 'garbage' >"$state"
+kill -STOP "$EXP"
+timeout 60 dd if="$MNT/xa0" of=/dev/null bs=1M count=1 iflag=direct status=none 2>/dev/null &
+reader=$!
+sleep 0.5
+kill -KILL "$(importer_daemon)"
+rc=0
+wait_exit "$IMP" 30 || rc=$?
+[ "$rc" = 1 ] || fail "the keeper's exit status is $rc, expected 1 after giving up"
+grep -q "keeper: daemon failed 5 starts in a row" "$WORK_DIR/importer2.log" || fail "no give-up line"
+! grep -q " $MNT fuse" /proc/mounts || fail "still mounted after the keeper gave up"
+rc=0
+wait_exit "$reader" 20 || rc=$?
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "the waiting read did not fail (status $rc)"
+kill -CONT "$EXP"
+
+log "3. a daemon that fails before it served: the keeper exits 2, nothing mounted"
+rc=0
+timeout 20 "$XDISK" --keys "$WORK_DIR/keys" --state-dir "$WORK_DIR/state-bad" --control none \
+  --export "$WORK_DIR/nonexistent" "$MNT" >"$WORK_DIR/bad.log" 2>&1 || rc=$?
+[ "$rc" = 2 ] || { cat "$WORK_DIR/bad.log" >&2; fail "exit status $rc for a bad export, expected 2"; }
+! grep -q " $MNT fuse" /proc/mounts || fail "a failed start left a mount"
+
+log "4. a dead mount of a keeperless daemon is taken away by the next start"
+start_importer IMP importer3 "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --control "$CTL" --no-keeper
+wait_disk "$MNT" "$SERIAL"
+[ -z "$(importer_daemon)" ] || fail "--no-keeper still runs a keeper"
+[ "$(daemon_field protection)" = none ] || fail "--no-keeper: status shows protection"
+kill -KILL "$IMP"
+wait "$IMP" 2>/dev/null || true
+grep -q " $MNT fuse" /proc/mounts || fail "the dead mount vanished by itself?"
+start_importer IMP importer4 "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --control "$CTL"
+wait_disk "$MNT" "$SERIAL"
+grep -q "took away the dead FUSE mount at" "$WORK_DIR/importer4.log" || fail "no line about the dead mount"
+[ "$(grep -c " $MNT fuse" /proc/mounts)" = 1 ] || fail "mounts stacked at $MNT"
+timeout 30 cmp -n $((4 * MIB)) "$WORK_DIR/data" "$MNT/xa0" || fail "read back differs after the restart"
+stop_pair
+
+scan_logs "keeper \\(pid [0-9]+\\) is gone|keeper: daemon (pid .* killed by signal 9|failed 5 starts)|cannot take over the mount|garbage|mount-.*state|warning: .*(dropping link|no path left|cannot connect|connection reset|link lost)"
+log "PASS"
