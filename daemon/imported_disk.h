@@ -20,10 +20,13 @@
 // Ops older than that fail with EIO. When a span with the same serial comes
 // back, the disk re-opens (if the FUSE file is open) and resumes.
 //
-// Threading: loop thread only, except the journal's fdatasync, which runs
-// on the libuv threadpool (uv_queue_work) and touches nothing else. Lifetime: ImportedDisks live as
-// long as the Importer (never destroyed while the FUSE tree may reference them); Close() releases
-// the libuv handles before the loop is closed.
+// Threading: loop thread only, except two journal jobs on the libuv
+// threadpool (uv_queue_work), which touch nothing but their batch: the group
+// commit's fdatasync (Journal::RunSync) and, with --sync=remote, batches of
+// queued records of kInlineWriteBytes or more (Journal::RunWrites; smaller
+// ones are written on the loop). Lifetime: ImportedDisks live as long as the
+// Importer (never destroyed while the FUSE tree may reference them);
+// Shutdown() closes the libuv handles before the loop is closed.
 #pragma once
 
 #include <uv.h>

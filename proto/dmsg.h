@@ -1,7 +1,7 @@
 // The dmsg wire format: constants, the 64-byte base header, the extended
 // headers xdisk-fuse uses, and frame encoding. Pure code: no sockets, no loop,
 // no files. The byte layouts are documented in docs/dmsg-wire.md; section
-// numbers below (§N) refer to ../shared/docs/dmsg-protocol.md.
+// numbers below (§N) refer to docs/dmsg-protocol.md.
 //
 // All integers are little-endian on the wire. The structs below hold decoded
 // host-order values; Encode*/Decode* convert. We implement the E2/E3 era

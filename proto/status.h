@@ -26,7 +26,7 @@ class [[nodiscard]] Status {
     kOk = 0,
     kInvalidArgument,  // Bad option, bad request parameter.
     kNotFound,
-    kIoError,     // A system call failed; errno() says which.
+    kIoError,     // A system call failed; errno_value() says which.
     kProtocol,    // The peer broke the dmsg protocol.
     kCorruption,  // Checksums or framing of stored data do not match.
     kPermissionDenied,

@@ -43,8 +43,7 @@ start_server() {
   local pid=$!
   printf -v "$var" '%s' "$pid"
   cleanup_fn _kill_quietly "$pid"
-  # Not wait_listening: a probe that connects and closes at once can kill the
-  # python server (its accept path does not survive an immediate EOF).
+  # Wait for the server to say it listens (its "listening" event).
   wait_for "grep -q '\"event\": \"listening\"' '$WORK_DIR/$name.log'" 10 ||
     fail "server $name is not listening on $port: $(cat "$WORK_DIR/$name.log")"
   log "started server $name (pid $pid) on $port, serial '$serial'"

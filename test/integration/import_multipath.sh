@@ -13,9 +13,6 @@ source "$(dirname "$0")/xdisk.sh"
 require_root
 require_fuse
 for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
-# xdisk.sh's wait_listening connects and hangs up at once, which the exporter
-# logs as "dropping link: read error: connection reset by peer"; look at the
-# socket table instead so that scan_logs sees only what the test caused.
 
 MIB=1048576
 SERIAL=mpath1

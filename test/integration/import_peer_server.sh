@@ -34,8 +34,7 @@ start_server() {
   local pid=$!
   printf -v "$var" '%s' "$pid"
   cleanup_fn _kill_quietly "$pid"
-  # Not wait_listening: a probe that connects and closes at once can kill the
-  # python server (its accept path does not survive an immediate EOF).
+  # Wait for the server to say it listens (its "listening" event).
   wait_for "[ \$(grep -c '\"event\": \"listening\"' '$SLOG') -gt ${n:-0} ]" 10 ||
     fail "python server is not listening: $(cat "$SLOG")"
   log "python server pid $pid on $PORT"

@@ -13,9 +13,6 @@ require_fuse
 for c in fusermount3 mountpoint losetup blkdiscard fallocate cmp dd truncate ss; do
   requires "$c"
 done
-# xdisk.sh's wait_listening connects and hangs up at once, which the exporter
-# logs as "dropping link: read error: connection reset by peer"; look at the
-# socket table instead so that scan_logs sees only what the test caused.
 
 MIB=1048576
 SERIAL=trim1

@@ -63,7 +63,8 @@ struct TestService : TransactionHandler {
   }
 };
 
-// Like TestService, but holds reads unanswered until Answer() (slow disk).
+// Like TestService, but never answers a read: it keeps the transaction
+// (deferred, as a slow disk would) until the span is withdrawn under it.
 struct DeferredService : TransactionHandler {
   Link* link = nullptr;
   Transaction* held = nullptr;

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Independent DragonFly BSD "dmsg" protocol peer -- a test oracle.
 
-Written from /work/shared/docs/dmsg-protocol.md ONLY (no other implementation was
-consulted), Python 3.11, standard library only.  Section references ("§3.2") point
-into that document.
+Written from the protocol reference ONLY (no other implementation was consulted),
+Python 3.11, standard library only.  Section references ("§3.2") point into
+docs/dmsg-protocol.md.
 
 It is both an importable library and a command line tool (see ``main()`` /
 ``--help``):

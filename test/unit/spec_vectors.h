@@ -1,4 +1,4 @@
-// The spec's test vectors (../shared/docs/dmsg-protocol.md §10) as hex dumps,
+// The spec's test vectors (docs/dmsg-protocol.md §10) as hex dumps,
 // shared by the CRC and codec tests, and a parser for the dump format.
 #pragma once
 
