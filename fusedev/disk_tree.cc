@@ -154,9 +154,10 @@ void DiskTree::OpenRef(Ino ino) {
   auto it = disks_.find(ino);
   assert(it != disks_.end());
   if (it == disks_.end()) return;
-  // An open only starts on a visible disk, so this never changes the tree;
-  // no Reconcile needed.
-  it->second.open++;
+  // An open starts on a visible disk and changes nothing, except for a
+  // handle restored after a restart on a disk whose remote is not back:
+  // that one becomes visible.
+  if (it->second.open++ == 0 && !it->second.online) Reconcile();
 }
 
 void DiskTree::CloseRef(Ino ino) {

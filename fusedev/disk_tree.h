@@ -161,7 +161,8 @@ class DiskTree {
   // Marks a known disk online or offline. Returns false for an unknown serial.
   bool SetOnline(std::string_view serial, bool online);
 
-  // Open counts, kept by the FUSE server: OpenRef when an open starts,
+  // Open counts, kept by the FUSE server: OpenRef when an open starts (or a
+  // handle is restored after a restart: an offline disk becomes visible),
   // CloseRef on its failure or on release. REQUIRES: IsDisk(ino); CloseRef
   // also requires open_count(ino) > 0.
   void OpenRef(Ino ino);

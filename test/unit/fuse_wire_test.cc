@@ -19,11 +19,8 @@ std::string Init(uint32_t minor, uint32_t flags, uint32_t flags2, size_t body = 
   Put32(b, 4, wire::kOpInit);
   uint64_t unique = 2;
   memcpy(b.data() + 8, &unique, 8);
-  Put32(b, 40, 7);
-  Put32(b, 44, minor);
-  Put32(b, 48, 131072);
-  Put32(b, 52, flags);
-  if (body >= 20) Put32(b, 56, flags2);
+  const uint32_t fields[] = {7, minor, 131072, flags, flags2};
+  for (size_t i = 0; i < 5 && 4 * (i + 1) <= body; i++) Put32(b, 40 + 4 * i, fields[i]);
   return b;
 }
 
