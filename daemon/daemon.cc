@@ -4,6 +4,7 @@
 #include <libgen.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -84,8 +85,10 @@ std::string MountRealPath(const std::string& mountpoint) {
 void ClearDeadMount(const std::string& mnt) {
   auto top = MountAt(ReadMountInfo(), mnt);
   if (!top || !top->fstype.starts_with("fuse")) return;
-  struct stat st;
-  if (stat(mnt.c_str(), &st) == 0 || errno != ENOTCONN) return;
+  // statfs, not stat: the kernel may answer stat from its attribute cache
+  // even on a dead connection, but always asks the server for statfs.
+  struct statfs sf;
+  if (statfs(mnt.c_str(), &sf) == 0 || errno != ENOTCONN) return;
   if (umount2(mnt.c_str(), MNT_DETACH) == 0) {
     XLOG(kInfo, "main", "took away the dead FUSE mount at %s (its daemon died)", mnt.c_str());
   } else {
@@ -143,8 +146,9 @@ struct Daemon::Impl {
     stopping = true;
     exit_code = code;
     uv_timer_stop(&restart_timer);
-    if (!restarting) {
-      // The mount goes with us: nobody is to hold it or start us again.
+    if (!restarting && code == 0) {
+      // A clean stop: the mount goes with us, nobody is to hold it or start
+      // us again. A failure (code != 0) leaves the keeper to decide.
       if (keeper) keeper->SendStop();
       if (fd_store) RemoveStoredFd(kFuseFdName);
       NotifyStopping();

@@ -1,10 +1,9 @@
 #!/bin/bash
 # A journal whose filesystem fills up (ENOSPC) loses no write. The importer
-# (--sync=remote, the default) keeps its journals on a 4 MiB tmpfs. Disk 1
-# gets 48 MiB in 1 MiB O_DIRECT writes: those records are written on the
-# threadpool beside the sends, and one of those batches fails. Disk 2 then
-# gets 8 MiB in 4 KiB writes: their records are written in small batches on
-# the loop thread, and one of those fails. Every write still completes (the
+# (--sync=journal, write-back; --sync=remote writes no journal) keeps its
+# journals on a 4 MiB tmpfs. Disk 1 gets 48 MiB in 1 MiB O_DIRECT writes,
+# and an append fails. Disk 2 then gets 8 MiB in 4 KiB writes, and one of
+# their appends fails. Every write still completes (the
 # journal is switched off for that disk, with one error line naming the
 # cause), the exported images hold exactly the data written, later writes
 # work too, the daemon stays up and exits 0 on SIGTERM, and it leaves no
@@ -30,7 +29,8 @@ mount_cleanup "$JFS"
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 start_exporter EXP exporter "$PORT" "$WORK_DIR/keys" "$IMG,serno=$SERIAL" "$IMG2,serno=full2"
-start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --journal "$JFS/j"
+start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --journal "$JFS/j" \
+  --sync=journal
 wait_disk "$MNT" "$SERIAL"
 wait_disk "$MNT" full2
 

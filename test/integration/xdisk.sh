@@ -109,13 +109,14 @@ stop_pair() {
 
 # journal_pending DIR / journal_bytes DIR: records pending, and bytes of
 # segment files, over every journal under DIR (from --journal-dump's
-# summary lines; 0 when DIR holds no journal).
+# summary lines; 0 when DIR holds no journal or does not exist, as with
+# --sync=remote, which writes none).
 journal_pending() {
-  "$XDISK" --journal-dump "$1" 2>/dev/null |
+  { "$XDISK" --journal-dump "$1" 2>/dev/null || true; } |
     sed -n 's/^disk .* records, \([0-9]*\) pending .*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
 journal_bytes() {
-  "$XDISK" --journal-dump "$1" 2>/dev/null |
+  { "$XDISK" --journal-dump "$1" 2>/dev/null || true; } |
     sed -n 's/^disk .* segments (\([0-9]*\) bytes).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
 
