@@ -124,6 +124,7 @@ struct Daemon::Impl {
   MountState mount_state;
   bool state_warned = false, resend_noted = false;
   bool restarting = false;
+  bool exit_after_detach = false;  // restart by the service manager: no exec
   uv_timer_t restart_timer;
   // Control socket and SIGHUP reload (StartControl). Destroyed after the
   // loop ran dry, before the modules they point at.
@@ -137,6 +138,16 @@ struct Daemon::Impl {
 
   static void OnSignal(uv_signal_t* h, int signum) {
     auto* self = static_cast<Impl*>(h->data);
+    // Under systemd, the SIGTERM of `systemctl restart` is not a stop: the
+    // mount stays, its descriptor in the fd store, for the next daemon.
+    if (signum == SIGTERM && self->fd_store && self->fuse && !self->stopping &&
+        ServiceRestartPending()) {
+      XLOG(kInfo, "main", "SIGTERM of a service restart: leaving the mount to the next daemon");
+      self->restarting = true;
+      self->exit_after_detach = true;
+      self->Stop(0);
+      return;
+    }
     XLOG(kInfo, "main", "%s: shutting down", strsignal(signum));
     self->Stop(0);
   }
@@ -553,7 +564,8 @@ struct Daemon::Impl {
     tree.reset();
     int rc = uv_loop_close(&loop);
     if (rc != 0) XLOG(kWarning, "main", "loop closed with handles open: %s", uv_strerror(rc));
-    if (restarting) return ReExec(detached_fd);
+    if (restarting && !exit_after_detach) return ReExec(detached_fd);
+    if (detached_fd >= 0) close(detached_fd);
     XLOG(kInfo, "main", "exit %d", exit_code);
     return exit_code;
   }

@@ -31,6 +31,14 @@ Status StoreFd(int fd, const std::string& name);
 // Drops the store's copy ("FDSTOREREMOVE=1"); best effort.
 void RemoveStoredFd(const std::string& name);
 
+// True when the service manager is restarting our unit (`systemctl
+// restart`: a job of type restart, try-restart or reload-or-restart is
+// pending for it), asked over D-Bus with a 1 s timeout. A SIGTERM is then
+// the stop half of a restart, not a stop: the daemon leaves the mount to the
+// fd store. False when anything cannot be asked. Blocks the caller while it
+// asks; call only on SIGTERM under a service manager.
+bool ServiceRestartPending();
+
 // READY=1 / STOPPING=1; best effort, no-ops without a service manager.
 void NotifyReady();
 void NotifyStopping();

@@ -546,11 +546,16 @@ void ImportedDisk::OnMessage(Link&, Transaction& t, Frame& f) {
     Kick();
     return;
   }
-  XLOG(kWarning, log_name_, "%s at %" PRIu64 "+%u failed: %s",
-       c->op->kind == OpKind::kRead    ? "read"
-       : c->op->kind == OpKind::kWrite ? "write"
-                                       : "request",
-       c->offset, c->length, ErrorName(err).c_str());
+  // At shutdown (a stop, or the detach of a restart, whose failures the
+  // kernel resends to the next daemon) a lost link is what is expected.
+  const bool expected = shut_down_ && (err == kErrLostLink || err == kErrCantCirc);
+  const LogLevel level = expected ? LogLevel::kInfo : LogLevel::kWarning;
+  if (LogEnabled(level))
+    Log(level, log_name_, "%s at %" PRIu64 "+%u failed: %s",
+        c->op->kind == OpKind::kRead    ? "read"
+        : c->op->kind == OpKind::kWrite ? "write"
+                                        : "request",
+        c->offset, c->length, ErrorName(err).c_str());
   ChunkDone(c, EIO, nullptr);
   Dispatch();
 }

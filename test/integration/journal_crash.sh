@@ -49,7 +49,7 @@ for MODE in remote journal; do
       stopped=1
     fi
     rm -f "$WORK_DIR/writer.ready"
-    python3 "$WRITER" write "$MNT/xa0" "$WLOG" --blocks $BLOCKS --seconds 30 \
+    python3 "$WRITER" write "$MNT/serno/$SERIAL" "$WLOG" --blocks $BLOCKS --seconds 30 \
       --seed "$round" --ready "$WORK_DIR/writer.ready" >"$WORK_DIR/writer.out" 2>&1 &
     writer=$!
     cleanup_fn kill -KILL "$writer"
@@ -67,7 +67,7 @@ for MODE in remote journal; do
     [ "$stopped" = 0 ] || kill -CONT "$EXP"
     log "round $round: $(cat "$WORK_DIR/writer.out")"
     restart_importer
-    python3 "$WRITER" verify "$MNT/xa0" "$WLOG" --blocks $BLOCKS >"$WORK_DIR/verify.out" 2>&1 ||
+    python3 "$WRITER" verify "$MNT/serno/$SERIAL" "$WLOG" --blocks $BLOCKS >"$WORK_DIR/verify.out" 2>&1 ||
       { cat "$WORK_DIR/verify.out" >&2; fail "--sync=$MODE round $round: acknowledged writes lost"; }
   done
   log "--sync=$MODE: $(cat "$WORK_DIR/verify.out")"
@@ -75,7 +75,7 @@ for MODE in remote journal; do
   # Drain: every record reaches the exporter and is retired.
   wait_for "journal_pending '$JDIR' | grep -qx 0" 60 ||
     fail "--sync=$MODE: the journal did not drain ($(journal_pending "$JDIR") pending)"
-  dd if="$MNT/xa0" of="$WORK_DIR/view.img" bs=1M iflag=direct status=none
+  dd if="$MNT/serno/$SERIAL" of="$WORK_DIR/view.img" bs=1M iflag=direct status=none
   stop_daemon "$IMP" 15 TERM || fail "importer exit status $? after SIGTERM"
   stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
   python3 "$WRITER" verify "$IMG" "$WLOG" --blocks $BLOCKS >"$WORK_DIR/verify.out" 2>&1 ||
