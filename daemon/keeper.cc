@@ -34,7 +34,10 @@ std::string SelfPath() {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (n <= 0) return "/proc/self/exe";
-  return std::string(buf, static_cast<size_t>(n));
+  std::string p(buf, static_cast<size_t>(n));
+  // Replaced since it started: the path now names the new binary.
+  if (p.ends_with(" (deleted)")) p.resize(p.size() - 10);
+  return p;
 }
 
 std::string Describe(int status) {

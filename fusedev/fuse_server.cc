@@ -1038,7 +1038,7 @@ void FuseServer::OnDeviceOpened(Ino ino, int err) {
         "open of disk inode " + std::to_string(ino) + " failed: " + strerror(err));
     for (fuse_req* req : waiters) {
       tree_->CloseRef(ino);
-      fuse_reply_err(req, err);
+      ReplyErr(req, err);  // after Detach(): resent to the next daemon
     }
   } else {
     it->second.ready = true;
