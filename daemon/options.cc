@@ -125,6 +125,8 @@ std::string UsageText() {
          "  --connect HOST[:PORT]    keep a dmsg link to HOST (repeatable; reconnects\n"
          "                           with backoff 0.1 s .. 5 s)\n"
          "  --keys DIR               peer policy directory (default /etc/xdisk-fuse):\n"
+         "                           DIR/remote/ADDR.pub asks for an encrypted link\n"
+         "                           (keys: DIR/rsa.prv, DIR/rsa.pub), else\n"
          "                           DIR/remote/ADDR.none allows a plaintext link\n"
          "  --ping-interval MS       PING after MS of silence (default 1000)\n"
          "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"
