@@ -115,6 +115,7 @@ Result<HostPort> ParseHostPort(std::string_view text) {
 
 std::string UsageText() {
   return "Usage: xdisk-fuse [OPTIONS] [MOUNTPOINT]\n"
+         "       xdisk-fuse keygen [--keys DIR]\n"
          "\n"
          "Exports local disks to dmsg peers and, given MOUNTPOINT, imports every\n"
          "remote disk it learns of into a FUSE tree (xaN, serno/, by-label/, by-uuid/).\n"
