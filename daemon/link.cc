@@ -64,7 +64,11 @@ void Link::Start() {
   reading_ = true;
   uv_timer_start(&timer_, OnTimer, kTimerTickMs, kTimerTickMs);
   if (keys_) {
-    StartHandshake();
+    if (keys_->tls13) {
+      StartTls();
+    } else {
+      StartHandshake();
+    }
     return;
   }
   XLOG(kDebug, name_, "connected (%s), sending LNK_CONN",
@@ -89,14 +93,14 @@ void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   // Read straight into the decoder's buffer: no copy between the socket and
   // the frame decoder.
   Link* self = static_cast<Link*>(h->data);
-  if (self->state_ == State::kCrypto) {
+  if (self->state_ == State::kCrypto && !self->tls_) {
     // Exactly the rest of the peer's 512 bytes: what follows them is
     // already encrypted and must go through the opener.
     *buf = uv_buf_init(reinterpret_cast<char*>(self->hs_rx_.data() + self->hs_rx_len_),
                        dfcrypto::kHandshakeBytes - self->hs_rx_len_);
     return;
   }
-  if (self->opener_) {
+  if (self->opener_ || self->tls_) {
     self->rx_wire_.resize(kReadBufferBytes);
     *buf = uv_buf_init(reinterpret_cast<char*>(self->rx_wire_.data()), kReadBufferBytes);
     return;
@@ -108,13 +112,21 @@ void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   Link* self = static_cast<Link*>(s->data);
   if (self->state_ == State::kCrypto) {
-    self->OnHandshakeBytes(n > 0 ? static_cast<size_t>(n) : 0);
+    if (self->tls_) {
+      self->OnTlsBytes(n > 0 ? static_cast<size_t>(n) : 0);
+    } else {
+      self->OnHandshakeBytes(n > 0 ? static_cast<size_t>(n) : 0);
+    }
     if (n >= 0) return;
     // An error or EOF: handled below, with the handshake's own wording.
   }
   if (n == 0) return;
   if (n < 0) {
-    if (self->state_ == State::kCrypto && (n == UV_EOF || n == UV_ECONNRESET)) {
+    if (self->state_ == State::kCrypto && self->tls_ && (n == UV_EOF || n == UV_ECONNRESET)) {
+      self->Close(
+          std::string("TLS handshake cut short: ") +
+          (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
+    } else if (self->state_ == State::kCrypto && (n == UV_EOF || n == UV_ECONNRESET)) {
       self->Close(
           "short handshake (" + std::to_string(self->hs_rx_len_) + " of 512 bytes): " +
           (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
@@ -137,7 +149,7 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   self->bytes_in_ += n;
   self->last_rx_ms_ = uv_now(self->loop_);
-  if (self->opener_) {
+  if (self->opener_ || self->tls_) {
     if (!self->OpenReceived(static_cast<size_t>(n))) return;
   } else {
     self->decoder_.Commit(static_cast<size_t>(n));
@@ -434,15 +446,22 @@ void Link::FlushWrites(bool may_cork) {
     w->bytes += m.header.size() + m.aux.size() + m.pad;
   }
   queued_bytes_ = 0;
-  if (sealer_) {
+  if (sealer_ || (tls_ && tls_->handshake_done())) {
     // Encrypted link: the writev becomes one buffer of wire bytes. Sealing
     // here, where messages leave the queue in order, keeps the chunk
-    // counter in step with the bytes the peer receives.
+    // counter in step with the bytes the peer receives. Raw messages (TLS
+    // handshake records) are wire bytes already.
     std::vector<uint8_t>& wire = w->sealed;
-    wire.reserve(dfcrypto::SealedBytes(keys_->variant, w->bytes));
+    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes) : w->bytes + 1024);
     Status st;
-    for (const uv_buf_t& b : w->bufs) {
-      st = sealer_->Seal({reinterpret_cast<const uint8_t*>(b.base), b.len}, &wire);
+    for (const OutMsg& m : w->msgs) {
+      if (m.raw) {
+        wire.insert(wire.end(), m.header.begin(), m.header.end());
+        continue;
+      }
+      st = SealBytes(m.header, &wire);
+      if (st.ok() && !m.aux.empty()) st = SealBytes(m.aux, &wire);
+      if (st.ok() && m.pad) st = SealBytes({kZeros, m.pad}, &wire);
       if (!st.ok()) break;
     }
     if (!st.ok()) {

@@ -12,8 +12,9 @@
 // States (docs/link-states.md):
 //   kConnecting -> [kCrypto ->] kHandshake -> kUp -> kClosing -> kClosed
 // kCrypto: only on an encrypted link (SetKeys): our 512-byte RSA handshake
-// is sent and the peer's is awaited (docs/link-crypto.md); every byte after
-// it, both ways, goes through the AES-256-GCM stream.
+// is sent and the peer's is awaited, or the TLS 1.3 handshake runs
+// (docs/link-crypto.md); every byte after it, both ways, goes through the
+// AES-256-GCM stream or TLS records.
 // kHandshake: our LNK_CONN is sent; kUp: we received the peer's LNK_CONN and
 // the peer acknowledged ours. Spans flow only in kUp.
 //
@@ -35,6 +36,7 @@
 #include "daemon/transactions.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
+#include "proto/tls_stream.h"
 
 namespace xdisk {
 
@@ -152,12 +154,14 @@ class Link : public TransactionHandler {
   uint64_t bytes_in() const { return bytes_in_; }
   uint64_t bytes_out() const { return bytes_out_; }
   uint64_t up_since_ms() const { return up_since_ms_; }
-  // "plaintext", "dragonfly-gcm-a" or "dragonfly-gcm-b".
+  // "plaintext", "dragonfly-gcm-a", "dragonfly-gcm-b" or "tls1.3".
   const char* encryption() const;
   bool encrypted() const { return keys_ != nullptr; }
   // The peer's handshake verified (always false on a plaintext link): a
   // link that closes without it was refused, not lost.
-  bool authenticated() const { return opener_ != nullptr; }
+  bool authenticated() const {
+    return opener_ != nullptr || (tls_ != nullptr && tls_->handshake_done());
+  }
   // Our handshake was sent: a close from here on, before authenticated(),
   // is a refusal of the peer.
   bool handshake_started() const { return handshake_started_; }
@@ -173,6 +177,7 @@ class Link : public TransactionHandler {
     std::shared_ptr<const void> aux_hold;  // or: keeps the caller's aux alive
     std::span<const uint8_t> aux;          // into aux_owned or held memory
     size_t pad = 0;
+    bool raw = false;  // `header` is already wire bytes (a handshake): never sealed
   };
   struct WriteReq;
 
@@ -190,9 +195,15 @@ class Link : public TransactionHandler {
   void FailOnWriteError(int rc);
   static void OnClose(uv_handle_t* h);
 
-  // The RSA handshake (daemon/link_handshake.cc).
+  // The RSA handshake or TLS (daemon/link_handshake.cc).
   void StartHandshake();
   void OnHandshakeBytes(size_t n);
+  void StartTls();
+  void OnTlsBytes(size_t n);
+  // Queues bytes that go out as they are, before anything queued later.
+  void SendRaw(std::vector<uint8_t> bytes);
+  // Encrypts plaintext for the wire with the sealer or TLS.
+  Status SealBytes(std::span<const uint8_t> plain, std::vector<uint8_t>* wire);
   // Decrypts `n` wire bytes from rx_wire_ into the frame decoder.
   bool OpenReceived(size_t n);
 
@@ -242,6 +253,7 @@ class Link : public TransactionHandler {
   std::shared_ptr<const LinkKeys> keys_;
   std::unique_ptr<dfcrypto::StreamSealer> sealer_;
   std::unique_ptr<dfcrypto::StreamOpener> opener_;
+  std::unique_ptr<dfcrypto::TlsStream> tls_;  // a .tls13 peer: instead of both
   dfcrypto::HandshakeBlock own_block_{};
   dfcrypto::HandshakeBlock hs_rx_{};  // the peer's handshake as it arrives
   size_t hs_rx_len_ = 0;

@@ -11,7 +11,21 @@
 namespace xdisk {
 
 const char* Link::encryption() const {
-  return keys_ ? dfcrypto::StreamVariantName(keys_->variant) : "plaintext";
+  if (!keys_) return "plaintext";
+  return keys_->tls13 ? "tls1.3" : dfcrypto::StreamVariantName(keys_->variant);
+}
+
+void Link::SendRaw(std::vector<uint8_t> bytes) {
+  OutMsg m;
+  m.header = std::move(bytes);
+  m.raw = true;
+  queued_bytes_ += m.header.size();
+  queue_.push_back(std::move(m));
+  FlushWrites();
+}
+
+Status Link::SealBytes(std::span<const uint8_t> plain, std::vector<uint8_t>* wire) {
+  return sealer_ ? sealer_->Seal(plain, wire) : tls_->Seal(plain, wire);
 }
 
 void Link::StartHandshake() {
@@ -30,11 +44,7 @@ void Link::StartHandshake() {
   // Both sides send before they read (§2.4); 512 bytes fit any socket
   // buffer, so the symmetric exchange cannot deadlock. The bytes go out
   // raw: the sealer does not exist until the peer's handshake verified.
-  OutMsg m;
-  m.header.assign(wire->begin(), wire->end());
-  queued_bytes_ += m.header.size();
-  queue_.push_back(std::move(m));
-  FlushWrites();
+  SendRaw(std::vector<uint8_t>(wire->begin(), wire->end()));
   XLOG(kDebug, name_, "connected (%s), handshake sent for %s",
        dir_ == Direction::kIncoming ? "incoming" : "outgoing", keys_->peer_file.c_str());
 }
@@ -82,9 +92,61 @@ void Link::OnHandshakeBytes(size_t n) {
   SendConn();
 }
 
+void Link::StartTls() {
+  handshake_started_ = true;
+  // The connecting side is the TLS client. Both sides pin the peer's key
+  // from KEYS/remote/ADDR.pub (proto/tls_stream.h).
+  auto tls =
+      dfcrypto::TlsStream::Create(dir_ == Direction::kOutgoing ? dfcrypto::TlsStream::Role::kClient
+                                                               : dfcrypto::TlsStream::Role::kServer,
+                                  keys_->own_private, keys_->peer_public);
+  if (!tls.ok()) {
+    Close(tls.status().message());
+    return;
+  }
+  tls_ = std::move(tls.value());
+  std::vector<uint8_t> out;
+  Status st = tls_->Start(&out);
+  if (!out.empty()) SendRaw(std::move(out));
+  if (!st.ok()) Close(st.message());
+}
+
+void Link::OnTlsBytes(size_t n) {
+  if (n == 0) return;
+  bytes_in_ += n;
+  last_rx_ms_ = uv_now(loop_);
+  rx_plain_.clear();
+  std::vector<uint8_t> out;
+  Status st = tls_->Receive({rx_wire_.data(), n}, &rx_plain_, &out);
+  // Handshake records, or the alert that tells the peer why we refuse.
+  if (!out.empty()) SendRaw(std::move(out));
+  if (!st.ok()) {
+    Close(st.message());
+    return;
+  }
+  if (!tls_->handshake_done()) return;
+  state_ = State::kHandshake;
+  XLOG(kInfo, name_, "TLS 1.3 handshake verified with %s", keys_->peer_file.c_str());
+  SendConn();
+  // Application data may have come with the handshake's last flight.
+  if (!rx_plain_.empty()) {
+    decoder_.Feed(rx_plain_);
+    DecodeAvailable();
+  }
+}
+
 bool Link::OpenReceived(size_t n) {
   rx_plain_.clear();
-  Status st = opener_->Open({rx_wire_.data(), n}, &rx_plain_);
+  Status st;
+  if (tls_) {
+    std::vector<uint8_t> out;
+    st = tls_->Receive({rx_wire_.data(), n}, &rx_plain_, &out);
+    // Nothing is expected after the handshake (no tickets, no key updates),
+    // but what TLS wants sent goes out, in order.
+    if (!out.empty()) SendRaw(std::move(out));
+  } else {
+    st = opener_->Open({rx_wire_.data(), n}, &rx_plain_);
+  }
   if (!st.ok()) {
     // Variant A: a chunk failed its tag. Nothing after it can be trusted,
     // and the frames before it are dropped with the link: the requests on

@@ -52,6 +52,10 @@ Result<std::shared_ptr<const LinkKeys>> LoadLinkKeys(const std::string& keys_dir
   // integrity and is unverified against a real DragonFly 6.x host.
   const std::string b_marker = keys_dir + "/remote/" + addr + ".dragonfly-gcm-b";
   if (access(b_marker.c_str(), F_OK) == 0) keys->variant = dfcrypto::StreamVariant::kGcmB;
+  // TLS only when asked for by name: a DragonFly peer's file says .pub and
+  // nothing more, and DragonFly speaks only its own scheme.
+  const std::string tls_marker = keys_dir + "/remote/" + addr + ".tls13";
+  if (access(tls_marker.c_str(), F_OK) == 0) keys->tls13 = true;
   keys->own_private = std::move(own_private.value());
   keys->peer_public = std::move(peer_public.value());
   return std::shared_ptr<const LinkKeys>(std::move(keys));

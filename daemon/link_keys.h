@@ -7,6 +7,8 @@
 //   KEYS/rsa.pub                       our public key (must match rsa.prv)
 //   KEYS/remote/ADDR.pub               the peer's public key
 //   KEYS/remote/ADDR.dragonfly-gcm-b   if present: stream variant B
+//   KEYS/remote/ADDR.tls13             if present: TLS 1.3 instead (for
+//                                      xdisk-fuse peers only)
 // and checks that the three keys can run the handshake together. It is
 // called for every new link, after PeerPolicy said kEncrypted, so replacing
 // a key file takes effect with the next link. Errors name the file and say
@@ -27,6 +29,8 @@ namespace xdisk {
 
 struct LinkKeys {
   dfcrypto::StreamVariant variant = dfcrypto::StreamVariant::kGcmA;
+  // TLS 1.3 pinned to the same keys instead of DragonFly's scheme.
+  bool tls13 = false;
   dfcrypto::RsaKey own_private;
   dfcrypto::RsaKey peer_public;
   std::string peer_file;  // KEYS/remote/ADDR.pub, for log lines

@@ -419,9 +419,12 @@ void RunFor(uv_loop_t* loop, int ms) {
 
 }  // namespace
 
-TEST_CASE("an encrypted link (.pub both ways) carries spans, reads and writes, variant A and B",
-          "[link_loop]") {
-  for (bool variant_b : {false, true}) {
+TEST_CASE(
+    "an encrypted link (.pub both ways) carries spans, reads and writes: variant A, B and TLS",
+    "[link_loop]") {
+  for (const char* mode : {"dragonfly-gcm-a", "dragonfly-gcm-b", "tls1.3"}) {
+    const bool variant_b = std::string(mode) == "dragonfly-gcm-b";
+    const bool tls = std::string(mode) == "tls1.3";
     uv_loop_t loop;
     REQUIRE(uv_loop_init(&loop) == 0);
     std::string skeys = MakeKeyedDir(0), ckeys = MakeKeyedDir(1);
@@ -430,6 +433,10 @@ TEST_CASE("an encrypted link (.pub both ways) carries spans, reads and writes, v
     if (variant_b) {
       std::ofstream(skeys + "/remote/127.0.0.1.dragonfly-gcm-b").put('\n');
       std::ofstream(ckeys + "/remote/127.0.0.1.dragonfly-gcm-b").put('\n');
+    }
+    if (tls) {
+      std::ofstream(skeys + "/remote/127.0.0.1.tls13").put('\n');
+      std::ofstream(ckeys + "/remote/127.0.0.1.tls13").put('\n');
     }
     {
       Side server(&loop, skeys, "test/server");
@@ -440,7 +447,7 @@ TEST_CASE("an encrypted link (.pub both ways) carries spans, reads and writes, v
       REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
       server.registry.AddLocalSpan(BlockSpan("secret"), &service);
       const RemoteSpan rs = FirstSpan(&loop, server, client, observer);
-      const char* want = variant_b ? "dragonfly-gcm-b" : "dragonfly-gcm-a";
+      const char* want = mode;
       CHECK(std::string(rs.link->encryption()) == want);
       CHECK(rs.link->authenticated());
       for (Link* l : server.table.links()) CHECK(std::string(l->encryption()) == want);
@@ -527,4 +534,25 @@ TEST_CASE("a silent peer is dropped after the handshake timeout", "[link_loop]")
     RunUntil(&loop, [&] { return done; });
   }
   CloseLoop(&loop, skeys);
+}
+
+TEST_CASE("TLS on one side and DragonFly's scheme on the other is refused on both sides",
+          "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string skeys = MakeKeyedDir(0), ckeys = MakeKeyedDir(1);
+  AllowPub(skeys, 1);
+  AllowPub(ckeys, 0);
+  std::ofstream(skeys + "/remote/127.0.0.1.tls13").put('\n');  // only the server
+  {
+    Side server(&loop, skeys, "test/server");
+    Side client(&loop, ckeys, "test/client");
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
+    RunFor(&loop, 1000);
+    for (Side* s : {&server, &client})
+      for (Link* l : s->table.links()) CHECK_FALSE(l->up());
+    ShutdownBoth(&loop, server, client);
+  }
+  CloseLoop(&loop, skeys + " " + ckeys);
 }
