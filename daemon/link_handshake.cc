@@ -1,8 +1,8 @@
 // The crypto phase of a Link (state kCrypto): DragonFly's RSA handshake
 // (docs/dmsg-protocol.md §2.4; layout in docs/link-crypto.md) and the
-// switch to the AES-256-GCM stream. The codecs are pure
-// (proto/rsa_handshake.h, proto/gcm_stream.h); this file moves their bytes
-// over the link's socket.
+// switch to the AES-256-GCM stream, or TLS 1.3 for a .tls13 peer. The
+// codecs are pure (proto/rsa_handshake.h, proto/gcm_stream.h,
+// proto/tls_stream.h); this file moves their bytes over the link's socket.
 #include <openssl/rand.h>
 
 #include "daemon/link.h"
@@ -148,7 +148,8 @@ bool Link::OpenReceived(size_t n) {
     st = opener_->Open({rx_wire_.data(), n}, &rx_plain_);
   }
   if (!st.ok()) {
-    // Variant A: a chunk failed its tag. Nothing after it can be trusted,
+    // A variant A chunk failed its tag, or a TLS record did not
+    // authenticate. Nothing after it can be trusted,
     // and the frames before it are dropped with the link: the requests on
     // it are resent on the next link, as after any loss.
     Close(st.message());

@@ -302,6 +302,9 @@ void LinkTable::OnLinkDown(Link& link, const std::string& reason) {
     // A failed handshake: the peer retries (DragonFly every 5 s, our
     // connector with backoff), so a line per attempt would bury the log.
     // Log each reason once per peer address until a link comes up.
+    // Bounded: a listener open to many addresses forgets (and logs again)
+    // rather than grow without limit.
+    if (refusals_.size() >= 1024) refusals_.clear();
     if (refusals_[PeerHost(link)].insert(reason).second)
       XLOG(kWarning, link.name(), "refused: %s", reason.c_str());
   }
