@@ -168,12 +168,18 @@ void Link::DecodeAvailable() {
     if (outcome == FrameDecoder::Outcome::kError) {
       // The commonest cause of garbage right at the start of a plaintext
       // link is a peer that has our address as .pub: say so.
-      std::string hint;
-      if (!keys_ && err == DecodeError::kBadMagic && decoder_.frames_decoded() == 0)
-        hint =
-            "; the peer may be sending an encrypted handshake (it has a .pub for us, we a .none)";
+      // The message leaves out the random magic, so that a peer retrying
+      // is logged once (a refusal, see refused()).
+      if (!keys_ && err == DecodeError::kBadMagic && decoder_.frames_decoded() == 0) {
+        plaintext_mismatch_ = true;
+        XLOG(kDebug, name_, "first frame: %s", detail.c_str());
+        Close(
+            "malformed frame: bad magic at the start of the link; the peer may be sending an "
+            "encrypted handshake (it has a .pub for us, we a .none)");
+        return;
+      }
       Close(std::string("malformed frame: ") + DecodeErrorName(err) +
-            (detail.empty() ? "" : " (" + detail + ")") + hint);
+            (detail.empty() ? "" : " (" + detail + ")"));
       return;
     }
     ++dispatch_depth_;
@@ -661,7 +667,7 @@ void Link::HalfClose() {
 void Link::Fail(const std::string& reason) {
   if (state_ == State::kClosing || state_ == State::kClosed) return;
   const bool started = state_ == State::kUp || state_ == State::kHandshake;
-  const bool refused = state_ == State::kCrypto;
+  const bool refused = state_ == State::kCrypto || plaintext_mismatch_;
   state_ = State::kClosing;
   if (refused) {
     // A failed handshake is a refusal: the owner logs it (once per peer

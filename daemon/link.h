@@ -162,9 +162,11 @@ class Link : public TransactionHandler {
   bool authenticated() const {
     return opener_ != nullptr || (tls_ != nullptr && tls_->handshake_done());
   }
-  // Our handshake was sent: a close from here on, before authenticated(),
-  // is a refusal of the peer.
-  bool handshake_started() const { return handshake_started_; }
+  // The link closed as a refusal of the peer: its handshake failed (our
+  // handshake was sent, the peer's never verified), or on a plaintext link
+  // the peer's first bytes looked like an encrypted handshake. The owner
+  // logs refusals; the link logs them at debug level only.
+  bool refused() const { return (handshake_started_ && !authenticated()) || plaintext_mismatch_; }
   TransactionTable& transactions() { return txns_; }
 
   // TransactionHandler for our and the peer's LNK_CONN transactions.
@@ -258,6 +260,7 @@ class Link : public TransactionHandler {
   dfcrypto::HandshakeBlock hs_rx_{};  // the peer's handshake as it arrives
   size_t hs_rx_len_ = 0;
   bool handshake_started_ = false;
+  bool plaintext_mismatch_ = false;
   std::vector<uint8_t> rx_wire_;  // socket reads, before decryption
   std::vector<uint8_t> rx_plain_;
   uint64_t started_ms_ = 0;

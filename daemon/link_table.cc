@@ -297,8 +297,7 @@ TransactionHandler* LinkTable::OnTopLevelCreate(Link& link, Transaction& t, cons
 
 void LinkTable::OnLinkDown(Link& link, const std::string& reason) {
   // Links that never started (refused, connect failed) were never announced.
-  if (link.handshake_started() && !link.authenticated() && reason != "shutting down" &&
-      reason != "disconnected by operator") {
+  if (link.refused() && reason != "shutting down" && reason != "disconnected by operator") {
     // A failed handshake: the peer retries (DragonFly every 5 s, our
     // connector with backoff), so a line per attempt would bury the log.
     // Log each reason once per peer address until a link comes up.

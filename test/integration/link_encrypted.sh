@@ -8,7 +8,8 @@
 #   trip run through it, and the relayed bytes never show the plaintext;
 # - a peer with the wrong key is refused on both sides ("bad handshake"),
 #   a .none peer against a .pub side is refused on both sides with a line
-#   that says so, and neither refusal disturbs the working link;
+#   that says so (once, though it retries), and neither refusal disturbs
+#   the working link;
 # - the man in the middle flips one byte of a write: the exporter drops the
 #   link on the bad tag, the importer reconnects and resends, and the disk
 #   holds exactly what was written;
@@ -145,6 +146,13 @@ wait_for "grep -q 'the peer may be sending an encrypted handshake' '$WORK_DIR/pl
 wait_for "grep -q 'refused: the peer speaks plaintext' '$WORK_DIR/exporter.log'" 15 ||
   fail "the .pub side did not say why it refused"
 grep -q "up: peer" "$WORK_DIR/plain.log" && fail "a .none link to a .pub side came up"
+# It retries; each side logs its refusal once all the same.
+wait_for "[ \$(grep -c ': connected\$' '$WORK_DIR/plain.log') -ge 3 ]" 20 ||
+  fail "the .none side did not retry"
+[ "$(grep -c 'may be sending an encrypted handshake' "$WORK_DIR/plain.log")" = 1 ] ||
+  fail "the .none side logged its refusal more than once"
+[ "$(grep -c 'refused: the peer speaks plaintext' "$WORK_DIR/exporter.log")" = 1 ] ||
+  fail "the .pub side logged its refusal more than once"
 rc=0
 stop_daemon "$DN" 10 TERM || rc=$?
 [ "$rc" = 0 ] || fail ".none daemon: exit status $rc after SIGTERM"
@@ -180,5 +188,5 @@ stop_pair
 
 # Expected: the two refusals on each side, the exporter's drop on the bad
 # tag, and on the importer the lost path while it reconnects.
-scan_logs "warning: link 127\.0\.0\.1:[0-9]+: (refused: bad handshake: .*wrong key on either side, or not a handshake\)|refused: the peer speaks plaintext .*|dropping link: bad tag on chunk [0-9]+ .*|dropping link: malformed frame: bad magic .*the peer may be sending an encrypted handshake .*)$|disk $SERIAL: no path left: I/O blocks"
+scan_logs "warning: link 127\.0\.0\.1:[0-9]+: (refused: bad handshake: .*wrong key on either side, or not a handshake\)|refused: the peer speaks plaintext .*|dropping link: bad tag on chunk [0-9]+ .*|refused: malformed frame: bad magic .*the peer may be sending an encrypted handshake .*)$|disk $SERIAL: no path left: I/O blocks"
 log "PASS"
