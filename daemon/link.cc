@@ -167,9 +167,9 @@ void Link::DecodeAvailable() {
     if (outcome == FrameDecoder::Outcome::kNeedMore) return;
     if (outcome == FrameDecoder::Outcome::kError) {
       // The commonest cause of garbage right at the start of a plaintext
-      // link is a peer that has our address as .pub: say so.
-      // The message leaves out the random magic, so that a peer retrying
-      // is logged once (a refusal, see refused()).
+      // link is a peer that has our address as .pub: say so. The message
+      // leaves out the random magic, so that a peer retrying is logged
+      // once (a refusal, see refused()).
       if (!keys_ && err == DecodeError::kBadMagic && decoder_.frames_decoded() == 0) {
         plaintext_mismatch_ = true;
         XLOG(kDebug, name_, "first frame: %s", detail.c_str());
@@ -611,12 +611,15 @@ void Link::OnTimer(uv_timer_t* t) {
   if ((st == State::kCrypto || (st == State::kHandshake && self->keys_)) &&
       self->pending_close_.empty() &&
       uv_now(self->loop_) - self->started_ms_ >= self->config_.dead_timeout_ms) {
-    self->Close(std::string(st == State::kCrypto ? "short handshake: " : "") +
-                "handshake timed out after " + std::to_string(self->config_.dead_timeout_ms) +
-                " ms (" +
-                (st == State::kCrypto
-                     ? std::to_string(self->hs_rx_len_) + " of 512 handshake bytes received)"
-                     : "no LNK_CONN exchange)"));
+    const std::string after = std::to_string(self->config_.dead_timeout_ms) + " ms";
+    if (st == State::kHandshake) {
+      self->Close("handshake timed out after " + after + " (no LNK_CONN exchange)");
+    } else if (self->tls_) {
+      self->Close("TLS handshake timed out after " + after);
+    } else {
+      self->Close("short handshake: handshake timed out after " + after + " (" +
+                  std::to_string(self->hs_rx_len_) + " of 512 handshake bytes received)");
+    }
     return;
   }
   if (st == State::kCrypto && self->pending_close_.empty()) return;
