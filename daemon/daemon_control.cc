@@ -29,6 +29,8 @@ const char* LinkStateName(Link::State s) {
   switch (s) {
     case Link::State::kConnecting:
       return "connecting";
+    case Link::State::kCrypto:
+      return "crypto";
     case Link::State::kHandshake:
       return "handshake";
     case Link::State::kUp:
@@ -178,7 +180,7 @@ std::vector<control::LinkInfo> DaemonControl::Links() const {
           static_cast<uint64_t>(static_cast<int64_t>(l->up_since_ms()) + loop_to_wall_ms_));
     li.set_bytes_in(l->bytes_in());
     li.set_bytes_out(l->bytes_out());
-    li.set_encryption("none");
+    li.set_encryption(l->encryption());
     if (l->up()) li.set_peer_label(l->peer_conn().peer_label);
     out.push_back(std::move(li));
   }

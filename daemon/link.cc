@@ -22,6 +22,7 @@ struct Link::WriteReq {
   std::vector<OutMsg> msgs;
   std::vector<uv_buf_t> bufs;
   size_t bytes = 0;
+  std::vector<uint8_t> sealed;  // encrypted links: the wire bytes of `msgs`
 };
 
 Link::Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Direction dir,
@@ -53,8 +54,8 @@ void Link::Start() {
   // Block traffic is latency-bound request/response: never wait for Nagle.
   uv_tcp_nodelay(&tcp_, 1);
   uv_tcp_keepalive(&tcp_, 1, 10);
-  last_rx_ms_ = last_tx_ms_ = uv_now(loop_);
-  state_ = State::kHandshake;
+  last_rx_ms_ = last_tx_ms_ = started_ms_ = uv_now(loop_);
+  state_ = keys_ ? State::kCrypto : State::kHandshake;
   int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), OnAlloc, OnRead);
   if (rc < 0) {
     Close(std::string("cannot read: ") + uv_strerror(rc));
@@ -62,6 +63,14 @@ void Link::Start() {
   }
   reading_ = true;
   uv_timer_start(&timer_, OnTimer, kTimerTickMs, kTimerTickMs);
+  if (keys_) {
+    if (keys_->tls13) {
+      StartTls();
+    } else {
+      StartHandshake();
+    }
+    return;
+  }
   XLOG(kDebug, name_, "connected (%s), sending LNK_CONN",
        dir_ == Direction::kIncoming ? "incoming" : "outgoing");
   SendConn();
@@ -84,16 +93,47 @@ void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   // Read straight into the decoder's buffer: no copy between the socket and
   // the frame decoder.
   Link* self = static_cast<Link*>(h->data);
+  if (self->state_ == State::kCrypto && !self->tls_) {
+    // Exactly the rest of the peer's 512 bytes: what follows them is
+    // already encrypted and must go through the opener.
+    *buf = uv_buf_init(reinterpret_cast<char*>(self->hs_rx_.data() + self->hs_rx_len_),
+                       dfcrypto::kHandshakeBytes - self->hs_rx_len_);
+    return;
+  }
+  if (self->opener_ || self->tls_) {
+    self->rx_wire_.resize(kReadBufferBytes);
+    *buf = uv_buf_init(reinterpret_cast<char*>(self->rx_wire_.data()), kReadBufferBytes);
+    return;
+  }
   std::span<uint8_t> tail = self->decoder_.WritableTail(kReadBufferBytes);
   *buf = uv_buf_init(reinterpret_cast<char*>(tail.data()), tail.size());
 }
 
 void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   Link* self = static_cast<Link*>(s->data);
+  if (self->state_ == State::kCrypto) {
+    if (self->tls_) {
+      self->OnTlsBytes(n > 0 ? static_cast<size_t>(n) : 0);
+    } else {
+      self->OnHandshakeBytes(n > 0 ? static_cast<size_t>(n) : 0);
+    }
+    if (n >= 0) return;
+    // An error or EOF: handled below, with the handshake's own wording.
+  }
   if (n == 0) return;
   if (n < 0) {
-    if (self->graceful_) {
+    if (self->state_ == State::kCrypto && self->tls_ && (n == UV_EOF || n == UV_ECONNRESET)) {
+      self->Close(
+          std::string("TLS handshake cut short: ") +
+          (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
+    } else if (self->state_ == State::kCrypto && (n == UV_EOF || n == UV_ECONNRESET)) {
+      self->Close(
+          "short handshake (" + std::to_string(self->hs_rx_len_) + " of 512 bytes): " +
+          (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
+    } else if (self->graceful_) {
       self->Close(self->graceful_reason_);
+    } else if (n == UV_EOF && self->opener_ && self->opener_->pending() > 0) {
+      self->Close("truncated stream: connection closed inside an encrypted chunk");
     } else if (n == UV_EOF && self->decoder_.buffered() > 0) {
       // A short read is a fatal link error in DragonFly's daemon too (§5.4).
       self->Close("truncated frame: connection closed after " +
@@ -109,7 +149,11 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   self->bytes_in_ += n;
   self->last_rx_ms_ = uv_now(self->loop_);
-  self->decoder_.Commit(static_cast<size_t>(n));
+  if (self->opener_ || self->tls_) {
+    if (!self->OpenReceived(static_cast<size_t>(n))) return;
+  } else {
+    self->decoder_.Commit(static_cast<size_t>(n));
+  }
   self->DecodeAvailable();
 }
 
@@ -122,6 +166,18 @@ void Link::DecodeAvailable() {
     auto outcome = decoder_.Next(&frame, &err, &detail);
     if (outcome == FrameDecoder::Outcome::kNeedMore) return;
     if (outcome == FrameDecoder::Outcome::kError) {
+      // The commonest cause of garbage right at the start of a plaintext
+      // link is a peer that has our address as .pub: say so. The message
+      // leaves out the random magic, so that a peer retrying is logged
+      // once (a refusal, see refused()).
+      if (!keys_ && err == DecodeError::kBadMagic && decoder_.frames_decoded() == 0) {
+        plaintext_mismatch_ = true;
+        XLOG(kDebug, name_, "first frame: %s", detail.c_str());
+        Close(
+            "malformed frame: bad magic at the start of the link; the peer may be sending an "
+            "encrypted handshake (it has a .pub for us, we a .none)");
+        return;
+      }
       Close(std::string("malformed frame: ") + DecodeErrorName(err) +
             (detail.empty() ? "" : " (" + detail + ")"));
       return;
@@ -396,6 +452,51 @@ void Link::FlushWrites(bool may_cork) {
     w->bytes += m.header.size() + m.aux.size() + m.pad;
   }
   queued_bytes_ = 0;
+  if (sealer_ || (tls_ && tls_->handshake_done())) {
+    // Encrypted link: the writev becomes one buffer of wire bytes. Sealing
+    // here, where messages leave the queue in order, keeps the chunk
+    // counter in step with the bytes the peer receives. Raw messages (TLS
+    // handshake records) are wire bytes already.
+    std::vector<uint8_t>& wire = w->sealed;
+    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes) : w->bytes + 1024);
+    Status st;
+    // TLS: the batch's messages go into records together (a record per
+    // 64-byte header would cost a record header, a tag and a cipher call
+    // each); the GCM stream seals the parts as they are.
+    std::vector<uint8_t> staged;
+    auto seal_staged = [&] {
+      Status s = staged.empty() ? Status::Ok() : tls_->Seal(staged, &wire);
+      staged.clear();
+      return s;
+    };
+    for (const OutMsg& m : w->msgs) {
+      if (m.raw) {
+        st = seal_staged();
+        if (!st.ok()) break;
+        wire.insert(wire.end(), m.header.begin(), m.header.end());
+        continue;
+      }
+      if (tls_) {
+        staged.insert(staged.end(), m.header.begin(), m.header.end());
+        staged.insert(staged.end(), m.aux.begin(), m.aux.end());
+        staged.insert(staged.end(), kZeros, kZeros + m.pad);
+        continue;
+      }
+      st = SealBytes(m.header, &wire);
+      if (st.ok() && !m.aux.empty()) st = SealBytes(m.aux, &wire);
+      if (st.ok() && m.pad) st = SealBytes({kZeros, m.pad}, &wire);
+      if (!st.ok()) break;
+    }
+    if (st.ok()) st = seal_staged();
+    if (!st.ok()) {
+      delete w;
+      if (pending_close_.empty()) pending_close_ = st.message();
+      uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+      return;
+    }
+    w->bufs.assign(1, uv_buf_init(reinterpret_cast<char*>(wire.data()), wire.size()));
+    w->bytes = wire.size();
+  }
   auto* stream = reinterpret_cast<uv_stream_t*>(&tcp_);
   // Usually the socket takes it all at once: write it here. uv_write()
   // would do the same, but then re-register the socket with epoll after
@@ -503,7 +604,25 @@ void Link::SetReadPaused(bool paused) {
 
 void Link::OnTimer(uv_timer_t* t) {
   Link* self = static_cast<Link*>(t->data);
-  if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
+  const State st = self->state_;
+  if (st != State::kCrypto && st != State::kHandshake && st != State::kUp) return;
+  // The handshake timeout of encrypted links; plaintext links keep only the
+  // silence timeout below, as before encryption existed.
+  if ((st == State::kCrypto || (st == State::kHandshake && self->keys_)) &&
+      self->pending_close_.empty() &&
+      uv_now(self->loop_) - self->started_ms_ >= self->config_.dead_timeout_ms) {
+    const std::string after = std::to_string(self->config_.dead_timeout_ms) + " ms";
+    if (st == State::kHandshake) {
+      self->Close("handshake timed out after " + after + " (no LNK_CONN exchange)");
+    } else if (self->tls_) {
+      self->Close("TLS handshake timed out after " + after);
+    } else {
+      self->Close("short handshake: handshake timed out after " + after + " (" +
+                  std::to_string(self->hs_rx_len_) + " of 512 handshake bytes received)");
+    }
+    return;
+  }
+  if (st == State::kCrypto && self->pending_close_.empty()) return;
   if (!self->pending_close_.empty() && self->dispatch_depth_ == 0) {
     std::string reason = std::move(self->pending_close_);
     self->pending_close_.clear();
@@ -543,6 +662,7 @@ void Link::Close(const std::string& reason) {
 
 void Link::CloseGracefully(const std::string& reason) {
   if (state_ != State::kHandshake && state_ != State::kUp) {
+    // Includes kCrypto: nothing of ours is worth flushing before LNK_CONN.
     Close(reason);
     return;
   }
@@ -568,8 +688,13 @@ void Link::HalfClose() {
 void Link::Fail(const std::string& reason) {
   if (state_ == State::kClosing || state_ == State::kClosed) return;
   const bool started = state_ == State::kUp || state_ == State::kHandshake;
+  const bool refused = state_ == State::kCrypto || plaintext_mismatch_;
   state_ = State::kClosing;
-  if (!started) {
+  if (refused) {
+    // A failed handshake is a refusal: the owner logs it (once per peer
+    // and reason, where it can tell repeats from news).
+    XLOG(kDebug, name_, "handshake failed: %s", reason.c_str());
+  } else if (!started) {
     // Refused or never connected: the owner already logged why.
     XLOG(kDebug, name_, "closing: %s", reason.c_str());
   } else if (graceful_ || reason == "peer closed the connection" ||

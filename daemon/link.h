@@ -10,7 +10,11 @@
 // hears OnLinkDown, so upper layers see one uniform event.
 //
 // States (docs/link-states.md):
-//   kConnecting -> kHandshake -> kUp -> kClosing -> kClosed
+//   kConnecting -> [kCrypto ->] kHandshake -> kUp -> kClosing -> kClosed
+// kCrypto: only on an encrypted link (SetKeys): our 512-byte RSA handshake
+// is sent and the peer's is awaited, or the TLS 1.3 handshake runs
+// (docs/link-crypto.md); every byte after it, both ways, goes through the
+// AES-256-GCM stream or TLS records.
 // kHandshake: our LNK_CONN is sent; kUp: we received the peer's LNK_CONN and
 // the peer acknowledged ours. Spans flow only in kUp.
 //
@@ -28,9 +32,11 @@
 #include <string>
 #include <vector>
 
+#include "daemon/link_keys.h"
 #include "daemon/transactions.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
+#include "proto/tls_stream.h"
 
 namespace xdisk {
 
@@ -59,12 +65,15 @@ struct LinkConfig {
   uint8_t peer_type = dmsg::kPeerRouter;
   uint64_t peer_mask = ~0ull;
   uint64_t ping_interval_ms = 1000;  // PING after this much silence
-  uint64_t dead_timeout_ms = 10000;  // drop after this much silence
+  // Drop after this much silence. Also the handshake timeout: the RSA
+  // handshake and the LNK_CONN exchange must be done within it (DragonFly
+  // has no such limit; a silent or trickling peer must not hold a link).
+  uint64_t dead_timeout_ms = 10000;
 };
 
 class Link : public TransactionHandler {
  public:
-  enum class State { kConnecting, kHandshake, kUp, kClosing, kClosed };
+  enum class State { kConnecting, kCrypto, kHandshake, kUp, kClosing, kClosed };
   enum class Direction { kIncoming, kOutgoing };
 
   // Creates a link with an initialised, unconnected TCP handle. The caller
@@ -86,7 +95,12 @@ class Link : public TransactionHandler {
     name_ = "link " + peer;
   }
 
-  // Sets socket options, starts reading and sends our LNK_CONN.
+  // Makes this an encrypted link with `keys` (daemon/link_keys.h). Before
+  // Start(); without it the link is plaintext.
+  void SetKeys(std::shared_ptr<const LinkKeys> keys) { keys_ = std::move(keys); }
+
+  // Sets socket options, starts reading and sends our LNK_CONN (on an
+  // encrypted link: our handshake first, LNK_CONN once the peer's verified).
   void Start();
 
   // Terminates everything stacked under `t` locally with LOSTLINK (§5.3),
@@ -140,6 +154,19 @@ class Link : public TransactionHandler {
   uint64_t bytes_in() const { return bytes_in_; }
   uint64_t bytes_out() const { return bytes_out_; }
   uint64_t up_since_ms() const { return up_since_ms_; }
+  // "plaintext", "dragonfly-gcm-a", "dragonfly-gcm-b" or "tls1.3".
+  const char* encryption() const;
+  bool encrypted() const { return keys_ != nullptr; }
+  // The peer's handshake verified (always false on a plaintext link): a
+  // link that closes without it was refused, not lost.
+  bool authenticated() const {
+    return opener_ != nullptr || (tls_ != nullptr && tls_->handshake_done());
+  }
+  // The link closed as a refusal of the peer: its handshake failed (our
+  // handshake was sent, the peer's never verified), or on a plaintext link
+  // the peer's first bytes looked like an encrypted handshake. The owner
+  // logs refusals; the link logs them at debug level only.
+  bool refused() const { return (handshake_started_ && !authenticated()) || plaintext_mismatch_; }
   TransactionTable& transactions() { return txns_; }
 
   // TransactionHandler for our and the peer's LNK_CONN transactions.
@@ -152,6 +179,7 @@ class Link : public TransactionHandler {
     std::shared_ptr<const void> aux_hold;  // or: keeps the caller's aux alive
     std::span<const uint8_t> aux;          // into aux_owned or held memory
     size_t pad = 0;
+    bool raw = false;  // `header` is already wire bytes (a handshake): never sealed
   };
   struct WriteReq;
 
@@ -168,6 +196,18 @@ class Link : public TransactionHandler {
   // nothing more meanwhile).
   void FailOnWriteError(int rc);
   static void OnClose(uv_handle_t* h);
+
+  // The RSA handshake or TLS (daemon/link_handshake.cc).
+  void StartHandshake();
+  void OnHandshakeBytes(size_t n);
+  void StartTls();
+  void OnTlsBytes(size_t n);
+  // Queues bytes that go out as they are, before anything queued later.
+  void SendRaw(std::vector<uint8_t> bytes);
+  // Encrypts plaintext for the wire with the sealer or TLS.
+  Status SealBytes(std::span<const uint8_t> plain, std::vector<uint8_t>* wire);
+  // Decrypts `n` wire bytes from rx_wire_ into the frame decoder.
+  bool OpenReceived(size_t n);
 
   void DecodeAvailable();
   void Dispatch(dmsg::Frame& f);
@@ -210,6 +250,20 @@ class Link : public TransactionHandler {
   bool corked_ = false;
   int open_handles_ = 0;
   bool handles_inited_ = false;
+
+  // Encryption (all null/empty on a plaintext link).
+  std::shared_ptr<const LinkKeys> keys_;
+  std::unique_ptr<dfcrypto::StreamSealer> sealer_;
+  std::unique_ptr<dfcrypto::StreamOpener> opener_;
+  std::unique_ptr<dfcrypto::TlsStream> tls_;  // a .tls13 peer: instead of both
+  dfcrypto::HandshakeBlock own_block_{};
+  dfcrypto::HandshakeBlock hs_rx_{};  // the peer's handshake as it arrives
+  size_t hs_rx_len_ = 0;
+  bool handshake_started_ = false;
+  bool plaintext_mismatch_ = false;
+  std::vector<uint8_t> rx_wire_;  // socket reads, before decryption
+  std::vector<uint8_t> rx_plain_;
+  uint64_t started_ms_ = 0;
 
   dmsg::FrameDecoder decoder_;
   TransactionTable txns_;

@@ -115,10 +115,19 @@ void LinkTable::OnConnection(uv_stream_t* server, int status) {
     raw->Close("shutting down");
     return;
   }
-  if (decision != PeerPolicy::Decision::kPlaintext) {
+  if (decision == PeerPolicy::Decision::kRefused) {
     XLOG(kWarning, "link " + peer, "refused: %s", why.c_str());
     raw->Close("refused by peer policy");
     return;
+  }
+  if (decision == PeerPolicy::Decision::kEncrypted) {
+    auto keys = LoadLinkKeys(self->policy_->keys_dir(), host);
+    if (!keys.ok()) {
+      XLOG(kWarning, "link " + peer, "refused: %s", keys.status().message().c_str());
+      raw->Close("refused: unusable keys");
+      return;
+    }
+    raw->SetKeys(std::move(keys.value()));
   }
   XLOG(kInfo, "link " + peer, "accepted (%s)", why.c_str());
   raw->SetPeerName(peer);
@@ -177,9 +186,19 @@ void LinkTable::OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* r
   const std::string host = NumericHost(reinterpret_cast<sockaddr*>(&ss));
   const std::string peer = SockaddrToString(reinterpret_cast<sockaddr*>(&ss));
   std::string why;
-  if (self->policy_->Check(host, &why) != PeerPolicy::Decision::kPlaintext) {
+  auto decision = self->policy_->Check(host, &why);
+  if (decision == PeerPolicy::Decision::kRefused) {
     self->ScheduleRetry(c, "refused by peer policy: " + why);
     return;
+  }
+  std::shared_ptr<const LinkKeys> keys;
+  if (decision == PeerPolicy::Decision::kEncrypted) {
+    auto loaded = LoadLinkKeys(self->policy_->keys_dir(), host);
+    if (!loaded.ok()) {
+      self->ScheduleRetry(c, "refused: " + loaded.status().message());
+      return;
+    }
+    keys = std::move(loaded.value());
   }
   auto link =
       std::make_unique<Link>(self->loop_, self, self->config_, Link::Direction::kOutgoing, peer);
@@ -188,6 +207,7 @@ void LinkTable::OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* r
     return;
   }
   Link* raw = link.get();
+  raw->SetKeys(std::move(keys));
   self->links_[raw] = std::move(link);
   self->link_connector_[raw] = c;
   c->link = raw;
@@ -265,6 +285,7 @@ void LinkTable::CloseConnector(Connector* c) {
 // ---- link events ----
 
 void LinkTable::OnLinkUp(Link& link) {
+  refusals_.erase(PeerHost(link));
   auto it = link_connector_.find(&link);
   if (it != link_connector_.end()) it->second->backoff_ms = kBackoffMinMs;
   upper_->OnLinkUp(link);
@@ -276,6 +297,16 @@ TransactionHandler* LinkTable::OnTopLevelCreate(Link& link, Transaction& t, cons
 
 void LinkTable::OnLinkDown(Link& link, const std::string& reason) {
   // Links that never started (refused, connect failed) were never announced.
+  if (link.refused() && reason != "shutting down" && reason != "disconnected by operator") {
+    // A failed handshake: the peer retries (DragonFly every 5 s, our
+    // connector with backoff), so a line per attempt would bury the log.
+    // Log each reason once per peer address until a link comes up.
+    // Bounded: a listener open to many addresses forgets (and logs again)
+    // rather than grow without limit.
+    if (refusals_.size() >= 1024) refusals_.clear();
+    if (refusals_[PeerHost(link)].insert(reason).second)
+      XLOG(kWarning, link.name(), "refused: %s", reason.c_str());
+  }
   upper_->OnLinkDown(link, reason);
 }
 
@@ -291,6 +322,14 @@ void LinkTable::OnLinkClosed(Link& link) {
   }
   links_.erase(&link);  // deletes the Link; it is done with itself
   MaybeShutdownDone();
+}
+
+std::string LinkTable::PeerHost(const Link& link) {
+  // "192.0.2.7:987" or "[::1]:987" without the port: incoming links come
+  // from a new port every time.
+  const std::string& p = link.peer();
+  size_t colon = p.rfind(':');
+  return colon == std::string::npos ? p : p.substr(0, colon);
 }
 
 void LinkTable::OnHandleClosed(uv_handle_t* h) {

@@ -2,7 +2,11 @@
 // connectors, and applies the peer policy before a link may speak.
 //
 // Listeners accept, check the peer's numeric address against PeerPolicy and
-// either start a Link or close the socket with a log line. Connectors resolve
+// either start a Link or close the socket with a log line. A `.pub` peer
+// gets its keys loaded (daemon/link_keys.h) and an encrypted Link; a
+// handshake that fails is logged here, once per peer address and reason
+// until a link to that address comes up, since peers retry every few
+// seconds. Connectors resolve
 // their host, check the policy for the resolved address, connect, and after
 // any failure or loss reconnect forever with exponential backoff (0.1 s
 // doubling to a 5 s cap, +-25% jitter; reset once a link came up).
@@ -20,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -71,6 +76,7 @@ class LinkTable : public LinkObserver {
   void ScheduleRetry(Connector* c, const std::string& why);
   void CloseConnector(Connector* c);
   void MaybeShutdownDone();
+  static std::string PeerHost(const Link& link);
 
   uv_loop_t* loop_;
   LinkConfig config_;
@@ -80,6 +86,8 @@ class LinkTable : public LinkObserver {
   std::vector<std::unique_ptr<Connector>> connectors_;
   std::map<Link*, std::unique_ptr<Link>> links_;
   std::map<Link*, Connector*> link_connector_;
+  // The handshake refusals logged per peer host, until a link to it is up.
+  std::map<std::string, std::set<std::string>> refusals_;
   int closing_handles_ = 0;
   bool shutting_down_ = false;
   std::function<void()> shutdown_done_;

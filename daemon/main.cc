@@ -9,11 +9,15 @@
 #include "daemon/fd_store.h"
 #include "daemon/journal.h"
 #include "daemon/keeper.h"
+#include "daemon/keygen.h"
 #include "daemon/log.h"
 #include "daemon/options.h"
 #include "daemon/own_mount.h"
 
 int main(int argc, char** argv) {
+  // `xdisk-fuse keygen` (daemon/keygen.h) is a subcommand, not an option.
+  if (argc >= 2 && std::string_view(argv[1]) == "keygen")
+    return xdisk::KeygenMain(argc - 1, argv + 1);
   // SIGHUP reloads (daemon/daemon.cc), but only once the loop runs; until
   // then an early `systemctl reload` must not kill the daemon.
   signal(SIGHUP, SIG_IGN);

@@ -115,6 +115,7 @@ Result<HostPort> ParseHostPort(std::string_view text) {
 
 std::string UsageText() {
   return "Usage: xdisk-fuse [OPTIONS] [MOUNTPOINT]\n"
+         "       xdisk-fuse keygen [--keys DIR]\n"
          "\n"
          "Exports local disks to dmsg peers and, given MOUNTPOINT, imports every\n"
          "remote disk it learns of into a FUSE tree (xaN, serno/, by-label/, by-uuid/).\n"
@@ -125,6 +126,8 @@ std::string UsageText() {
          "  --connect HOST[:PORT]    keep a dmsg link to HOST (repeatable; reconnects\n"
          "                           with backoff 0.1 s .. 5 s)\n"
          "  --keys DIR               peer policy directory (default /etc/xdisk-fuse):\n"
+         "                           DIR/remote/ADDR.pub asks for an encrypted link\n"
+         "                           (keys: DIR/rsa.prv, DIR/rsa.pub), else\n"
          "                           DIR/remote/ADDR.none allows a plaintext link\n"
          "  --ping-interval MS       PING after MS of silence (default 1000)\n"
          "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"

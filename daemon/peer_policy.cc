@@ -20,7 +20,7 @@ PeerPolicy::Decision PeerPolicy::Check(const std::string& addr, std::string* why
   // .pub wins over .none, as in DragonFly: a key on file means the operator
   // wants encryption, and silently downgrading would be wrong.
   if (access((base + ".pub").c_str(), F_OK) == 0) {
-    *why = base + ".pub asks for an encrypted link, which this version does not implement yet";
+    *why = base + ".pub asks for an encrypted link";
     return Decision::kEncrypted;
   }
   if (access((base + ".none").c_str(), F_OK) == 0) {

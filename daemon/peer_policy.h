@@ -1,8 +1,9 @@
 // PeerPolicy: who may talk to us, default-deny, in the manner of DragonFly's
 // /etc/hammer2/remote directory (spec §2.1):
 //
-//   KEYS/remote/<addr>.pub   an encrypted link (not implemented yet: refused,
-//                            with a log line saying so)
+//   KEYS/remote/<addr>.pub   an encrypted link: DragonFly's RSA handshake
+//                            and AES-256-GCM stream (daemon/link_keys.h,
+//                            docs/link-crypto.md)
 //   KEYS/remote/<addr>.none  a plaintext link
 //   neither                  refused
 //

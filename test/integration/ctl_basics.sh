@@ -113,14 +113,14 @@ expect 'd["exports"][0]["size"]' $((64 * MIB))
 
 log "links"
 ctl_ok "$ISOCK" links
-grep -qE "^127\.0\.0\.1:$PORT +out +up +[0-9]{4}-[0-9]{2}-[0-9]{2}T.* none " <<<"$OUT" ||
+grep -qE "^127\.0\.0\.1:$PORT +out +up +[0-9]{4}-[0-9]{2}-[0-9]{2}T.* plaintext " <<<"$OUT" ||
   fail "links: $OUT"
 ctl_ok "$ISOCK" --json links
 expect 'len(d["links"])' 1
 expect 'd["links"][0]["peer"]' "127.0.0.1:$PORT"
 expect 'd["links"][0]["direction"]' out
 expect 'd["links"][0]["state"]' up
-expect 'd["links"][0]["encryption"]' none
+expect 'd["links"][0]["encryption"]' plaintext
 expect 'd["links"][0]["bytes_in"] > 0 and d["links"][0]["bytes_out"] > 0' True
 expect 'd["links"][0]["since_ms"] > 0' True
 ctl_ok "$ESOCK" --json links

@@ -12,6 +12,7 @@
 
 #include "daemon/link_table.h"
 #include "daemon/span_registry.h"
+#include "proto/rsa_handshake.h"
 
 using namespace xdisk;
 using namespace xdisk::dmsg;
@@ -369,4 +370,190 @@ TEST_CASE(
     ShutdownBoth(&loop, server, client);
   }
   CloseLoop(&loop, keys);
+}
+
+// ---- Encrypted links (docs/link-crypto.md) ----
+
+namespace {
+
+// A keys directory with a fresh key pair; the peer's key is added with
+// AllowPub. Key generation is slow, so the pairs are made once.
+const dfcrypto::RsaKey& TestKey(int n) {
+  static std::vector<dfcrypto::RsaKey> keys = [] {
+    std::vector<dfcrypto::RsaKey> v;
+    for (int i = 0; i < 3; ++i) {
+      auto k = dfcrypto::RsaKey::Generate(2048);
+      REQUIRE(k.ok());
+      v.push_back(std::move(k.value()));
+    }
+    return v;
+  }();
+  return keys[static_cast<size_t>(n)];
+}
+
+std::string MakeKeyedDir(int own) {
+  std::string dir = MakeKeysDir(false);
+  std::ofstream(dir + "/rsa.prv") << TestKey(own).PrivatePem();
+  std::ofstream(dir + "/rsa.pub") << TestKey(own).PublicPem();
+  return dir;
+}
+
+void AllowPub(const std::string& dir, int peer) {
+  std::ofstream(dir + "/remote/127.0.0.1.pub") << TestKey(peer).PublicPem();
+}
+
+// Runs the loop for `ms`.
+void RunFor(uv_loop_t* loop, int ms) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  bool fired = false;
+  t.data = &fired;
+  uv_timer_start(
+      &t, [](uv_timer_t* h) { *static_cast<bool*>(h->data) = true; }, static_cast<uint64_t>(ms), 0);
+  RunUntil(loop, [&] { return fired; });
+  // `t` lives on this stack frame: wait for its close callback.
+  t.data = &fired;
+  uv_close(reinterpret_cast<uv_handle_t*>(&t),
+           [](uv_handle_t* h) { *static_cast<bool*>(h->data) = false; });
+  RunUntil(loop, [&] { return !fired; });
+}
+
+}  // namespace
+
+TEST_CASE(
+    "an encrypted link (.pub both ways) carries spans, reads and writes: variant A, B and TLS",
+    "[link_loop]") {
+  for (const char* mode : {"dragonfly-gcm-a", "dragonfly-gcm-b", "tls1.3"}) {
+    const bool variant_b = std::string(mode) == "dragonfly-gcm-b";
+    const bool tls = std::string(mode) == "tls1.3";
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    std::string skeys = MakeKeyedDir(0), ckeys = MakeKeyedDir(1);
+    AllowPub(skeys, 1);
+    AllowPub(ckeys, 0);
+    if (variant_b) {
+      std::ofstream(skeys + "/remote/127.0.0.1.dragonfly-gcm-b").put('\n');
+      std::ofstream(ckeys + "/remote/127.0.0.1.dragonfly-gcm-b").put('\n');
+    }
+    if (tls) {
+      std::ofstream(skeys + "/remote/127.0.0.1.tls13").put('\n');
+      std::ofstream(ckeys + "/remote/127.0.0.1.tls13").put('\n');
+    }
+    {
+      Side server(&loop, skeys, "test/server");
+      Side client(&loop, ckeys, "test/client");
+      TestService service;
+      TestClient observer;
+      client.registry.AddObserver(&observer);
+      REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+      server.registry.AddLocalSpan(BlockSpan("secret"), &service);
+      const RemoteSpan rs = FirstSpan(&loop, server, client, observer);
+      const char* want = mode;
+      CHECK(std::string(rs.link->encryption()) == want);
+      CHECK(rs.link->authenticated());
+      for (Link* l : server.table.links()) CHECK(std::string(l->encryption()) == want);
+
+      Transaction* open = OpenDisk(&loop, rs, observer, kBlkModeRead | kBlkModeWrite);
+      BlkIo io;
+      io.bytes = 1 << 20;  // the largest aux: many chunks, many reads
+      REQUIRE(rs.link->Open(kBlkRead, open, &observer, io.Encode(), {}, kFlagDelete) != nullptr);
+      RunUntil(&loop, [&] { return observer.read_ok == 1; });
+      REQUIRE(observer.read_ok == 1);
+      CHECK(observer.last_data == std::vector<uint8_t>(1 << 20, 0x5a));
+      std::vector<uint8_t> data(100000);
+      for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13);
+      io.bytes = static_cast<uint32_t>(data.size());
+      REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), data, kFlagDelete) != nullptr);
+      RunUntil(&loop, [&] { return observer.write_ok == 1; });
+      REQUIRE(service.writes.size() == 1);
+      CHECK(service.writes[0] == data);
+      ShutdownBoth(&loop, server, client);
+    }
+    CloseLoop(&loop, skeys + " " + ckeys);
+  }
+}
+
+TEST_CASE("encrypted links are refused for a wrong key and for .pub against .none", "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string skeys = MakeKeyedDir(0), ckeys = MakeKeyedDir(1), plain = MakeKeysDir(true);
+  AllowPub(skeys, 2);  // the server expects key 2, the client has key 1
+  AllowPub(ckeys, 0);
+  {
+    Side server(&loop, skeys, "test/server");
+    Side client(&loop, ckeys, "test/client");
+    Side plain_client(&loop, plain, "test/plain");
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    const uint16_t port = static_cast<uint16_t>(server.table.listen_port(0));
+    client.table.Connect({"127.0.0.1", port});
+    plain_client.table.Connect({"127.0.0.1", port});
+    RunFor(&loop, 1000);
+    for (Side* s : {&server, &client, &plain_client})
+      for (Link* l : s->table.links()) CHECK_FALSE(l->up());
+    bool a = false, b = false, c = false;
+    server.table.Shutdown([&] { a = true; });
+    client.table.Shutdown([&] { b = true; });
+    plain_client.table.Shutdown([&] { c = true; });
+    RunUntil(&loop, [&] { return a && b && c; });
+  }
+  CloseLoop(&loop, skeys + " " + ckeys + " " + plain);
+}
+
+TEST_CASE("a silent peer is dropped after the handshake timeout", "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string skeys = MakeKeyedDir(0);
+  AllowPub(skeys, 1);
+  {
+    PeerPolicy policy(skeys);
+    SpanRegistry registry;
+    LinkConfig config;
+    config.label = "test/server";
+    config.dead_timeout_ms = 300;  // also the handshake timeout
+    LinkTable server(&loop, config, &policy, &registry);
+    REQUIRE(server.Listen({"127.0.0.1", 0}).ok());
+    // A raw TCP client that connects and never says anything.
+    uv_tcp_t sock;
+    uv_tcp_init(&loop, &sock);
+    uv_connect_t req;
+    sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", server.listen_port(0), &sa);
+    bool connected = false;
+    req.data = &connected;
+    REQUIRE(uv_tcp_connect(
+                &req, &sock, reinterpret_cast<sockaddr*>(&sa),
+                [](uv_connect_t* r, int st) { *static_cast<bool*>(r->data) = st == 0; }) == 0);
+    RunUntil(&loop, [&] { return connected && server.links().size() == 1; });
+    REQUIRE(server.links().size() == 1);
+    CHECK(server.links()[0]->state() == Link::State::kCrypto);
+    RunUntil(
+        &loop, [&] { return server.links().empty(); }, 3000);
+    CHECK(server.links().empty());
+    uv_close(reinterpret_cast<uv_handle_t*>(&sock), nullptr);
+    bool done = false;
+    server.Shutdown([&] { done = true; });
+    RunUntil(&loop, [&] { return done; });
+  }
+  CloseLoop(&loop, skeys);
+}
+
+TEST_CASE("TLS on one side and DragonFly's scheme on the other is refused on both sides",
+          "[link_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string skeys = MakeKeyedDir(0), ckeys = MakeKeyedDir(1);
+  AllowPub(skeys, 1);
+  AllowPub(ckeys, 0);
+  std::ofstream(skeys + "/remote/127.0.0.1.tls13").put('\n');  // only the server
+  {
+    Side server(&loop, skeys, "test/server");
+    Side client(&loop, ckeys, "test/client");
+    REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(server.table.listen_port(0))});
+    RunFor(&loop, 1000);
+    for (Side* s : {&server, &client})
+      for (Link* l : s->table.links()) CHECK_FALSE(l->up());
+    ShutdownBoth(&loop, server, client);
+  }
+  CloseLoop(&loop, skeys + " " + ckeys);
 }

@@ -23,7 +23,7 @@ std::string MakeKeysDir() {
 void Touch(const std::string& p) { std::ofstream(p).put('\n'); }
 }  // namespace
 
-TEST_CASE("peer policy: .none allows plaintext, .pub refuses for now, nothing refuses",
+TEST_CASE("peer policy: .pub asks for encryption and wins over .none, nothing refuses",
           "[peer_policy]") {
   std::string dir = MakeKeysDir();
   PeerPolicy policy(dir);

@@ -1,0 +1,185 @@
+#include "proto/tls_stream.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+namespace xdisk::dfcrypto {
+
+namespace {
+
+std::string SslError() {
+  unsigned long e = ERR_get_error();
+  char buf[256] = "unknown OpenSSL error";
+  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+// A self-signed certificate for `key`: TLS needs a certificate to carry the
+// key, but nobody checks anything in it except the key (see OnVerify).
+X509* SelfSigned(EVP_PKEY* key) {
+  X509* cert = X509_new();
+  if (cert == nullptr) return nullptr;
+  X509_NAME* name = X509_get_subject_name(cert);
+  bool ok = X509_set_version(cert, 2) == 1 &&
+            ASN1_INTEGER_set(X509_get_serialNumber(cert), 1) == 1 &&
+            X509_gmtime_adj(X509_getm_notBefore(cert), -86400) != nullptr &&
+            X509_gmtime_adj(X509_getm_notAfter(cert), 3650L * 86400) != nullptr &&
+            X509_set_pubkey(cert, key) == 1 &&
+            X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                       reinterpret_cast<const unsigned char*>("xdisk-fuse"), -1, -1,
+                                       0) == 1 &&
+            X509_set_issuer_name(cert, name) == 1 && X509_sign(cert, key, EVP_sha256()) > 0;
+  if (!ok) {
+    X509_free(cert);
+    return nullptr;
+  }
+  return cert;
+}
+
+}  // namespace
+
+TlsStream::~TlsStream() {
+  SSL_free(ssl_);
+  SSL_CTX_free(ctx_);
+  EVP_PKEY_free(peer_public_);
+}
+
+int TlsStream::OnVerify(int, X509_STORE_CTX* store) {
+  // Pinning: the chain, names and dates mean nothing here (the certificate
+  // is self-signed and made at startup); the peer is who it claims only if
+  // its certificate carries exactly the key on file for its address.
+  SSL* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* self = static_cast<TlsStream*>(SSL_get_app_data(ssl));
+  if (X509_STORE_CTX_get_error_depth(store) != 0) return 0;
+  X509* cert = X509_STORE_CTX_get_current_cert(store);
+  EVP_PKEY* key = cert != nullptr ? X509_get0_pubkey(cert) : nullptr;
+  if (key == nullptr || EVP_PKEY_eq(key, self->peer_public_) != 1) {
+    self->key_mismatch_ = true;
+    return 0;
+  }
+  return 1;
+}
+
+Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& own_private,
+                                                     const RsaKey& peer_public) {
+  std::unique_ptr<TlsStream> t(new TlsStream());
+  ERR_clear_error();
+  t->peer_public_ = peer_public.pkey();
+  EVP_PKEY_up_ref(t->peer_public_);
+  t->ctx_ = SSL_CTX_new(role == Role::kClient ? TLS_client_method() : TLS_server_method());
+  if (t->ctx_ == nullptr) return Status::Protocol("TLS setup failed: " + SslError());
+  // TLS 1.3 only: ephemeral key exchange (forward secrecy) and no legacy
+  // negotiation to get wrong. No tickets: every link is a full handshake,
+  // and nothing arrives after it that would need an answer.
+  SSL_CTX_set_min_proto_version(t->ctx_, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(t->ctx_, TLS1_3_VERSION);
+  SSL_CTX_set_num_tickets(t->ctx_, 0);
+  SSL_CTX_set_options(t->ctx_, SSL_OP_NO_TICKET);
+  X509* cert = SelfSigned(own_private.pkey());
+  bool ok = cert != nullptr && SSL_CTX_use_certificate(t->ctx_, cert) == 1 &&
+            SSL_CTX_use_PrivateKey(t->ctx_, own_private.pkey()) == 1;
+  X509_free(cert);
+  if (!ok) return Status::Protocol("TLS certificate setup failed: " + SslError());
+  SSL_CTX_set_verify(t->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, OnVerify);
+  t->ssl_ = SSL_new(t->ctx_);
+  if (t->ssl_ == nullptr) return Status::Protocol("TLS setup failed: " + SslError());
+  BIO* rbio = BIO_new(BIO_s_mem());
+  BIO* wbio = BIO_new(BIO_s_mem());
+  if (rbio == nullptr || wbio == nullptr) {
+    BIO_free(rbio);
+    BIO_free(wbio);
+    return Status::Protocol("TLS setup failed: out of memory");
+  }
+  SSL_set_bio(t->ssl_, rbio, wbio);
+  SSL_set_app_data(t->ssl_, t.get());
+  if (role == Role::kClient) {
+    SSL_set_connect_state(t->ssl_);
+  } else {
+    SSL_set_accept_state(t->ssl_);
+  }
+  return t;
+}
+
+Status TlsStream::Start(std::vector<uint8_t>* to_send) { return Drive(nullptr, to_send); }
+
+Status TlsStream::Receive(std::span<const uint8_t> wire, std::vector<uint8_t>* plain,
+                          std::vector<uint8_t>* to_send) {
+  if (!failed_.ok()) return failed_;
+  if (!wire.empty() && BIO_write(SSL_get_rbio(ssl_), wire.data(), static_cast<int>(wire.size())) !=
+                           static_cast<int>(wire.size())) {
+    failed_ = Status::Protocol("TLS input buffer failed");
+    return failed_;
+  }
+  return Drive(plain, to_send);
+}
+
+Status TlsStream::Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_send) {
+  ERR_clear_error();
+  if (!done_) {
+    int r = SSL_do_handshake(ssl_);
+    if (r == 1) {
+      done_ = true;
+    } else {
+      int e = SSL_get_error(ssl_, r);
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        DrainOutput(to_send);  // our alert tells the peer why
+        failed_ = key_mismatch_
+                      ? Status::Protocol(
+                            "key mismatch: the peer's TLS certificate does not carry its key on "
+                            "file")
+                      : Status::Protocol("TLS handshake failed: " + SslError());
+        return failed_;
+      }
+    }
+  }
+  if (done_ && plain != nullptr) {
+    uint8_t buf[16384];
+    for (;;) {
+      int n = SSL_read(ssl_, buf, sizeof buf);
+      if (n > 0) {
+        plain->insert(plain->end(), buf, buf + n);
+        continue;
+      }
+      int e = SSL_get_error(ssl_, n);
+      if (e == SSL_ERROR_WANT_READ) break;
+      DrainOutput(to_send);
+      failed_ = e == SSL_ERROR_ZERO_RETURN ? Status::Protocol("the peer ended the TLS session")
+                                           : Status::Corruption("TLS record failed: " + SslError());
+      return failed_;
+    }
+  }
+  DrainOutput(to_send);
+  return Status::Ok();
+}
+
+Status TlsStream::Seal(std::span<const uint8_t> plain, std::vector<uint8_t>* wire) {
+  if (!failed_.ok()) return failed_;
+  ERR_clear_error();
+  // A memory BIO takes everything, so SSL_write writes all or fails.
+  if (!plain.empty() && SSL_write(ssl_, plain.data(), static_cast<int>(plain.size())) !=
+                            static_cast<int>(plain.size())) {
+    failed_ = Status::Protocol("TLS write failed: " + SslError());
+    return failed_;
+  }
+  DrainOutput(wire);
+  return Status::Ok();
+}
+
+void TlsStream::DrainOutput(std::vector<uint8_t>* to_send) {
+  BIO* wbio = SSL_get_wbio(ssl_);
+  size_t pending;
+  while ((pending = BIO_ctrl_pending(wbio)) > 0) {
+    size_t at = to_send->size();
+    to_send->resize(at + pending);
+    int n = BIO_read(wbio, to_send->data() + at, static_cast<int>(pending));
+    to_send->resize(at + static_cast<size_t>(n > 0 ? n : 0));
+    if (n <= 0) break;
+  }
+}
+
+}  // namespace xdisk::dfcrypto

@@ -1,0 +1,106 @@
+#!/bin/bash
+# TLS 1.3 links between two xdisk-fuse daemons (docs/link-crypto.md), chosen
+# by KEYS/remote/ADDR.tls13 beside the .pub on both sides and pinned to the
+# same key files: the link comes up as tls1.3 on both sides (log and
+# `xdiskctl links`) through a relaying man in the middle, fio --verify runs
+# through it and the relayed bytes never show the plaintext; the man in the
+# middle flips one byte of a write: the exporter drops the link on the
+# failed record, the importer reconnects and resends, and the image holds
+# exactly what was written; a peer without the .tls13 file (DragonFly's
+# scheme) is refused on both sides. Both daemons exit 0 on SIGTERM and the
+# logs hold only what the test caused.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/xdisk.sh"
+require_root
+require_fuse
+for c in fusermount3 mountpoint fio truncate ss cmp dd python3 timeout; do requires "$c"; done
+XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
+[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+
+MIB=1048576
+SERIAL=tls1
+IMG=$WORK_DIR/tls.img
+MNT=$WORK_DIR/mnt
+EK=$WORK_DIR/ekeys
+IK=$WORK_DIR/ikeys
+truncate -s $((256 * MIB)) "$IMG"
+for k in "$EK" "$IK"; do
+  timeout 120 "$XDISK" keygen --keys "$k" >/dev/null || fail "keygen --keys $k: exit status $?"
+done
+cp "$IK/rsa.pub" "$EK/remote/127.0.0.1.pub"
+cp "$EK/rsa.pub" "$IK/remote/127.0.0.1.pub"
+: >"$EK/remote/127.0.0.1.tls13"
+: >"$IK/remote/127.0.0.1.tls13"
+
+log "a TLS 1.3 link through a man in the middle"
+PORT=$(free_port)
+PX=$(free_port)
+while [ "$PX" = "$PORT" ]; do PX=$(free_port); done
+start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --control "$WORK_DIR/exp.sock"
+start_daemon PROXY proxy python3 -u "$SOURCE_DIR/test/integration/mitm_proxy.py" "$PX" "$PORT" \
+  "$WORK_DIR/flip" "$WORK_DIR/capture"
+wait_listening "$PX" || fail "the proxy is not listening on $PX"
+start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --control "$WORK_DIR/imp.sock"
+wait_disk "$MNT" "$SERIAL" 20
+for n in exporter importer; do
+  grep -q "TLS 1.3 handshake verified with .*/remote/127.0.0.1.pub" "$WORK_DIR/$n.log" ||
+    fail "$n did not log a verified TLS handshake"
+done
+for sock in exp imp; do
+  "$XDISKCTL" --control "$WORK_DIR/$sock.sock" links >"$WORK_DIR/links.txt" || fail "xdiskctl links ($sock)"
+  grep -qE "^127\.0\.0\.1:[0-9]+ +(in|out) +up .* tls1\.3 " "$WORK_DIR/links.txt" ||
+    fail "xdiskctl links ($sock): $(cat "$WORK_DIR/links.txt")"
+done
+
+log "fio --verify through the TLS link"
+(cd "$WORK_DIR" && timeout -k 5 300 fio --name=tls --filename="$MNT/xa0" --ioengine=libaio \
+  --direct=1 --rw=randwrite --bs=64k --size=64M --iodepth=8 --verify=crc32c --verify_fatal=1 \
+  --output="$WORK_DIR/fio.out") || {
+  cat "$WORK_DIR/fio.out" >&2 || true
+  fail "fio: exit status $?"
+}
+grep -q "err= 0" "$WORK_DIR/fio.out" || fail "fio: $(cat "$WORK_DIR/fio.out")"
+CANARY="tls-canary-$RANDOM$RANDOM$RANDOM"
+python3 -c 'import sys; t = "".join(f"{sys.argv[1]} {i}\n" for i in range(50000)); sys.stdout.write(t[:1 << 20])' \
+  "$CANARY" >"$WORK_DIR/canary"
+timeout -k 5 60 dd if="$WORK_DIR/canary" of="$MNT/xa0" bs=1M seek=100 oflag=direct conv=notrunc,fsync \
+  status=none || fail "dd canary: exit status $?"
+grep -qaF "$CANARY" "$IMG" || fail "the canary did not reach the exported image"
+! grep -qaF "$CANARY" "$WORK_DIR/capture" || fail "the canary crossed the wire in plaintext"
+
+log "a peer with DragonFly's scheme against a .tls13 side is refused on both sides"
+DK=$WORK_DIR/dkeys
+timeout 120 "$XDISK" keygen --keys "$DK" >/dev/null
+cp "$EK/rsa.pub" "$DK/remote/127.0.0.1.pub" # no .tls13 here
+start_daemon DD dfly "$XDISK" --connect "127.0.0.1:$PORT" --keys "$DK" --state-dir "$WORK_DIR/state-dfly" \
+  --control none
+wait_for "grep -q 'refused: TLS handshake failed' '$WORK_DIR/exporter.log'" 15 ||
+  fail "the .tls13 side did not refuse the DragonFly-scheme peer"
+wait_for "grep -q 'refused: short handshake' '$WORK_DIR/dfly.log'" 15 ||
+  fail "the DragonFly-scheme side did not refuse"
+grep -q "up: peer" "$WORK_DIR/dfly.log" && fail "a mismatched link came up"
+rc=0
+stop_daemon "$DD" 10 TERM || rc=$?
+[ "$rc" = 0 ] || fail "DragonFly-scheme daemon: exit status $rc after SIGTERM"
+
+log "the man in the middle flips one byte of a write: record fails, reconnect, resend"
+reopens() { grep -cE "disk $SERIAL: open via .*, [1-9][0-9]* requests to \(re\)send" \
+  "$WORK_DIR/importer.log" || true; }
+head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/rand"
+resent=$(reopens)
+touch "$WORK_DIR/flip"
+timeout -k 5 120 dd if="$WORK_DIR/rand" of="$MNT/xa0" bs=1M seek=200 oflag=direct conv=notrunc,fsync \
+  status=none || fail "dd through the tampered link: exit status $?"
+[ ! -e "$WORK_DIR/flip" ] || fail "the proxy never flipped a byte"
+wait_for "grep -q 'dropping link: TLS record failed' '$WORK_DIR/exporter.log'" 10 ||
+  fail "the exporter did not drop the link on the failed record"
+[ "$(reopens)" -gt "$resent" ] || fail "the importer did not resend after reconnecting"
+cmp <(dd if="$IMG" bs=1M skip=200 count=4 status=none) "$WORK_DIR/rand" ||
+  fail "the exported image does not hold exactly what was written"
+
+log "SIGTERM: both daemons exit 0"
+stop_pair
+
+scan_logs "warning: link 127\.0\.0\.1:[0-9]+: (refused: TLS handshake failed: .*|refused: short handshake .*|dropping link: TLS record failed: .*|dropping link: read error: connection reset by peer|dropping link: write error: (broken pipe|connection reset by peer))$|disk $SERIAL: no path left: I/O blocks"
+log "PASS"
