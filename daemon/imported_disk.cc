@@ -1143,6 +1143,12 @@ ImportedDisk::State ImportedDisk::state() const {
   return (wanted_open_ || !chunks_.empty() || !held_.empty()) ? State::kBlocked : State::kOffline;
 }
 
+bool ImportedDisk::idle() const {
+  return paths_.empty() && !wanted_open_ && open_waiters_.empty() && ops_.empty() &&
+         held_.empty() && !journal_busy() && durable_waiters_.empty() && unwritten_.empty() &&
+         !write_inflight_ && !sync_inflight_;
+}
+
 void ImportedDisk::UpdateBlocked() {
   const bool blocked = state() == State::kBlocked;
   if (blocked && stats_.blocked_since_ms == 0) stats_.blocked_since_ms = WallClockMs();

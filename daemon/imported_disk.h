@@ -107,6 +107,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // True if reads and writes work without a path (write-back): such a disk
   // stays in the tree while its remote is away.
   bool usable_offline() const { return writeback(); }
+  // True when nothing refers to the disk's present size: no path, not open
+  // (no FUSE handle, no open(2) waiting), no request queued, held or on the
+  // wire, and no journal record or journal write outstanding. Such a disk
+  // may be replaced by one of another size (Importer).
+  bool idle() const;
   // Called when the journal has nothing pending any more (after a retire).
   void SetDrainedHook(std::function<void()> hook) { drained_hook_ = std::move(hook); }
 
