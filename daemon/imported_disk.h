@@ -20,6 +20,18 @@
 // Ops older than that fail with EIO. When a span with the same serial comes
 // back, the disk re-opens (if the FUSE file is open) and resumes.
 //
+// Unaligned I/O: the remote takes whole blocks only, but the disk file is a
+// regular file to its users. A read at any offset and length reads the
+// blocks that cover it and hands back the middle. A write that covers a
+// block only partly reads those edge blocks (at most two), lays the new
+// bytes over them and writes the whole blocks: the reads are queued like
+// any read (after earlier overlapping writes), and every request that
+// arrives until the whole-block write is queued waits (held, in order), so
+// nothing can slip in between the read and the write. An unaligned trim
+// trims the whole blocks inside its range and writes zeros over the rest.
+// A request the remote refuses fails alone (EIO); it never closes or
+// re-opens the disk's BLK_OPEN.
+//
 // Threading: loop thread only, except the journal's fdatasync, which runs
 // on the libuv threadpool (uv_queue_work) and touches nothing else. Lifetime: ImportedDisks live as
 // long as the Importer (never destroyed while the FUSE tree may reference them); Close() releases
@@ -173,6 +185,15 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   };
   enum class OpenState { kClosed, kOpening, kOpen };
 
+  // Unaligned requests (see "Unaligned I/O" in the class comment).
+  bool Aligned(uint64_t offset, uint64_t length) const {
+    return offset % blksize_ == 0 && length % blksize_ == 0;
+  }
+  void WriteNow(uint64_t offset, std::span<const uint8_t> data, BufferHold hold, DoneFn done);
+  void StartReadModifyWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                            DoneFn done);
+  void TrimUnaligned(uint64_t offset, uint64_t length, DoneFn done);
+
   void Submit(std::unique_ptr<Op> op);
   void Enqueue(std::unique_ptr<Op> op);  // Submit without dispatching
 
@@ -295,6 +316,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   uv_timer_t tick_;
   bool kicked_ = false;
   bool shut_down_ = false;
+  // A read-modify-write is between its reads and its write: new requests
+  // wait in held_.
+  bool rmw_active_ = false;
+  // The BLK_OPEN was lost with the disk open: the next one is a re-open.
+  bool lost_open_ = false;
 };
 
 }  // namespace xdisk
