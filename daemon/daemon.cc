@@ -145,6 +145,10 @@ struct Daemon::Impl {
     jc.strict = opts.journal_strict;
     jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
     jc.deferred_writes = !jc.synced;
+    // I/O waiting for a path: reconnect attempts at most
+    // LinkTable::kHurryRetryMs apart until it has one.
+    dc.on_waiting_for_path = [this] { table->Hurry(); };
+    table->SetHurry([this] { return importer != nullptr && importer->AnyWaitingForPath(); });
     importer = std::make_unique<Importer>(&loop, tree.get(), dc, jc);
     if (Status st = importer->RecoverJournals(); !st.ok()) {
       XLOG(kError, "main", "--journal %s: %s", jc.dir.c_str(), st.ToString().c_str());

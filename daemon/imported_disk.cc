@@ -125,6 +125,7 @@ void ImportedDisk::Open(DoneFn done) {
     EnsureOpen();
     return;
   }
+  if (open_waiters_.empty()) open_wait_since_ms_ = uv_now(loop_);
   open_waiters_.push_back(std::move(done));
   EnsureOpen();
 }
@@ -1260,10 +1261,16 @@ bool ImportedDisk::idle() const {
          !write_inflight_ && !sync_inflight_;
 }
 
+bool ImportedDisk::waiting_for_path() const {
+  return !shut_down_ && paths_.empty() &&
+         (!chunks_.empty() || !held_.empty() || !open_waiters_.empty());
+}
+
 void ImportedDisk::UpdateBlocked() {
   const bool blocked = state() == State::kBlocked;
   if (blocked && stats_.blocked_since_ms == 0) stats_.blocked_since_ms = WallClockMs();
   if (!blocked) stats_.blocked_since_ms = 0;
+  if (config_.on_waiting_for_path && waiting_for_path()) config_.on_waiting_for_path();
 }
 
 std::vector<ImportedDisk::PathInfo> ImportedDisk::paths() const {
@@ -1283,6 +1290,17 @@ ImportedDisk::Stats ImportedDisk::stats() const {
   }
   s.inflight = inflight_;
   s.queued = chunks_.size() - inflight_ + held_.size();  // held: not yet chunked
+  if (s.blocked_since_ms != 0) {
+    // The oldest request still waiting: it may have waited on a hung link
+    // for the whole --link-timeout before the disk counted as blocked.
+    uint64_t oldest = UINT64_MAX;
+    for (const auto& op : ops_) oldest = std::min(oldest, op->start_ms);
+    for (const HeldOp& h : held_) oldest = std::min(oldest, h.start_ms);
+    if (!open_waiters_.empty()) oldest = std::min(oldest, open_wait_since_ms_);
+    const uint64_t now = uv_now(loop_);
+    if (oldest != UINT64_MAX && oldest <= now)
+      s.blocked_since_ms = std::min(s.blocked_since_ms, WallClockMs() - (now - oldest));
+  }
   return s;
 }
 

@@ -73,6 +73,9 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint64_t io_timeout_ms = 0;      // 0: block forever
     uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
     SyncMode sync = SyncMode::kRemote;
+    // Called (on the loop thread, possibly often) while requests wait for
+    // a path: the daemon shortens the reconnect backoff then.
+    std::function<void()> on_waiting_for_path;
   };
   // Data bytes of journal records loaded into the queue at a time.
   static constexpr size_t kFeedWindowBytes = 32u << 20;
@@ -119,6 +122,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // True if reads and writes work without a path (write-back): such a disk
   // stays in the tree while its remote is away.
   bool usable_offline() const { return writeback(); }
+  // True while requests (or an open(2)) wait because no path is left.
+  bool waiting_for_path() const;
   // True when nothing refers to the disk's present size: no path, not open
   // (no FUSE handle, no open(2) waiting), no request queued, held or on the
   // wire, and no journal record or journal write outstanding. Such a disk
@@ -141,8 +146,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint64_t read_bytes = 0, write_bytes = 0, trim_bytes = 0;
     uint64_t errors = 0;  // ops completed with an error
     uint64_t resent = 0, reopens = 0;
-    // Wall-clock ms since the epoch when the disk last became blocked (no
-    // path while requests wait or the file is open); 0 when not blocked.
+    // While the disk is blocked (no path while requests wait or the file
+    // is open): wall-clock ms since the epoch when the oldest request (or
+    // open(2)) that still waits was made (it may have waited on a link that hung before
+    // the link was given up), or when the disk became blocked if no request
+    // waits; 0 when not blocked.
     uint64_t blocked_since_ms = 0;
     // The disk's journal (0 without one): bytes of its segment files, and
     // pending (unretired) records and their write data.
@@ -263,6 +271,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   OpenState open_state_ = OpenState::kClosed;
   bool wanted_open_ = false;          // between FUSE's Open() and Close()
   std::vector<DoneFn> open_waiters_;  // Open() calls waiting for BLK_OPEN
+  uint64_t open_wait_since_ms_ = 0;   // loop time the first of them came
   uint64_t retry_at_ms_ = 0;
 
   std::list<std::unique_ptr<Op>> ops_;

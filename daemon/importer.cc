@@ -233,6 +233,12 @@ void Importer::OnReconsiderTimer(uv_timer_t* t) {
   if (!waiting) uv_timer_stop(t);
 }
 
+bool Importer::AnyWaitingForPath() const {
+  for (const auto& [serial, d] : disks_)
+    if (d->waiting_for_path()) return true;
+  return false;
+}
+
 void Importer::Shutdown() {
   if (!shut_down_) {
     shut_down_ = true;

@@ -74,6 +74,8 @@ class Importer : public SpanObserver {
   void Shutdown();
 
   const std::map<std::string, std::unique_ptr<ImportedDisk>>& disks() const { return disks_; }
+  // True if any disk has requests waiting for a path.
+  bool AnyWaitingForPath() const;
 
  private:
   uv_loop_t* loop_;
