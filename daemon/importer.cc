@@ -194,12 +194,14 @@ void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
     // without its remote (write-back), stays in the tree.
     if (tree_ != nullptr && !it->second->journal_busy() && !it->second->usable_offline())
       tree_->SetOnline(serial, false);
-    if (!Reconsider(serial) && !uv_is_active(reinterpret_cast<uv_handle_t*>(&reconsider_timer_)))
+    if (!Reconsider(serial) && !shut_down_ &&
+        !uv_is_active(reinterpret_cast<uv_handle_t*>(&reconsider_timer_)))
       uv_timer_start(&reconsider_timer_, OnReconsiderTimer, 1000, 1000);
   }
 }
 
 bool Importer::Reconsider(const std::string& serial) {
+  if (shut_down_) return true;  // spans go as the links close: nothing to replace
   std::vector<RemoteSpan> candidates;
   for (auto& [id, rs] : refused_)
     if (Cut(rs.info.pfs_label) == serial) candidates.push_back(rs);

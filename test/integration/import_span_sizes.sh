@@ -6,7 +6,8 @@
 #  - two servers advertise one serial with different sizes: the second is
 #    refused while the first serves; when the first goes away, the second
 #    (still advertised) is considered again and becomes the disk, with its
-#    size and its data.
+#    size and its data; a third claimant still refused at SIGTERM does not
+#    become a disk during shutdown (exit 0).
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
@@ -16,6 +17,8 @@ requires python3
 requires timeout
 requires mountpoint
 requires cmp
+XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
+[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
 
 MIB=1048576
 MNT=$WORK_DIR/mnt
@@ -56,8 +59,9 @@ start_server S_ODD odd "$P_ODD" "$WORK_DIR/odd.img" odd1 pyhost/odd
 start_server S_DUPA dupa "$P_DUPA" "$WORK_DIR/dupa.img" dup1 pyhost/dupa
 
 # The second claimant of dup1 starts listening once the first is imported.
+ISOCK=$WORK_DIR/imp.sock
 start_importer PID imp "$MNT" "$WORK_DIR/keys" "127.0.0.1:$P_ODD" "127.0.0.1:$P_DUPA" \
-  "127.0.0.1:$P_DUPB"
+  "127.0.0.1:$P_DUPB" -- --control "$ISOCK"
 ILOG=$WORK_DIR/imp.log
 
 log "a 1000-byte disk with blksize 512 is presented as 512 bytes and reads whole"
@@ -83,6 +87,17 @@ wait_for "[ \"\$(stat -c %s '$MNT/serno/dup1' 2>/dev/null)\" = $((8 * MIB)) ]" 1
 cmp "$MNT/serno/dup1" "$WORK_DIR/dupb.img" || fail "dup1 does not read the second claimant's image"
 [ -e "$MNT/by-label/pyhost/dupb" ] || fail "by-label/pyhost/dupb missing"
 kill -0 "$PID" || fail "the importer died"
+
+log "a third dup1 of yet another size is refused, and still advertised at SIGTERM"
+# At shutdown the spans go as the links close: whichever goes first, the
+# refused one must not become a disk then (it did, and the daemon crashed
+# on exit with handles of a disk made after Shutdown).
+head -c $((2 * MIB)) /dev/urandom >"$WORK_DIR/dupc.img"
+P_DUPC=$(free_port)
+start_server S_DUPC dupc "$P_DUPC" "$WORK_DIR/dupc.img" dup1 pyhost/dupc
+"$XDISKCTL" --control "$ISOCK" connect "127.0.0.1:$P_DUPC" >/dev/null || fail "xdiskctl connect"
+wait_for "grep -q \"not importing span 'dup1': size $((2 * MIB))/512 differs\" '$ILOG'" 15 ||
+  fail "no warning for the third dup1"
 
 log "SIGTERM: exit 0, unmounted"
 rc=0
