@@ -36,8 +36,8 @@ struct ControlServer::Connection {
   uint64_t bad_requests = 0;  // only the first is logged as a warning
   bool reading = false;
   bool close_after_write = false;
-  bool spoke = false;           // has sent at least one byte
-  uint64_t last_active_ms = 0;  // uv_now() of the last Touch()
+  bool spoke = false;            // has sent at least one byte
+  uint64_t last_active_ms = 0;   // uv_now() of the last Touch()
   std::string name = "control";  // "control uid 0 pid 1234", for the log
   Connection* prev = nullptr;
   Connection* next = nullptr;

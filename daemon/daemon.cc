@@ -70,8 +70,10 @@ void WarnIfNoKeys(const std::string& keys_dir) {
   const std::string remote = keys_dir + "/remote";
   struct stat st;
   if (stat(remote.c_str(), &st) != 0)
-    XLOG(kWarning, "main", "keys directory %s: %s; every link is refused until it holds a file "
-         "for the peer", remote.c_str(), strerror(errno));
+    XLOG(kWarning, "main",
+         "keys directory %s: %s; every link is refused until it holds a file "
+         "for the peer",
+         remote.c_str(), strerror(errno));
   else if (!S_ISDIR(st.st_mode))
     XLOG(kWarning, "main", "keys directory %s is not a directory; every link is refused",
          remote.c_str());

@@ -211,8 +211,7 @@ Status Exporter::Add(const ResolvedExport& res) {
   // disk of none: exporting it would only make a disk nobody can use.
   if (const uint64_t bytes = disk.value()->size(); bytes / res.blksize == 0)
     return Status::InvalidArgument(res.path + ": " + std::to_string(bytes) +
-                                   " bytes, less than one block of " +
-                                   std::to_string(res.blksize) +
+                                   " bytes, less than one block of " + std::to_string(res.blksize) +
                                    " (importers refuse a zero-size disk)");
   auto ed = std::make_unique<ExportedDisk>(this, res, std::move(disk.value()));
   dmsg::LnkSpan span = ed->span();

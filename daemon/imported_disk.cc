@@ -209,14 +209,14 @@ void ImportedDisk::StartReadModifyWrite(uint64_t offset, std::span<const uint8_t
   };
   auto shared_finish = std::make_shared<decltype(finish)>(std::move(finish));
   for (uint64_t e : edges) {
-    DoRead(e, blksize_, [this, st, whole, start, e, shared_finish](int err,
-                                                                    std::span<const uint8_t> d) {
-      if (err == 0 && d.size() == blksize_)
-        memcpy(whole->data() + (e - start), d.data(), blksize_);
-      else if (st->err == 0)
-        st->err = err != 0 ? err : EIO;
-      if (--st->pending == 0) (*shared_finish)();
-    });
+    DoRead(e, blksize_,
+           [this, st, whole, start, e, shared_finish](int err, std::span<const uint8_t> d) {
+             if (err == 0 && d.size() == blksize_)
+               memcpy(whole->data() + (e - start), d.data(), blksize_);
+             else if (st->err == 0)
+               st->err = err != 0 ? err : EIO;
+             if (--st->pending == 0) (*shared_finish)();
+           });
   }
 }
 
@@ -253,7 +253,8 @@ void ImportedDisk::TrimUnaligned(uint64_t offset, uint64_t length, DoneFn done) 
   } else {
     if (inner_start > offset) parts.push_back({offset, inner_start - offset, true});
     parts.push_back({inner_start, inner_end - inner_start, false});
-    if (offset + length > inner_end) parts.push_back({inner_end, offset + length - inner_end, true});
+    if (offset + length > inner_end)
+      parts.push_back({inner_end, offset + length - inner_end, true});
   }
   auto zeros = std::make_shared<std::vector<uint8_t>>(2 * blksize_, 0);  // parts are shorter
   auto left = std::make_shared<size_t>(parts.size());

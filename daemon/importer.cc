@@ -148,8 +148,7 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
       }
     }
     it = disks_
-             .emplace(serial,
-                      std::make_unique<ImportedDisk>(loop_, serial, size, blksize, config_))
+             .emplace(serial, std::make_unique<ImportedDisk>(loop_, serial, size, blksize, config_))
              .first;
     if (journal != nullptr) {
       it->second->AttachJournal(std::move(journal));

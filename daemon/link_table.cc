@@ -32,7 +32,7 @@ struct LinkTable::Connector {
   bool closed = false;
   uint64_t backoff_ms = kBackoffMinMs;
   std::string last_error;  // logged once per distinct error, not every retry
-  std::string shown_error;  // the last failure, for connect_targets()
+  std::string shown_error;   // the last failure, for connect_targets()
   uint64_t retry_at_ms = 0;  // loop time the timer fires; 0 when it does not run
 };
 
@@ -262,7 +262,7 @@ std::vector<LinkTable::ConnectTarget> LinkTable::connect_targets() const {
     ConnectTarget t;
     t.addr = c->addr;
     t.has_link = c->link != nullptr;
-    t.state = t.has_link ? (c->link->up() ? "up" : "connecting")
+    t.state = t.has_link     ? (c->link->up() ? "up" : "connecting")
               : c->resolving ? "resolving"
                              : "retrying";
     t.next_retry_ms = c->retry_at_ms;

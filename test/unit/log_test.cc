@@ -22,11 +22,12 @@ TEST_CASE("a newline cannot start a forged line", "[log]") {
 
 TEST_CASE("bytes that are not UTF-8 and C1 controls are escaped byte by byte", "[log]") {
   CHECK(EscapeLogText("\xff\xfe") == "\\xff\\xfe");
-  CHECK(EscapeLogText("caf\xe9") == "caf\\xe9");                 // Latin-1
-  CHECK(EscapeLogText("\xc2\x9b" "2J") == "\\xc2\\x9b2J");       // U+009B, CSI
-  CHECK(EscapeLogText("\xc0\xaf") == "\\xc0\\xaf");              // overlong '/'
-  CHECK(EscapeLogText("\xed\xa0\x80") == "\\xed\\xa0\\x80");     // a surrogate
-  CHECK(EscapeLogText("end\xe2\x82") == "end\\xe2\\x82");        // cut short
+  CHECK(EscapeLogText("caf\xe9") == "caf\\xe9");  // Latin-1
+  CHECK(EscapeLogText("\xc2\x9b"
+                      "2J") == "\\xc2\\x9b2J");               // U+009B, CSI
+  CHECK(EscapeLogText("\xc0\xaf") == "\\xc0\\xaf");           // overlong '/'
+  CHECK(EscapeLogText("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // a surrogate
+  CHECK(EscapeLogText("end\xe2\x82") == "end\\xe2\\x82");     // cut short
 }
 
 TEST_CASE("a backslash is doubled, so every escape stands for one byte", "[log]") {
