@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -40,18 +41,27 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
   if (path.empty() || path.size() >= sizeof sa.sun_path)
     return Status::InvalidArgument(path + ": not a usable socket path");
   memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return Status::FromErrno(errno, "socket");
-  // A UNIX connect completes or fails at once (EAGAIN only when the
-  // daemon's backlog is full, which counts as not reachable).
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+  // A UNIX connect completes or fails at once. EAGAIN means the daemon's
+  // listen backlog is full: a burst of other clients, which the daemon
+  // works through (it closes idle ones to make room), so it is retried
+  // until the timeout rather than reported at once.
+  const long deadline = NowMs() + timeout_ms;
+  for (long pause_ms = 10;; pause_ms = std::min(pause_ms * 2, 200L)) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return Status::FromErrno(errno, "socket");
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0)
+      return std::unique_ptr<ControlClient>(new ControlClient(fd, path, timeout_ms));
     int err = errno;
     close(fd);
+    if (err == EAGAIN && NowMs() + pause_ms < deadline) {
+      usleep(static_cast<useconds_t>(pause_ms) * 1000);
+      continue;
+    }
     std::string msg = "cannot connect to " + path + ": " + strerror(err);
+    if (err == EAGAIN) msg += " (its backlog stayed full)";
     if (err == EACCES || err == EPERM) return Status::PermissionDenied(msg);
     return Status::Unavailable(msg);
   }
-  return std::unique_ptr<ControlClient>(new ControlClient(fd, path, timeout_ms));
 }
 
 ControlClient::~ControlClient() { close(fd_); }

@@ -26,7 +26,9 @@ namespace xdisk::control {
 
 class ControlClient {
  public:
-  // Connects to the socket at `path`. `timeout_ms` bounds each later Call().
+  // Connects to the socket at `path`, retrying for up to `timeout_ms` while
+  // the daemon's listen backlog is full (EAGAIN). `timeout_ms` also bounds
+  // each later Call().
   static Result<std::unique_ptr<ControlClient>> Connect(const std::string& path, int timeout_ms);
   ~ControlClient();
   ControlClient(const ControlClient&) = delete;

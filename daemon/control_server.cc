@@ -1,10 +1,12 @@
 #include "daemon/control_server.h"
 
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cassert>
 #include <cerrno>
@@ -34,6 +36,8 @@ struct ControlServer::Connection {
   uint64_t bad_requests = 0;  // only the first is logged as a warning
   bool reading = false;
   bool close_after_write = false;
+  bool spoke = false;            // has sent at least one byte
+  uint64_t last_active_ms = 0;   // uv_now() of the last Touch()
   std::string name = "control";  // "control uid 0 pid 1234", for the log
   Connection* prev = nullptr;
   Connection* next = nullptr;
@@ -54,8 +58,17 @@ struct ControlServer::Connection {
   // (Re)arms the timeout: called on accept, on each complete request and on
   // each finished write, so it fires only when neither happened for a while.
   void Touch() {
+    last_active_ms = uv_now(server->loop_);
     if (state == State::kOpen && server->idle_timeout_ms_ > 0)
-      uv_timer_start(&timer, OnTimeout, server->idle_timeout_ms_, 0);
+      uv_timer_start(&timer, OnTimeout, timeout_ms(), 0);
+  }
+  uint64_t timeout_ms() const {
+    return spoke ? server->idle_timeout_ms_ : std::min(server->idle_timeout_ms_, kSilentTimeoutMs);
+  }
+  // Nothing half-received and nothing to send: closing it loses nothing.
+  bool idle() const {
+    return state == State::kOpen && pending_writes == 0 && !close_after_write &&
+           !decoder.mid_frame();
   }
   void Finish() {
     // Let queued replies go out first; a half-closed client still reads.
@@ -151,6 +164,9 @@ Status ControlServer::Start(const std::string& path) {
 
   uv_pipe_init(loop_, &pipe_, 0);
   pipe_.data = this;
+  uv_timer_init(loop_, &room_timer_);
+  room_timer_.data = this;
+  room_timer_open_ = true;
   state_ = State::kOpen;
   int rc = uv_pipe_open(&pipe_, fd);
   // uv_pipe_open takes the descriptor only on success; after that, closing
@@ -167,6 +183,10 @@ Status ControlServer::Start(const std::string& path) {
 }
 
 void ControlServer::Close() {
+  if (room_timer_open_) {
+    room_timer_open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&room_timer_), nullptr);
+  }
   if (state_ == State::kOpen) {
     state_ = State::kClosing;
     uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), OnListenerClosed);
@@ -195,11 +215,18 @@ void ControlServer::OnConnection(uv_stream_t* server, int status) {
     XLOG(kWarning, "control", "accept failed: %s", uv_strerror(status));
     return;
   }
+  if (self->connections_ >= kMaxConnections && (self->evicting_ || self->EvictIdle())) {
+    // Accepted once the evicted connection's handles have closed.
+    self->accept_pending_ = true;
+    return;
+  }
   if (self->connections_ >= kMaxConnections) {
     // Not accepting makes libuv stop polling the listener, so further
     // clients wait in the kernel's backlog until a connection closes.
     XLOG(kDebug, "control", "%zu connections: the next one waits", self->connections_);
     self->accept_pending_ = true;
+    if (self->room_timer_open_)
+      uv_timer_start(&self->room_timer_, OnRoomTimer, kMinEvictAgeMs, kMinEvictAgeMs);
     return;
   }
   self->Accept();
@@ -249,6 +276,37 @@ void ControlServer::Accept() {
   c->StartReading();
 }
 
+void ControlServer::OnRoomTimer(uv_timer_t* t) {
+  auto* self = static_cast<ControlServer*>(t->data);
+  if (!self->accept_pending_ || self->evicting_ || self->EvictIdle()) uv_timer_stop(t);
+}
+
+bool ControlServer::EvictIdle() {
+  // The connection whose last request, reply or accept is oldest. Not one
+  // with bytes waiting in its socket (a request we have not read yet), and
+  // not one accepted a moment ago that has not had the time to send its
+  // request: closing those would drop a client that is about to speak.
+  const uint64_t now = uv_now(loop_);
+  Connection* victim = nullptr;
+  for (Connection* c = first_; c != nullptr; c = c->next) {
+    if (!c->idle()) continue;
+    if (!c->spoke && now - c->last_active_ms < kMinEvictAgeMs) continue;
+    uv_os_fd_t fd;
+    int unread = 0;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) != 0 ||
+        ioctl(fd, FIONREAD, &unread) != 0 || unread > 0)
+      continue;
+    if (victim == nullptr || c->last_active_ms < victim->last_active_ms) victim = c;
+  }
+  if (victim == nullptr) return false;
+  evicting_ = true;
+  XLOG(kInfo, victim->name, "closing: idle for %llu ms%s and all %zu connections are taken",
+       static_cast<unsigned long long>(now - victim->last_active_ms),
+       victim->spoke ? "" : " (silent)", kMaxConnections);
+  CloseConnection(victim);
+  return true;
+}
+
 void ControlServer::CloseConnection(Connection* c) {
   if (c->state != State::kOpen) return;
   c->state = State::kClosing;
@@ -268,10 +326,10 @@ void ControlServer::Connection::OnTimeout(uv_timer_t* t) {
   if (c->state != State::kOpen) return;
   if (c->pending_writes > 0) {
     XLOG(kInfo, c->name, "closing: no reply progress for %llu ms (%d replies unsent)",
-         static_cast<unsigned long long>(c->server->idle_timeout_ms_), c->pending_writes);
+         static_cast<unsigned long long>(c->timeout_ms()), c->pending_writes);
   } else {
-    XLOG(kInfo, c->name, "closing: no request for %llu ms",
-         static_cast<unsigned long long>(c->server->idle_timeout_ms_));
+    XLOG(kInfo, c->name, "closing: no request for %llu ms%s",
+         static_cast<unsigned long long>(c->timeout_ms()), c->spoke ? "" : " (silent)");
   }
   c->server->CloseConnection(c);
 }
@@ -289,6 +347,7 @@ void ControlServer::Connection::OnClosed(uv_handle_t* h) {
   --s->connections_;
   XLOG(kDebug, c->name, "closed");
   delete c;
+  s->evicting_ = false;
   if (s->accept_pending_ && s->state_ == State::kOpen) {
     s->accept_pending_ = false;
     s->Accept();
@@ -303,6 +362,10 @@ void ControlServer::Connection::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void ControlServer::Connection::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(s->data);
   if (n > 0) {
+    if (!c->spoke) {
+      c->spoke = true;
+      c->Touch();  // from the silent timeout to the full one
+    }
     c->decoder.Feed(std::string_view(buf->base, static_cast<size_t>(n)));
     c->HandleFrames();
     return;
@@ -409,6 +472,9 @@ void ControlServer::Connection::OnWrite(uv_write_t* req, int status) {
     return;
   }
   c->Touch();  // write progress
+  // A client waits for a slot and this one just became idle: make room.
+  if (c->server->accept_pending_ && !c->server->evicting_ && c->idle()) c->server->EvictIdle();
+  if (c->state != State::kOpen) return;
   if (c->close_after_write) {
     if (c->pending_writes == 0) c->server->CloseConnection(c);
     return;

@@ -21,10 +21,19 @@
 //     memory (request objects and buffers, not only payload bytes).
 //   - A connection is closed after `idle_timeout_ms` without a complete
 //     request while no reply is pending, or without write progress while
-//     one is. So idle clients cannot hold the slots forever.
-//   - At most kMaxConnections are served at once; further clients wait in
-//     the listen backlog (the server stops accepting) until one closes, and
-//     a client's own timeout bounds the wait.
+//     one is; one that has not sent a single byte yet is closed after
+//     kSilentTimeoutMs already (xdiskctl sends its request at once). So idle
+//     clients cannot hold the slots for long.
+//   - At most kMaxConnections are served at once. When a client arrives
+//     while all are taken, the connection idle for longest (no request
+//     being received or waiting unread in its socket, no reply pending,
+//     and, if it never spoke, accepted at least kMinEvictAgeMs ago) is
+//     closed to make room, so a few hung scripts cannot lock the operator out. When
+//     every connection is busy, further clients wait in the listen backlog
+//     (the server stops accepting) until one closes or becomes idle (its
+//     reply written), which then makes room the same way; a client's own
+//     timeout bounds the wait, and xdiskctl retries a full backlog (EAGAIN)
+//     within it.
 //
 // Start-up and the socket path: Start() refuses to replace a file that is
 // not a socket, and refuses a socket some other process still answers on
@@ -66,6 +75,8 @@ class ControlServer {
   // clients that never read cost tens of MiB at most.
   static constexpr size_t kMaxPendingWriteBytes = 1u << 20;
   static constexpr uint64_t kDefaultIdleTimeoutMs = 30000;
+  static constexpr uint64_t kSilentTimeoutMs = 3000;
+  static constexpr uint64_t kMinEvictAgeMs = 100;
 
   // `idle_timeout_ms` 0 disables the timeout (see "Robustness" above).
   ControlServer(uv_loop_t* loop, ControlService* service,
@@ -96,6 +107,8 @@ class ControlServer {
   static void OnListenerClosed(uv_handle_t* h);
   void Accept();
   void CloseConnection(Connection* c);
+  // Closes the connection idle for longest to make room; false if none is.
+  bool EvictIdle();
 
   uv_loop_t* loop_;
   ControlService* service_;
@@ -108,6 +121,12 @@ class ControlServer {
   ino_t ino_ = 0;
   size_t connections_ = 0;
   bool accept_pending_ = false;  // a connection waits for a free slot
+  bool evicting_ = false;        // a connection is closing to make room
+  // While a client waits and no connection may be closed yet (all busy, or
+  // silent ones too young), tries again every kMinEvictAgeMs.
+  uv_timer_t room_timer_;
+  bool room_timer_open_ = false;
+  static void OnRoomTimer(uv_timer_t* t);
   Connection* first_ = nullptr;  // intrusive list of live connections
 };
 

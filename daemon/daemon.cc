@@ -97,6 +97,38 @@ void ClearDeadMount(const std::string& mnt) {
   }
 }
 
+// The mountpoint must be a directory: FUSE mounts over a regular file too,
+// and the disk tree then answers stat(2) on it with EIO. Refused like any
+// other bad argument (exit 2), before anything starts. A dead FUSE mount
+// (ENOTCONN) is left to the start-up that deals with it.
+Status CheckMountpoint(const std::string& path) {
+  if (path.empty()) return Status::Ok();
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    if (errno == ENOTCONN) return Status::Ok();
+    return Status::FromErrno(errno, "mountpoint " + path);
+  }
+  if (!S_ISDIR(st.st_mode))
+    return Status::InvalidArgument("mountpoint " + path + ": not a directory");
+  return Status::Ok();
+}
+
+// Without KEYS/remote every link is refused, one log line per attempt, and
+// nothing says why the daemon is deaf: say it once, at start. (The policy
+// reads the directory on every check, so creating it later is enough.)
+void WarnIfNoKeys(const std::string& keys_dir) {
+  const std::string remote = keys_dir + "/remote";
+  struct stat st;
+  if (stat(remote.c_str(), &st) != 0)
+    XLOG(kWarning, "main",
+         "keys directory %s: %s; every link is refused until it holds a file "
+         "for the peer",
+         remote.c_str(), strerror(errno));
+  else if (!S_ISDIR(st.st_mode))
+    XLOG(kWarning, "main", "keys directory %s is not a directory; every link is refused",
+         remote.c_str());
+}
+
 }  // namespace
 
 struct Daemon::Impl {
@@ -309,6 +341,10 @@ struct Daemon::Impl {
     jc.strict = opts.journal_strict;
     jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
     jc.deferred_writes = !jc.synced;
+    // I/O waiting for a path: reconnect attempts at most
+    // LinkTable::kHurryRetryMs apart until it has one.
+    dc.on_waiting_for_path = [this] { table->Hurry(); };
+    table->SetHurry([this] { return importer != nullptr && importer->AnyWaitingForPath(); });
     importer = std::make_unique<Importer>(&loop, tree.get(), dc, jc);
     if (Status st = importer->RecoverJournals(); !st.ok()) {
       XLOG(kError, "main", "--journal %s: %s", jc.dir.c_str(), st.ToString().c_str());
@@ -465,6 +501,7 @@ struct Daemon::Impl {
       resolved.push_back(*res);
     }
     if (Status s = CheckUniqueSerials(resolved); !s.ok()) return Usage("--export: " + s.message());
+    if (Status s = CheckMountpoint(opts.mountpoint); !s.ok()) return Usage(s.message());
     // The host uuid is the peer_id of our links and spans. A daemon with
     // no exports needs it too (exports may be added at runtime), but may
     // run without it if the state directory is not writable.
@@ -547,6 +584,7 @@ struct Daemon::Impl {
     if (!stopping)
       for (const HostPort& hp : opts.connect) table->Connect(hp);
 
+    if (!opts.listen.empty() || !opts.connect.empty()) WarnIfNoKeys(opts.keys_dir);
     if (!stopping) {
       XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
       if (keeper) keeper->SendReady();

@@ -184,6 +184,21 @@ std::vector<control::LinkInfo> DaemonControl::Links() const {
     if (l->up()) li.set_peer_label(l->peer_conn().peer_label);
     out.push_back(std::move(li));
   }
+  // Connect targets between attempts have no link: show them too, or an
+  // operator cannot tell a target that keeps failing from one never given.
+  for (const LinkTable::ConnectTarget& t : parts_.table->connect_targets()) {
+    if (t.has_link) continue;
+    control::LinkInfo li;
+    li.set_peer(t.addr.ToString());
+    li.set_direction("out");
+    li.set_state(t.state);
+    if (t.next_retry_ms != 0)
+      li.set_next_retry_ms(
+          static_cast<uint64_t>(static_cast<int64_t>(t.next_retry_ms) + loop_to_wall_ms_));
+    li.set_last_error(t.last_error);
+    li.set_encryption("none");
+    out.push_back(std::move(li));
+  }
   return out;
 }
 

@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <map>
 
+#include "fusedev/disk_tree.h"
+
 namespace xdisk {
 
 namespace {
@@ -72,6 +74,13 @@ Status CheckLabel(std::string_view label, std::string_view what) {
     if (u < 0x20 || u == 0x7F) {
       return Status::InvalidArgument(std::string(what) + ": label contains a control character");
     }
+  }
+  // Importers split the label on '/' into by-label/ path components and
+  // drop a label with an unusable one (fusedev/disk_tree.h): refuse it here,
+  // where the operator sees it, instead of having it vanish there.
+  if (std::string bad = fusedev::DiskTree::LabelProblem(label); !bad.empty()) {
+    return Status::InvalidArgument(std::string(what) + ": label '" + std::string(label) +
+                                   "' is not usable as a by-label path: " + bad);
   }
   return Status::Ok();
 }
@@ -468,6 +477,11 @@ Result<ResolvedExport> ResolveExport(const ExportSpec& spec, const std::string& 
   }
 
   r.label = spec.label.empty() ? DefaultLabel(hostname, spec.path) : spec.label;
+  // A default label from an odd file name falls under the importer's rule too.
+  if (std::string bad = fusedev::DiskTree::LabelProblem(r.label); !bad.empty())
+    return Status::InvalidArgument(what + ": label '" + r.label +
+                                   "' is not usable as a by-label path on importers (" + bad +
+                                   "); set label=");
   r.blksize = spec.blksize != 0 ? spec.blksize : device_blksize;
 
   if (!spec.uuid_text.empty()) {

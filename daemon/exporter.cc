@@ -207,6 +207,12 @@ Status Exporter::Add(const ResolvedExport& res) {
     return Status::InvalidArgument("serial '" + res.serial + "' is already exported");
   auto disk = LocalDisk::Open(loop_, res.path, res.read_only);
   if (!disk.ok()) return disk.status();
+  // The span advertises whole blocks only, and every importer refuses a
+  // disk of none: exporting it would only make a disk nobody can use.
+  if (const uint64_t bytes = disk.value()->size(); bytes / res.blksize == 0)
+    return Status::InvalidArgument(res.path + ": " + std::to_string(bytes) +
+                                   " bytes, less than one block of " + std::to_string(res.blksize) +
+                                   " (importers refuse a zero-size disk)");
   auto ed = std::make_unique<ExportedDisk>(this, res, std::move(disk.value()));
   dmsg::LnkSpan span = ed->span();
   span.peer_id = host_uuid_;

@@ -93,7 +93,9 @@ class Exporter {
   Exporter(const Exporter&) = delete;
   Exporter& operator=(const Exporter&) = delete;
 
-  // Opens the disk and advertises it. Errors name the path.
+  // Opens the disk and advertises it. Errors name the path. A disk smaller
+  // than one block is refused (InvalidArgument): importers refuse zero-size
+  // spans.
   Status Add(const ResolvedExport& res);
   // Withdraws and closes the export with `serial` (once its I/O drained).
   bool Remove(const std::string& serial);

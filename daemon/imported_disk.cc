@@ -125,6 +125,7 @@ void ImportedDisk::Open(DoneFn done) {
     EnsureOpen();
     return;
   }
+  if (open_waiters_.empty()) open_wait_since_ms_ = uv_now(loop_);
   open_waiters_.push_back(std::move(done));
   EnsureOpen();
 }
@@ -139,6 +140,18 @@ void ImportedDisk::Close() {
 
 void ImportedDisk::Read(uint64_t offset, uint32_t length, ReadFn done) {
   ++stats_.reads;
+  if (!Aligned(offset, length)) {
+    // The covering blocks; the caller gets the middle.
+    const uint64_t start = offset - offset % blksize_;
+    const uint64_t end = std::min(size_, (offset + length + blksize_ - 1) / blksize_ * blksize_);
+    done = [done = std::move(done), skip = offset - start, length](int err,
+                                                                   std::span<const uint8_t> d) {
+      if (err != 0 || d.size() < skip + length) return done(err != 0 ? err : EIO, {});
+      done(0, d.subspan(skip, length));
+    };
+    offset = start;
+    length = static_cast<uint32_t>(end - start);
+  }
   if (MustHold(OpKind::kRead)) {
     auto cb = std::make_shared<ReadFn>(std::move(done));
     Hold(
@@ -154,9 +167,57 @@ void ImportedDisk::Write(uint64_t offset, std::span<const uint8_t> data, BufferH
   ++stats_.writes;
   if (MustHold(OpKind::kWrite))
     return HoldDone(OpKind::kWrite, std::move(done), [this, offset, data, hold](DoneFn d) {
-      DoWrite(offset, data, hold, std::move(d));
+      WriteNow(offset, data, hold, std::move(d));
     });
-  DoWrite(offset, data, std::move(hold), std::move(done));
+  WriteNow(offset, data, std::move(hold), std::move(done));
+}
+
+void ImportedDisk::WriteNow(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                            DoneFn done) {
+  if (Aligned(offset, data.size())) return DoWrite(offset, data, std::move(hold), std::move(done));
+  StartReadModifyWrite(offset, data, std::move(hold), std::move(done));
+}
+
+void ImportedDisk::StartReadModifyWrite(uint64_t offset, std::span<const uint8_t> data,
+                                        BufferHold hold, DoneFn done) {
+  const uint64_t start = offset - offset % blksize_;
+  const uint64_t end = std::min(size_, (offset + data.size() + blksize_ - 1) / blksize_ * blksize_);
+  auto whole = std::make_shared<std::vector<uint8_t>>(end - start);
+  // The edge blocks the write covers only partly (one block may be both).
+  std::vector<uint64_t> edges;
+  if (offset % blksize_ != 0) edges.push_back(start);
+  if ((offset + data.size()) % blksize_ != 0 && (edges.empty() || end - blksize_ != start))
+    edges.push_back(end - blksize_);
+  rmw_active_ = true;
+  struct State {
+    size_t pending;
+    int err = 0;
+  };
+  auto st = std::make_shared<State>(State{edges.size()});
+  auto finish = [this, st, whole, start, offset, data, hold, done = std::move(done)]() mutable {
+    if (st->err == 0) {
+      memcpy(whole->data() + (offset - start), data.data(), data.size());
+      std::span<const uint8_t> bytes(*whole);
+      // Queued before anything that waited for it (held_ is released after).
+      DoWrite(start, bytes, BufferHold(whole), std::move(done));
+    } else {
+      ++stats_.errors;
+      done(st->err);
+    }
+    rmw_active_ = false;
+    Kick();  // the held requests go on, in order
+  };
+  auto shared_finish = std::make_shared<decltype(finish)>(std::move(finish));
+  for (uint64_t e : edges) {
+    DoRead(e, blksize_,
+           [this, st, whole, start, e, shared_finish](int err, std::span<const uint8_t> d) {
+             if (err == 0 && d.size() == blksize_)
+               memcpy(whole->data() + (e - start), d.data(), blksize_);
+             else if (st->err == 0)
+               st->err = err != 0 ? err : EIO;
+             if (--st->pending == 0) (*shared_finish)();
+           });
+  }
 }
 
 void ImportedDisk::Flush(DoneFn done) {
@@ -168,10 +229,50 @@ void ImportedDisk::Flush(DoneFn done) {
 
 void ImportedDisk::Trim(uint64_t offset, uint64_t length, DoneFn done) {
   ++stats_.trims;
+  if (!Aligned(offset, length)) return TrimUnaligned(offset, length, std::move(done));
   if (MustHold(OpKind::kTrim))
     return HoldDone(OpKind::kTrim, std::move(done),
                     [this, offset, length](DoneFn d) { DoTrim(offset, length, std::move(d)); });
   DoTrim(offset, length, std::move(done));
+}
+
+void ImportedDisk::TrimUnaligned(uint64_t offset, uint64_t length, DoneFn done) {
+  // Whole blocks inside the range are trimmed; the partial blocks at its
+  // edges get zeros, written like any unaligned write. The parts go through
+  // the public entry points in order, so they keep their place among the
+  // other requests.
+  const uint64_t inner_start = (offset + blksize_ - 1) / blksize_ * blksize_;
+  const uint64_t inner_end = (offset + length) / blksize_ * blksize_;
+  struct Part {
+    uint64_t off, len;
+    bool zeros;
+  };
+  std::vector<Part> parts;
+  if (inner_start >= inner_end) {
+    parts.push_back({offset, length, true});  // no whole block inside
+  } else {
+    if (inner_start > offset) parts.push_back({offset, inner_start - offset, true});
+    parts.push_back({inner_start, inner_end - inner_start, false});
+    if (offset + length > inner_end)
+      parts.push_back({inner_end, offset + length - inner_end, true});
+  }
+  auto zeros = std::make_shared<std::vector<uint8_t>>(2 * blksize_, 0);  // parts are shorter
+  auto left = std::make_shared<size_t>(parts.size());
+  auto first_err = std::make_shared<int>(0);
+  auto cb = std::make_shared<DoneFn>(std::move(done));
+  auto part_done = [left, first_err, cb](int err) {
+    if (err != 0 && *first_err == 0) *first_err = err;
+    if (--*left == 0) (*cb)(*first_err);
+  };
+  for (const Part& p : parts) {
+    if (p.zeros) {
+      --stats_.writes;  // counted as the trim it is part of
+      Write(p.off, std::span<const uint8_t>(zeros->data(), p.len), BufferHold(zeros), part_done);
+    } else {
+      --stats_.trims;
+      Trim(p.off, p.len, part_done);
+    }
+  }
 }
 
 void ImportedDisk::HoldDone(OpKind kind, DoneFn done, std::function<void(DoneFn)> run) {
@@ -376,6 +477,8 @@ void ImportedDisk::OnKick(uv_idle_t* h) {
     if (self->sync_wanted_) self->StartSync();
     self->StartWrites();  // what this turn queued, after its requests went out
     self->ReleaseHeld();
+  } else if (!self->held_.empty()) {
+    self->ReleaseHeld();  // behind a read-modify-write
   }
   self->Dispatch();
 }
@@ -580,9 +683,16 @@ void ImportedDisk::OnFreed(Link&, Transaction& t) {
 
 void ImportedDisk::OnOpenReply(const Frame& f) {
   if (f.hdr.error == 0) {
-    if (stats_.reopens++ > 0 || !chunks_.empty())
+    // A fresh open(2) of a closed disk is not worth a line; an open that
+    // replaces a lost one, or that has requests waiting for it, is.
+    if (lost_open_ || !chunks_.empty()) {
+      ++stats_.reopens;
       XLOG(kInfo, log_name_, "open via %s, %zu requests to (re)send", open_link_->name().c_str(),
            chunks_.size());
+    } else {
+      XLOG(kDebug, log_name_, "open via %s", open_link_->name().c_str());
+    }
+    lost_open_ = false;
     open_state_ = OpenState::kOpen;
     FinishOpenWaiters(0);
     Dispatch();
@@ -614,6 +724,7 @@ void ImportedDisk::OnOpenLost() {
   if (open_state_ == OpenState::kClosed && open_txn_ == nullptr) return;
   XLOG(kInfo, log_name_, "open lost on %s (%zu requests wait for the next open)",
        open_link_ ? open_link_->name().c_str() : "?", chunks_.size());
+  lost_open_ = wanted_open_ || !chunks_.empty();
   open_txn_ = nullptr;
   open_link_ = nullptr;
   open_state_ = OpenState::kClosed;
@@ -890,6 +1001,7 @@ bool ImportedDisk::GateClosed(OpKind kind) const {
 }
 
 bool ImportedDisk::MustHold(OpKind kind) const {
+  if (rmw_active_) return true;  // nothing overtakes a read-modify-write
   if (writeback() && (kind == OpKind::kRead || kind == OpKind::kFlush))
     return GateClosed(kind);  // never behind writes waiting for space
   return !held_.empty() || GateClosed(kind);
@@ -898,7 +1010,8 @@ bool ImportedDisk::MustHold(OpKind kind) const {
 void ImportedDisk::Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail) {
   if (held_.empty())
     XLOG(kDebug, log_name_, "requests wait for %s",
-         writeback()   ? "journal space"
+         rmw_active_   ? "a read-modify-write"
+         : writeback() ? "journal space"
          : journal_ok_ ? "the journal's backlog"
                        : "the switched-off journal's records to be sent and deleted");
   held_.push_back(HeldOp{kind, std::move(run), std::move(fail), uv_now(loop_)});
@@ -906,7 +1019,7 @@ void ImportedDisk::Hold(OpKind kind, std::function<void()> run, std::function<vo
 }
 
 void ImportedDisk::ReleaseHeld() {
-  while (!held_.empty() && !shut_down_ && !GateClosed(held_.front().kind)) {
+  while (!held_.empty() && !shut_down_ && !rmw_active_ && !GateClosed(held_.front().kind)) {
     HeldOp h = std::move(held_.front());
     held_.pop_front();
     h.run();
@@ -1148,10 +1261,22 @@ ImportedDisk::State ImportedDisk::state() const {
   return (wanted_open_ || !chunks_.empty() || !held_.empty()) ? State::kBlocked : State::kOffline;
 }
 
+bool ImportedDisk::idle() const {
+  return paths_.empty() && !wanted_open_ && open_waiters_.empty() && ops_.empty() &&
+         held_.empty() && !journal_busy() && durable_waiters_.empty() && unwritten_.empty() &&
+         !write_inflight_ && !sync_inflight_;
+}
+
+bool ImportedDisk::waiting_for_path() const {
+  return !shut_down_ && paths_.empty() &&
+         (!chunks_.empty() || !held_.empty() || !open_waiters_.empty());
+}
+
 void ImportedDisk::UpdateBlocked() {
   const bool blocked = state() == State::kBlocked;
   if (blocked && stats_.blocked_since_ms == 0) stats_.blocked_since_ms = WallClockMs();
   if (!blocked) stats_.blocked_since_ms = 0;
+  if (config_.on_waiting_for_path && waiting_for_path()) config_.on_waiting_for_path();
 }
 
 std::vector<ImportedDisk::PathInfo> ImportedDisk::paths() const {
@@ -1171,6 +1296,17 @@ ImportedDisk::Stats ImportedDisk::stats() const {
   }
   s.inflight = inflight_;
   s.queued = chunks_.size() - inflight_ + held_.size();  // held: not yet chunked
+  if (s.blocked_since_ms != 0) {
+    // The oldest request still waiting: it may have waited on a hung link
+    // for the whole --link-timeout before the disk counted as blocked.
+    uint64_t oldest = UINT64_MAX;
+    for (const auto& op : ops_) oldest = std::min(oldest, op->start_ms);
+    for (const HeldOp& h : held_) oldest = std::min(oldest, h.start_ms);
+    if (!open_waiters_.empty()) oldest = std::min(oldest, open_wait_since_ms_);
+    const uint64_t now = uv_now(loop_);
+    if (oldest != UINT64_MAX && oldest <= now)
+      s.blocked_since_ms = std::min(s.blocked_since_ms, WallClockMs() - (now - oldest));
+  }
   return s;
 }
 

@@ -20,6 +20,18 @@
 // Ops older than that fail with EIO. When a span with the same serial comes
 // back, the disk re-opens (if the FUSE file is open) and resumes.
 //
+// Unaligned I/O: the remote takes whole blocks only, but the disk file is a
+// regular file to its users. A read at any offset and length reads the
+// blocks that cover it and hands back the middle. A write that covers a
+// block only partly reads those edge blocks (at most two), lays the new
+// bytes over them and writes the whole blocks: the reads are queued like
+// any read (after earlier overlapping writes), and every request that
+// arrives until the whole-block write is queued waits (held, in order), so
+// nothing can slip in between the read and the write. An unaligned trim
+// trims the whole blocks inside its range and writes zeros over the rest.
+// A request the remote refuses fails alone (EIO); it never closes or
+// re-opens the disk's BLK_OPEN.
+//
 // Threading: loop thread only, except two journal jobs on the libuv
 // threadpool (uv_queue_work), which touch nothing but their batch: the group
 // commit's fdatasync (Journal::RunSync) and, with --sync=remote, batches of
@@ -64,6 +76,9 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint64_t io_timeout_ms = 0;      // 0: block forever
     uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
     SyncMode sync = SyncMode::kRemote;
+    // Called (on the loop thread, possibly often) while requests wait for
+    // a path: the daemon shortens the reconnect backoff then.
+    std::function<void()> on_waiting_for_path;
   };
   // Data bytes of journal records loaded into the queue at a time.
   static constexpr size_t kFeedWindowBytes = 32u << 20;
@@ -110,6 +125,13 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // True if reads and writes work without a path (write-back): such a disk
   // stays in the tree while its remote is away.
   bool usable_offline() const { return writeback(); }
+  // True while requests (or an open(2)) wait because no path is left.
+  bool waiting_for_path() const;
+  // True when nothing refers to the disk's present size: no path, not open
+  // (no FUSE handle, no open(2) waiting), no request queued, held or on the
+  // wire, and no journal record or journal write outstanding. Such a disk
+  // may be replaced by one of another size (Importer).
+  bool idle() const;
   // Called when the journal has nothing pending any more (after a retire).
   void SetDrainedHook(std::function<void()> hook) { drained_hook_ = std::move(hook); }
 
@@ -127,8 +149,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint64_t read_bytes = 0, write_bytes = 0, trim_bytes = 0;
     uint64_t errors = 0;  // ops completed with an error
     uint64_t resent = 0, reopens = 0;
-    // Wall-clock ms since the epoch when the disk last became blocked (no
-    // path while requests wait or the file is open); 0 when not blocked.
+    // While the disk is blocked (no path while requests wait or the file
+    // is open): wall-clock ms since the epoch when the oldest request (or
+    // open(2)) that still waits was made (it may have waited on a link that hung before
+    // the link was given up), or when the disk became blocked if no request
+    // waits; 0 when not blocked.
     uint64_t blocked_since_ms = 0;
     // The disk's journal (0 without one): bytes of its segment files, and
     // pending (unretired) records and their write data.
@@ -170,6 +195,15 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     uint32_t dist;
   };
   enum class OpenState { kClosed, kOpening, kOpen };
+
+  // Unaligned requests (see "Unaligned I/O" in the class comment).
+  bool Aligned(uint64_t offset, uint64_t length) const {
+    return offset % blksize_ == 0 && length % blksize_ == 0;
+  }
+  void WriteNow(uint64_t offset, std::span<const uint8_t> data, BufferHold hold, DoneFn done);
+  void StartReadModifyWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
+                            DoneFn done);
+  void TrimUnaligned(uint64_t offset, uint64_t length, DoneFn done);
 
   void Submit(std::unique_ptr<Op> op);
   void Enqueue(std::unique_ptr<Op> op);  // Submit without dispatching
@@ -240,6 +274,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   OpenState open_state_ = OpenState::kClosed;
   bool wanted_open_ = false;          // between FUSE's Open() and Close()
   std::vector<DoneFn> open_waiters_;  // Open() calls waiting for BLK_OPEN
+  uint64_t open_wait_since_ms_ = 0;   // loop time the first of them came
   uint64_t retry_at_ms_ = 0;
 
   std::list<std::unique_ptr<Op>> ops_;
@@ -293,6 +328,11 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   uv_timer_t tick_;
   bool kicked_ = false;
   bool shut_down_ = false;
+  // A read-modify-write is between its reads and its write: new requests
+  // wait in held_.
+  bool rmw_active_ = false;
+  // The BLK_OPEN was lost with the disk open: the next one is a re-open.
+  bool lost_open_ = false;
 };
 
 }  // namespace xdisk

@@ -28,12 +28,19 @@ std::string CheckImportSpan(const LnkSpan& span, std::string* serial, std::strin
   *blksize = span.blksize;
   if (*blksize < 512 || *blksize > 65536 || (*blksize & (*blksize - 1)) != 0)
     return "unusable block size " + std::to_string(span.blksize);
+  if (span.media_bytes < *blksize)
+    return "size " + std::to_string(span.media_bytes) + " is less than one block";
   return "";
 }
 
 Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config,
                    JournalConfig journal)
-    : loop_(loop), tree_(tree), config_(config), journal_config_(std::move(journal)) {}
+    : loop_(loop), tree_(tree), config_(config), journal_config_(std::move(journal)) {
+  uv_timer_init(loop_, &reconsider_timer_);
+  reconsider_timer_.data = this;
+  // Polls busy disks only; never keeps the loop alive on its own.
+  uv_unref(reinterpret_cast<uv_handle_t*>(&reconsider_timer_));
+}
 
 Status Importer::RecoverJournals() {
   if (journal_config_.dir.empty()) return Status::Ok();
@@ -88,23 +95,39 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
   if (span.info.pfs_label.size() > kMaxName || span.info.peer_label.size() > kMaxName)
     XLOG(kWarning, span.link->name(), "span '%s': names cut to %zu characters", serial.c_str(),
          kMaxName);
+  // Once per span; the disk keeps its serno/, by-uuid/ and xaN names (the
+  // tree skips the label by the same rule). Log() escapes what the peer sent.
+  if (std::string bad = fusedev::DiskTree::LabelProblem(label); !bad.empty())
+    XLOG(kWarning, span.link->name(), "span '%s': label '%s' gets no by-label name: %s",
+         serial.c_str(), label.c_str(), bad.c_str());
+  // The disk is presented with whole blocks only: the remote refuses (or
+  // cannot serve) the partial block at the end, and xdisk itself sees
+  // bytes / blksize blocks (docs/dmsg-protocol.md §6.4).
+  const uint64_t size = span.info.media_bytes - span.info.media_bytes % blksize;
+  if (size != span.info.media_bytes)
+    XLOG(kInfo, span.link->name(),
+         "span '%s': size %" PRIu64 " is not a multiple of its block size %u; presented as %" PRIu64
+         " bytes",
+         serial.c_str(), span.info.media_bytes, blksize, size);
   auto it = disks_.find(serial);
   if (it != disks_.end()) {
     ImportedDisk& d = *it->second;
-    if (d.size() != span.info.media_bytes || d.block_size() != blksize) {
+    if (d.size() != size || d.block_size() != blksize) {
       XLOG(kWarning, span.link->name(),
            "not importing span '%s': size %" PRIu64
            "/%u differs from the disk already known "
            "under that serial (%" PRIu64 "/%u); two disks claim one serial",
-           serial.c_str(), span.info.media_bytes, blksize, d.size(), d.block_size());
+           serial.c_str(), size, blksize, d.size(), d.block_size());
+      // Considered again once that disk has no path left (Reconsider).
+      refused_.emplace(span.id, span);
       return;
     }
   } else {
     bool refuse = false;
     auto journal =
-        OpenJournalFor(JournalDiskHeader{serial, span.info.media_bytes, blksize, label}, &refuse);
+        OpenJournalFor(JournalDiskHeader{serial, size, blksize, label}, &refuse);
     if (refuse) return;
-    NewDisk(serial, span.info.media_bytes, blksize, std::move(journal));
+    NewDisk(serial, size, blksize, std::move(journal));
     it = disks_.find(serial);
   }
   span_serial_[span.id] = serial;
@@ -112,7 +135,7 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
   info.serial = serial;
   info.label = label;
   info.uuid = IsNil(span.info.pfs_id) ? "" : UuidToString(span.info.pfs_id);
-  info.size = span.info.media_bytes;
+  info.size = size;
   info.blksize = blksize;
   it->second->AddPath(span);
   if (tree_ != nullptr) {
@@ -187,6 +210,7 @@ void Importer::WatchDrain(ImportedDisk* disk) {
 }
 
 void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
+  refused_.erase(span.id);
   auto s = span_serial_.find(span.id);
   if (s == span_serial_.end()) return;
   std::string serial = s->second;
@@ -200,10 +224,58 @@ void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
     // without its remote (write-back), stays in the tree.
     if (tree_ != nullptr && !it->second->journal_busy() && !it->second->usable_offline())
       tree_->SetOnline(serial, false);
+    if (!Reconsider(serial) && !shut_down_ &&
+        !uv_is_active(reinterpret_cast<uv_handle_t*>(&reconsider_timer_)))
+      uv_timer_start(&reconsider_timer_, OnReconsiderTimer, 1000, 1000);
   }
 }
 
+bool Importer::Reconsider(const std::string& serial) {
+  if (shut_down_) return true;  // spans go as the links close: nothing to replace
+  std::vector<RemoteSpan> candidates;
+  for (auto& [id, rs] : refused_)
+    if (Cut(rs.info.pfs_label) == serial) candidates.push_back(rs);
+  if (candidates.empty()) return true;
+  auto it = disks_.find(serial);
+  if (it == disks_.end()) return true;
+  if (it->second->path_count() > 0) return true;  // the disk came back first
+  if (!it->second->idle()) return false;          // in use with its size
+  XLOG(kInfo, "disk " + serial,
+       "its last path is gone; trying the %zu other span(s) of that serial that were refused "
+       "for their size",
+       candidates.size());
+  // Shutdown() closes its handles and removes its (empty) journal, so that
+  // the new disk opens one for its own size.
+  it->second->Shutdown();
+  replaced_.push_back(std::move(it->second));
+  disks_.erase(it);
+  for (const RemoteSpan& rs : candidates) {
+    refused_.erase(rs.id);
+    OnSpanAdded(rs);  // the first one makes the disk; a mismatch is refused again
+  }
+  return true;
+}
+
+void Importer::OnReconsiderTimer(uv_timer_t* t) {
+  auto* self = static_cast<Importer*>(t->data);
+  bool waiting = false;
+  std::vector<std::string> serials;
+  for (auto& [id, rs] : self->refused_) serials.push_back(Cut(rs.info.pfs_label));
+  for (const std::string& serial : serials) waiting |= !self->Reconsider(serial);
+  if (!waiting) uv_timer_stop(t);
+}
+
+bool Importer::AnyWaitingForPath() const {
+  for (const auto& [serial, d] : disks_)
+    if (d->waiting_for_path()) return true;
+  return false;
+}
+
 void Importer::Shutdown() {
+  if (!shut_down_) {
+    shut_down_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&reconsider_timer_), nullptr);
+  }
   for (auto& [serial, d] : disks_) d->Shutdown();
 }
 

@@ -8,7 +8,10 @@
 // labels longer than 63 bytes are cut, as xdisk cuts them; a zero size or a
 // block size that is not a power of two in 512..65536 is refused; a span
 // whose size or block size disagrees with the disk already known under its
-// serial is refused (two disks claiming one serial).
+// serial is refused (two disks claiming one serial). A size that is not a
+// multiple of the block size is presented rounded down to whole blocks (the
+// partial block at the end cannot be read or written in blocks); a span
+// smaller than one block is refused.
 //
 // Journals: with a journal directory and --sync=journal (write-back), every
 // disk gets a journal (daemon/journal.h) keyed by its serial when it is
@@ -26,6 +29,15 @@
 // while it is open and its I/O blocks (ImportedDisk); it returns online with
 // the next span of that serial.
 //
+// Spans refused because their size disagrees with the disk known under
+// their serial are remembered while they stay advertised. Once the disk has
+// no path left and is idle (ImportedDisk::idle(): not open, nothing queued,
+// no journal records), it is replaced by a disk built from the oldest such
+// span, and the others are considered again as paths to it; a disk that is
+// still busy is looked at again every second until it is idle or returns.
+// The replaced ImportedDisk is kept (shut down) until the Importer goes, as
+// the FUSE server may still hold its pointer.
+//
 // Threading: loop thread only. The Importer must outlive the SpanRegistry's
 // links and the FUSE server.
 #pragma once
@@ -35,6 +47,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "daemon/imported_disk.h"
 #include "daemon/span_registry.h"
@@ -74,6 +87,8 @@ class Importer : public SpanObserver {
   void Shutdown();
 
   const std::map<std::string, std::unique_ptr<ImportedDisk>>& disks() const { return disks_; }
+  // True if any disk has requests waiting for a path.
+  bool AnyWaitingForPath() const;
 
  private:
   uv_loop_t* loop_;
@@ -85,11 +100,21 @@ class Importer : public SpanObserver {
   std::unique_ptr<Journal> OpenJournalFor(const JournalDiskHeader& h, bool* refuse);
   ImportedDisk* NewDisk(const std::string& serial, uint64_t size, uint32_t blksize,
                         std::unique_ptr<Journal> journal);
+  // Replaces the disk of `serial` with one built from the refused spans of
+  // that serial if it has no path and is idle; true if nothing is left to
+  // wait for (replaced, or nothing to replace it with).
+  bool Reconsider(const std::string& serial);
+  static void OnReconsiderTimer(uv_timer_t* t);
 
   ImportedDisk::Config config_;
   JournalConfig journal_config_;
   std::map<std::string, std::unique_ptr<ImportedDisk>> disks_;
   std::map<uint64_t, std::string> span_serial_;
+  // Spans refused for their size, by span id (ids grow: oldest first).
+  std::map<uint64_t, RemoteSpan> refused_;
+  std::vector<std::unique_ptr<ImportedDisk>> replaced_;
+  uv_timer_t reconsider_timer_;
+  bool shut_down_ = false;
 };
 
 }  // namespace xdisk

@@ -32,6 +32,8 @@ struct LinkTable::Connector {
   bool closed = false;
   uint64_t backoff_ms = kBackoffMinMs;
   std::string last_error;  // logged once per distinct error, not every retry
+  std::string shown_error;   // the last failure, for connect_targets()
+  uint64_t retry_at_ms = 0;  // loop time the timer fires; 0 when it does not run
 };
 
 LinkTable::LinkTable(uv_loop_t* loop, const LinkConfig& config, const PeerPolicy* policy,
@@ -228,6 +230,7 @@ void LinkTable::OnConnected(uv_connect_t* req, int status) {
     // Failed connects repeat every few seconds: log each distinct reason once.
     if (why != c->last_error) XLOG(kWarning, link->name(), "%s (will retry)", why.c_str());
     c->last_error = why;
+    c->shown_error = why;
     link->Close(why);
     return;
   }
@@ -249,16 +252,49 @@ void LinkTable::ScheduleRetry(Connector* c, const std::string& why) {
     XLOG(kWarning, "connect " + c->addr.ToString(), "%s (will retry)", why.c_str());
     c->last_error = why;
   }
+  if (!why.empty()) c->shown_error = why;
   static std::mt19937_64 rng{std::random_device{}()};
   // Jitter keeps a fleet of importers from reconnecting in lockstep.
   std::uniform_real_distribution<double> jitter(0.75, 1.25);
   uint64_t delay = static_cast<uint64_t>(c->backoff_ms * jitter(rng));
   c->backoff_ms = std::min(c->backoff_ms * 2, kBackoffMaxMs);
+  // I/O waits for a path, and this may be it: the backoff (which keeps
+  // growing underneath) must not keep that I/O waiting seconds after the
+  // peer is back.
+  if (io_waiting_ && io_waiting_()) delay = std::min(delay, kHurryRetryMs);
+  c->retry_at_ms = uv_now(loop_) + delay;
   uv_timer_start(&c->timer, OnBackoffTimer, delay, 0);
+}
+
+void LinkTable::Hurry() {
+  const uint64_t now = uv_now(loop_);
+  for (auto& c : connectors_) {
+    if (c->closed || c->retry_at_ms == 0 || c->retry_at_ms <= now + kHurryRetryMs) continue;
+    c->retry_at_ms = now + kHurryRetryMs;
+    uv_timer_start(&c->timer, OnBackoffTimer, kHurryRetryMs, 0);
+  }
+}
+
+std::vector<LinkTable::ConnectTarget> LinkTable::connect_targets() const {
+  std::vector<ConnectTarget> out;
+  for (const auto& c : connectors_) {
+    if (c->closed) continue;
+    ConnectTarget t;
+    t.addr = c->addr;
+    t.has_link = c->link != nullptr;
+    t.state = t.has_link     ? (c->link->up() ? "up" : "connecting")
+              : c->resolving ? "resolving"
+                             : "retrying";
+    t.next_retry_ms = c->retry_at_ms;
+    t.last_error = c->shown_error;
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 void LinkTable::OnBackoffTimer(uv_timer_t* t) {
   auto* c = static_cast<Connector*>(t->data);
+  c->retry_at_ms = 0;
   c->table->StartResolve(c);
 }
 
@@ -276,6 +312,7 @@ void LinkTable::CloseConnector(Connector* c) {
   if (c->closed) return;
   c->closed = true;
   uv_timer_stop(&c->timer);
+  c->retry_at_ms = 0;
   ++closing_handles_;
   uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), OnHandleClosed);
   if (c->resolving) uv_cancel(reinterpret_cast<uv_req_t*>(&c->resolve));
@@ -296,6 +333,8 @@ TransactionHandler* LinkTable::OnTopLevelCreate(Link& link, Transaction& t, cons
 }
 
 void LinkTable::OnLinkDown(Link& link, const std::string& reason) {
+  if (auto it = link_connector_.find(&link); it != link_connector_.end())
+    it->second->shown_error = reason;
   // Links that never started (refused, connect failed) were never announced.
   if (link.refused() && reason != "shutting down" && reason != "disconnected by operator") {
     // A failed handshake: the peer retries (DragonFly every 5 s, our

@@ -9,7 +9,10 @@
 // seconds. Connectors resolve
 // their host, check the policy for the resolved address, connect, and after
 // any failure or loss reconnect forever with exponential backoff (0.1 s
-// doubling to a 5 s cap, +-25% jitter; reset once a link came up).
+// doubling to a 5 s cap, +-25% jitter; reset once a link came up). While
+// I/O waits for a path (the `io_waiting` predicate of SetHurry), no retry
+// is more than kHurryRetryMs away, so that I/O resumes within a second of
+// the peer's return; idle connectors keep their backoff.
 //
 // Link events are forwarded to `upper` (the SpanRegistry); the table itself
 // handles OnLinkClosed by deleting the Link.
@@ -53,6 +56,26 @@ class LinkTable : public LinkObserver {
 
   void Shutdown(std::function<void()> done);
 
+  // While `io_waiting()` is true, retries are at most kHurryRetryMs apart.
+  // Hurry() applies that at once to connectors already waiting longer (call
+  // it when I/O starts waiting). The predicate is called on the loop thread
+  // and must stay callable until Shutdown.
+  static constexpr uint64_t kHurryRetryMs = 250;
+  void SetHurry(std::function<bool()> io_waiting) { io_waiting_ = std::move(io_waiting); }
+  void Hurry();
+
+  // The connect targets, for xdiskctl: those with a link show as links too.
+  struct ConnectTarget {
+    HostPort addr;
+    // "retrying" (waiting for the next attempt), "resolving", "connecting"
+    // or "up" (its link is connecting or up).
+    std::string state;
+    uint64_t next_retry_ms = 0;  // loop time of the next attempt; 0 if none waits
+    std::string last_error;      // why the last attempt or link failed; "" if none
+    bool has_link = false;
+  };
+  std::vector<ConnectTarget> connect_targets() const;
+
   std::vector<Link*> links() const;
   // The actual bound port of the n-th listener (for --listen ...:0 in tests).
   int listen_port(size_t n) const;
@@ -91,6 +114,7 @@ class LinkTable : public LinkObserver {
   int closing_handles_ = 0;
   bool shutting_down_ = false;
   std::function<void()> shutdown_done_;
+  std::function<bool()> io_waiting_;
 };
 
 }  // namespace xdisk

@@ -373,6 +373,9 @@ std::string LinkJson(const control::LinkInfo& l) {
       .Num("bytes_out", l.bytes_out())
       .Str("encryption", l.encryption())
       .Str("peer_label", l.peer_label())
+      .Num("next_retry_ms", l.next_retry_ms())
+      .Time("next_retry", l.next_retry_ms())
+      .Str("last_error", l.last_error())
       .Done();
 }
 
@@ -547,10 +550,23 @@ std::string LinksTable(const google::protobuf::RepeatedPtrField<control::LinkInf
                        uint64_t now_ms) {
   if (links.empty()) return "no links\n";
   Table t({"PEER", "DIR", "STATE", "SINCE", "IN", "OUT", "ENC", "LABEL"});
-  for (const auto& l : links)
+  for (const auto& l : links) {
+    if (l.state() == "retrying" || l.state() == "resolving") {
+      // A connect target between attempts: when the next one starts in
+      // SINCE, why the last one failed in LABEL.
+      std::string next = "-";
+      if (l.next_retry_ms() != 0)
+        next = "next try " + IsoTime(l.next_retry_ms()) + " (in " +
+               HumanMicros(1000 * (l.next_retry_ms() > now_ms ? l.next_retry_ms() - now_ms : 0)) +
+               ")";
+      t.Add({l.peer(), l.direction(), l.state(), next, "-", "-", l.encryption(),
+             l.last_error().empty() ? "-" : "error: " + l.last_error()});
+      continue;
+    }
     t.Add({l.peer(), l.direction(), l.state(), SinceText(l.since_ms(), now_ms),
            HumanBytes(l.bytes_in()), HumanBytes(l.bytes_out()), l.encryption(),
            l.peer_label().empty() ? "-" : l.peer_label()});
+  }
   return t.Render();
 }
 

@@ -55,8 +55,19 @@ DiskTree::DiskTree(TreeAttrs attrs) : attrs_(attrs), born_(Now()) {
 }
 
 bool DiskTree::ValidComponent(std::string_view c) {
-  return !c.empty() && c != "." && c != ".." && c.size() <= kNameMax &&
-         c.find('/') == std::string_view::npos && c.find('\0') == std::string_view::npos;
+  if (c.empty() || c == "." || c == ".." || c.size() > kNameMax) return false;
+  // Names come from peers: a newline or an escape sequence in a file name
+  // would reach every `ls` and every script that reads one name per line.
+  for (unsigned char ch : c)
+    if (ch < 0x20 || ch == 0x7f || ch == '/') return false;
+  return true;
+}
+
+std::string DiskTree::LabelProblem(std::string_view label) {
+  if (label.empty()) return "";
+  std::vector<std::string> comps;
+  if (SplitPath(label, &comps)) return "";
+  return "a component is empty, '.', '..', longer than 255 bytes or holds a control character";
 }
 
 Ino DiskTree::AddOrUpdate(const DiskInfo& info, BlockDevice* dev, bool online) {

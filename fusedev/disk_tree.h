@@ -32,8 +32,9 @@
 //
 // Name rules (a name that breaks them is skipped; the disk keeps its other
 // names):
-// - a component must be non-empty, not "." or "..", contain no '/' or NUL,
-//   and be at most 255 bytes (NAME_MAX); labels are not truncated.
+// - a component must be non-empty, not "." or "..", contain no '/', NUL or
+//   other control character (0x01-0x1f, 0x7f), and be at most 255 bytes
+//   (NAME_MAX); labels are not truncated.
 // - when two visible disks want the same path (cloned filesystems share a
 //   uuid; labels may repeat), the disk with the lower xaN gets it; the other
 //   gets it when the first one disappears. A path that would need to be both
@@ -203,6 +204,9 @@ class DiskTree {
 
   // True if `c` is usable as one path component (see "Name rules").
   static bool ValidComponent(std::string_view c);
+  // Why a non-empty `label` gets no by-label name ("" if it gets one): the
+  // exporter refuses such labels and the importer logs them, by this rule.
+  static std::string LabelProblem(std::string_view label);
 
  private:
   struct Disk {

@@ -723,31 +723,87 @@ TEST_CASE("another version gets an error and the connection stays usable", "[con
   REQUIRE(s.RunUntil([&] { return s.server->connections() == 0; }));
 }
 
-TEST_CASE("idle connections are closed after the timeout, freeing their slots", "[control]") {
+TEST_CASE("idle connections are closed after the timeout", "[control]") {
   LoopServer s(100);
   std::vector<int> fds;
-  for (size_t i = 0; i < ControlServer::kMaxConnections + 1; ++i) fds.push_back(s.Connect());
-  REQUIRE(s.RunUntil([&] { return s.server->connections() == ControlServer::kMaxConnections; }));
+  // Before the connects: every timer starts later, at its accept.
   const uint64_t start = uv_hrtime();
-  // The 17th waited in the backlog; it is accepted once the idle ones go.
-  std::string req = Frame(Serialize(StatusCommand()));
-  REQUIRE(send(fds.back(), req.data(), req.size(), 0) > 0);
-  std::string got;
-  REQUIRE(s.RunUntil([&] {
-    char buf[4096];
-    ssize_t n = recv(fds.back(), buf, sizeof buf, 0);
-    if (n > 0) got.append(buf, static_cast<size_t>(n));
-    return got.size() >= kFrameHeaderBytes;
-  }));
-  CHECK((uv_hrtime() - start) / 1000000 >= 90);
-  for (size_t i = 0; i + 1 < fds.size(); ++i) {
-    std::string rest;
-    CHECK(ReadToEof(fds[i], &rest));
-    CHECK(rest.empty());
-  }
-  // Then the last one times out too.
+  for (size_t i = 0; i < ControlServer::kMaxConnections; ++i) fds.push_back(s.Connect());
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == ControlServer::kMaxConnections; }));
   REQUIRE(s.RunUntil([&] { return s.server->connections() == 0; }));
+  CHECK((uv_hrtime() - start) / 1000000 >= 90);
+  for (int fd : fds) {
+    std::string rest;
+    CHECK(ReadToEof(fd, &rest));
+    CHECK(rest.empty());
+    close(fd);
+  }
+}
+
+// Reads one reply frame from `fd` while running the loop.
+bool ReadReply(LoopServer& s, int fd, uint64_t limit_ms = 5000) {
+  std::string got;
+  return s.RunUntil(
+      [&] {
+        char buf[4096];
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n > 0) got.append(buf, static_cast<size_t>(n));
+        return got.size() >= kFrameHeaderBytes;
+      },
+      limit_ms);
+}
+
+TEST_CASE("with every slot taken by idle clients, a new client takes the slot idle for longest",
+          "[control]") {
+  LoopServer s(0);  // no idle timeout at all: only eviction frees a slot
+  std::vector<int> fds;
+  std::string req = Frame(Serialize(StatusCommand()));
+  for (size_t i = 0; i < ControlServer::kMaxConnections; ++i) {
+    fds.push_back(s.Connect());
+    REQUIRE(s.RunUntil([&] { return s.server->connections() == fds.size(); }));
+    // The first half has spoken (a request answered); the rest stay silent.
+    if (i < ControlServer::kMaxConnections / 2) {
+      REQUIRE(send(fds.back(), req.data(), req.size(), 0) > 0);
+      REQUIRE(ReadReply(s, fds.back()));
+    }
+  }
+  usleep(150 * 1000);  // older than kMinEvictAgeMs, all of them
+  // Three more clients: each gets an answer at once, and the slots come from
+  // the connections idle for longest.
+  for (int k = 0; k < 3; ++k) {
+    int fd = s.Connect();
+    REQUIRE(send(fd, req.data(), req.size(), 0) > 0);
+    REQUIRE(ReadReply(s, fd, 2000));
+    fds.push_back(fd);
+  }
+  CHECK(s.server->connections() == ControlServer::kMaxConnections);
+  for (size_t i = 0; i < ControlServer::kMaxConnections; ++i) {
+    std::string rest;
+    const bool closed = ReadToEof(fds[i], &rest);
+    INFO("connection " << i);
+    CHECK(closed == (i < 3));
+  }
   for (int fd : fds) close(fd);
+}
+
+TEST_CASE("a connection that never sends a byte is closed after the short silent timeout",
+          "[control]") {
+  LoopServer s(60000);
+  const uint64_t start = uv_hrtime();  // the silent timer starts later, at the accept
+  int silent = s.Connect();
+  int talker = s.Connect();
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 2; }));
+  std::string req = Frame(Serialize(StatusCommand()));
+  REQUIRE(send(talker, req.data(), req.size(), 0) > 0);
+  REQUIRE(ReadReply(s, talker));
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 1; }, 10000));
+  const uint64_t ms = (uv_hrtime() - start) / 1000000;
+  CHECK(ms >= ControlServer::kSilentTimeoutMs);
+  std::string rest;
+  CHECK(ReadToEof(silent, &rest));
+  close(silent);
+  close(talker);
+  REQUIRE(s.RunUntil([&] { return s.server->connections() == 0; }));
 }
 
 TEST_CASE("a client that never reads is closed when its replies make no progress", "[control]") {

@@ -218,6 +218,21 @@ TEST_CASE("label parsing edge cases", "[disk_tree]") {
       CHECK(Names(u, kByLabelIno).size() == 2);
     }
   }
+  SECTION("control characters drop the label name, and LabelProblem says why") {
+    for (const char* bad : {"h/d\nxdisk-fuse: error: FAKE", "h/\x1b[2J", "h/d\x7f", "tab\there"}) {
+      DiskTree u;
+      Ino ino = u.AddOrUpdate(Disk("S1", bad), nullptr);
+      INFO(bad);
+      CHECK(u.nlink(ino) == 2);
+      CHECK(Names(u, kByLabelIno).size() == 2);
+      CHECK_FALSE(DiskTree::LabelProblem(bad).empty());
+    }
+    for (const char* bad : {"x/../../y", "a//b", "/lead", "."})
+      CHECK_FALSE(DiskTree::LabelProblem(bad).empty());
+    CHECK(DiskTree::LabelProblem("host/dev").empty());
+    CHECK(DiskTree::LabelProblem("caf\xc3\xa9/d").empty());
+    CHECK(DiskTree::LabelProblem("").empty());
+  }
   SECTION("long labels: components up to 255 bytes are kept, longer are dropped") {
     std::string c63(63, 'x'), c255(255, 'y'), c256(256, 'z');
     Ino a = t.AddOrUpdate(Disk("A", c63 + "/" + c255), nullptr);

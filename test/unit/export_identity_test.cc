@@ -110,6 +110,12 @@ TEST_CASE("Malformed --export arguments are rejected naming the problem", "[expo
   ExpectParseError("/d,label=", "label is empty");
   ExpectParseError("/d,label=" + std::string(64, 'l'), "label '" + std::string(64, 'l'));
   ExpectParseError("/d,label=a\nb", "control character");
+  // The importer's by-label rule: components that are empty, "." or "..".
+  ExpectParseError("/d,label=x/../../y", "not usable as a by-label path");
+  ExpectParseError("/d,label=h//d", "not usable as a by-label path");
+  ExpectParseError("/d,label=/h/d", "not usable as a by-label path");
+  ExpectParseError("/d,label=h/d/", "not usable as a by-label path");
+  ExpectParseError("/d,label=.", "not usable as a by-label path");
   ExpectParseError("/d,uuid=xyz", "uuid 'xyz' is not 8-4-4-4-12");
   ExpectParseError("/d,uuid=0123abcd-4567-89ab-cdef-0123456789a", "is not 8-4-4-4-12");
   ExpectParseError("/d,uuid=0123abcd+4567-89ab-cdef-0123456789ab", "is not 8-4-4-4-12");

@@ -40,6 +40,8 @@ TEST_CASE("spans that cannot be imported say why", "[importer]") {
   CHECK_THAT(Why(Span("d", 0)), Catch::Contains("zero-size"));
   CHECK_THAT(Why(Span("d", 1 << 20, 0)), Catch::Contains("block size"));
   CHECK_THAT(Why(Span("d", 1 << 20, 1000)), Catch::Contains("block size"));
+  CHECK_THAT(Why(Span("d", 511, 512)), Catch::Contains("less than one block"));
+  CHECK(Why(Span("d", 1000, 512)).empty());  // presented as 512 bytes
   LnkSpan hammer = Span("d");
   hammer.peer_type = kPeerHammer2;
   CHECK_THAT(Why(hammer), Catch::Contains("not a block device"));
