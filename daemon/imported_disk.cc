@@ -198,8 +198,11 @@ void ImportedDisk::StartReadModifyWrite(uint64_t offset, std::span<const uint8_t
     if (st->err == 0) {
       memcpy(whole->data() + (offset - start), data.data(), data.size());
       std::span<const uint8_t> bytes(*whole);
-      // Queued before anything that waited for it (held_ is released after).
+      // Queued before anything that waited for it (held_ is released after);
+      // held itself only if the journal fails right now, and then first.
+      rmw_writing_ = true;
       DoWrite(start, bytes, BufferHold(whole), std::move(done));
+      rmw_writing_ = false;
     } else {
       ++stats_.errors;
       done(st->err);
@@ -1014,7 +1017,12 @@ void ImportedDisk::Hold(OpKind kind, std::function<void()> run, std::function<vo
          : writeback() ? "journal space"
          : journal_ok_ ? "the journal's backlog"
                        : "the switched-off journal's records to be sent and deleted");
-  held_.push_back(HeldOp{kind, std::move(run), std::move(fail), uv_now(loop_)});
+  HeldOp h{kind, std::move(run), std::move(fail), uv_now(loop_)};
+  // Everything held arrived after the read-modify-write whose write this is.
+  if (rmw_writing_)
+    held_.push_front(std::move(h));
+  else
+    held_.push_back(std::move(h));
   UpdateBlocked();
 }
 

@@ -331,6 +331,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // A read-modify-write is between its reads and its write: new requests
   // wait in held_.
   bool rmw_active_ = false;
+  bool rmw_writing_ = false;  // its whole-block write is being queued
   // The BLK_OPEN was lost with the disk open: the next one is a re-open.
   bool lost_open_ = false;
 };
