@@ -501,7 +501,12 @@ struct Daemon::Impl {
       resolved.push_back(*res);
     }
     if (Status s = CheckUniqueSerials(resolved); !s.ok()) return Usage("--export: " + s.message());
-    if (Status s = CheckMountpoint(opts.mountpoint); !s.ok()) return Usage(s.message());
+    // A mount handed over to be taken over (keeper, re-exec, systemd) is
+    // ours to serve: stat(2) on it would wait for this very process.
+    const bool handed_a_mount = getenv(kEnvFuseFd) != nullptr || getenv("LISTEN_FDS") != nullptr;
+    if (!handed_a_mount) {
+      if (Status s = CheckMountpoint(opts.mountpoint); !s.ok()) return Usage(s.message());
+    }
     // The host uuid is the peer_id of our links and spans. A daemon with
     // no exports needs it too (exports may be added at runtime), but may
     // run without it if the state directory is not writable.
