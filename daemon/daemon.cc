@@ -157,6 +157,7 @@ struct Daemon::Impl {
   bool state_warned = false, resend_noted = false;
   bool restarting = false;
   bool exit_after_detach = false;  // restart by the service manager: no exec
+  bool stop_after_detach = false;  // a stop came during a live restart
   uv_timer_t restart_timer;
   // Control socket and SIGHUP reload (StartControl). Destroyed after the
   // loop ran dry, before the modules they point at.
@@ -170,6 +171,18 @@ struct Daemon::Impl {
 
   static void OnSignal(uv_signal_t* h, int signum) {
     auto* self = static_cast<Impl*>(h->data);
+    // A stop wins over a live restart that has begun: the daemon stops and
+    // unmounts instead of re-executing.
+    if (self->restarting && !self->exit_after_detach) {
+      XLOG(kInfo, "main", "%s during a restart: stopping instead", strsignal(signum));
+      if (self->stopping) {
+        self->stop_after_detach = true;
+      } else {
+        self->restarting = false;
+        self->Stop(0);
+      }
+      return;
+    }
     // Under systemd, the SIGTERM of `systemctl restart` is not a stop: the
     // mount stays, its descriptor in the fd store, for the next daemon.
     if (signum == SIGTERM && self->fd_store && self->fuse && !self->stopping &&
@@ -253,6 +266,9 @@ struct Daemon::Impl {
     for (std::string& a : *args) argv.push_back(a.data());
     argv.push_back(nullptr);
     fflush(stderr);
+    // Until the new image's main() ignores it, a SIGHUP (a reload) would
+    // kill it: handlers do not survive exec, ignored signals do.
+    signal(SIGHUP, SIG_IGN);
     execv(self_exe.c_str(), argv.data());
     XLOG(kError, "main", "restart: exec %s: %s", self_exe.c_str(), strerror(errno));
     return 1;
@@ -261,7 +277,9 @@ struct Daemon::Impl {
   // Persists what a restarted daemon needs (daemon/mount_state.h). Runs on
   // every change of the tree's identity and of the FUSE session's state.
   void SaveState() {
-    if (!tree || !fuse) return;
+    // Once stopping, the FUSE server's handles are being torn down: what a
+    // next daemon needs was saved before.
+    if (!tree || !fuse || stopping) return;
     mount_state.identity = tree->identity();
     fusedev::FuseServer::SessionState ss = fuse->session_state();
     if (!ss.init_request.empty()) mount_state.init_request = ss.init_request;
@@ -326,6 +344,15 @@ struct Daemon::Impl {
     attrs.file_mode = opts.file_mode;
     tree = std::make_unique<fusedev::DiskTree>(attrs);
     if (!mount_state.identity.disks.empty() && !tree->Restore(mount_state.identity)) {
+      if (adopt_fd >= 0) {
+        // The kernel holds the old numbers: fresh ones could send one
+        // disk's I/O to another.
+        XLOG(kError, "main", "cannot take over the mount at %s: %s holds an inconsistent "
+             "inode table", mount_real.c_str(), state_path.c_str());
+        close(adopt_fd);
+        adopt_fd = -1;
+        return false;
+      }
       XLOG(kWarning, "main", "%s: the saved inode table is inconsistent; numbers start afresh",
            state_path.c_str());
       mount_state.handles.clear();
@@ -352,11 +379,12 @@ struct Daemon::Impl {
     }
     registry.AddObserver(importer.get());
     if (adopt_fd >= 0) {
-      // The disks the kernel holds open come back before their remotes.
-      std::vector<fusedev::DiskInfo> open_disks;
+      // The disks that were listed, or that the kernel holds open, come
+      // back before their remotes.
+      std::vector<fusedev::DiskInfo> restored;
       for (const auto& d : mount_state.identity.disks)
-        if (mount_state.handles.count(d.ino)) open_disks.push_back(d.info);
-      importer->RestoreDisks(open_disks);
+        if (d.visible || mount_state.handles.count(d.ino)) restored.push_back(d.info);
+      importer->RestoreDisks(restored);
     }
     fusedev::FuseServer::Options fo;
     fo.mountpoint = opts.mountpoint;
@@ -607,6 +635,16 @@ struct Daemon::Impl {
     tree.reset();
     int rc = uv_loop_close(&loop);
     if (rc != 0) XLOG(kWarning, "main", "loop closed with handles open: %s", uv_strerror(rc));
+    if (restarting && stop_after_detach) {
+      // The mount was detached for the restart; the stop takes it away.
+      if (!opts.mountpoint.empty() && umount2(mount_real.c_str(), MNT_DETACH) != 0)
+        XLOG(kWarning, "main", "umount %s: %s", mount_real.c_str(), strerror(errno));
+      if (keeper) keeper->SendStop();
+      if (fd_store) RemoveStoredFd(kFuseFdName);
+      if (detached_fd >= 0) close(detached_fd);
+      XLOG(kInfo, "main", "exit %d", exit_code);
+      return exit_code;
+    }
     if (restarting && !exit_after_detach) return ReExec(detached_fd);
     if (detached_fd >= 0) close(detached_fd);
     XLOG(kInfo, "main", "exit %d", exit_code);

@@ -40,6 +40,9 @@ Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Confi
   reconsider_timer_.data = this;
   // Polls busy disks only; never keeps the loop alive on its own.
   uv_unref(reinterpret_cast<uv_handle_t*>(&reconsider_timer_));
+  uv_timer_init(loop_, &restore_timer_);
+  restore_timer_.data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&restore_timer_));
 }
 
 Status Importer::RecoverJournals() {
@@ -196,8 +199,20 @@ void Importer::RestoreDisks(const std::vector<fusedev::DiskInfo>& disks) {
     if (refuse) continue;  // logged; its open handles then fail
     ImportedDisk* d = NewDisk(info.serial, info.size, info.blksize, std::move(journal));
     XLOG(kInfo, "disk " + info.serial, "restored after a restart; waiting for its remote");
-    if (tree_ != nullptr) tree_->AddOrUpdate(info, d, d->usable_offline());
+    // Listed at once: a lookup or an open resent by the kernel finds it.
+    if (tree_ != nullptr) tree_->AddOrUpdate(info, d, true);
   }
+  if (disks.empty()) return;
+  uv_timer_start(
+      &restore_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Importer*>(t->data);
+        for (auto& [serial, d] : self->disks_)
+          if (self->tree_ != nullptr && d->path_count() == 0 && !d->usable_offline() &&
+              !d->journal_busy())
+            self->tree_->SetOnline(serial, false);
+      },
+      kRestoreGraceMs, 0);
 }
 
 void Importer::WatchDrain(ImportedDisk* disk) {
@@ -275,6 +290,7 @@ void Importer::Shutdown() {
   if (!shut_down_) {
     shut_down_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&reconsider_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&restore_timer_), nullptr);
   }
   for (auto& [serial, d] : disks_) d->Shutdown();
 }

@@ -76,8 +76,11 @@ class Importer : public SpanObserver {
   Status RecoverJournals();
 
   // After a restart: registers each disk (not yet known) in the tree,
-  // offline, with an ImportedDisk that blocks until a span of its serial
-  // arrives. Call after RecoverJournals and before the FUSE server starts.
+  // listed, with an ImportedDisk whose I/O and opens wait until a span of
+  // its serial arrives, as in an outage. A restored disk that has no path
+  // kRestoreGraceMs later is taken offline (hidden unless open). Call after
+  // RecoverJournals and before the FUSE server starts.
+  static constexpr uint64_t kRestoreGraceMs = 30000;
   void RestoreDisks(const std::vector<fusedev::DiskInfo>& disks);
 
   void OnSpanAdded(const RemoteSpan& span) override;
@@ -114,6 +117,7 @@ class Importer : public SpanObserver {
   std::map<uint64_t, RemoteSpan> refused_;
   std::vector<std::unique_ptr<ImportedDisk>> replaced_;
   uv_timer_t reconsider_timer_;
+  uv_timer_t restore_timer_;  // ends the grace of restored disks
   bool shut_down_ = false;
 };
 

@@ -12,6 +12,8 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <deque>
 
 #include "daemon/log.h"
 
@@ -79,6 +81,9 @@ pid_t Spawn(const std::string& exe, const std::vector<std::string>& argv, int so
   if (fuse_fd >= 0) fcntl(fuse_fd, F_SETFD, 0);
   signal(SIGTERM, SIG_DFL);
   signal(SIGINT, SIG_DFL);
+  // Ignored until the daemon's main() installs its reload: a forwarded
+  // SIGHUP would otherwise kill it at its very start.
+  signal(SIGHUP, SIG_IGN);
   execve(exe.c_str(), args.data(), envp.data());
   _exit(127);
 }
@@ -121,11 +126,13 @@ void Listen(int sock, int* fuse_fd, bool* ready, bool* stopped) {
   }
 }
 
-// Drops the mount the keeper holds: lazily unmounted, and with the last
-// descriptor closed the kernel fails what waits (ENOTCONN).
-void Release(int* fuse_fd, const std::string& mountpoint) {
+// Drops the mount the keeper holds: lazily unmounted (unless the daemon
+// did that itself in a clean stop: what is at the path now may be another
+// mount), and with the last descriptor closed the kernel fails what waits
+// (ENOTCONN).
+void Release(int* fuse_fd, const std::string& mountpoint, bool unmount = true) {
   if (*fuse_fd < 0) return;
-  if (umount2(mountpoint.c_str(), MNT_DETACH) == 0)
+  if (unmount && umount2(mountpoint.c_str(), MNT_DETACH) == 0)
     XLOG(kInfo, "keeper", "unmounted %s", mountpoint.c_str());
   close(*fuse_fd);
   *fuse_fd = -1;
@@ -146,6 +153,7 @@ int RunKeeper(const std::vector<std::string>& argv, const std::string& mountpoin
   bool ever_ready = false;
   int failed_starts = 0;
   unsigned restarts = 0;
+  std::deque<time_t> recent;  // restart times (monotonic seconds)
   while (true) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -178,10 +186,26 @@ int RunKeeper(const std::vector<std::string>& argv, const std::string& mountpoin
       if (!stopped && fuse_fd >= 0)
         XLOG(kInfo, "keeper", "daemon pid %d: %s; not starting it again", pid,
              Describe(status).c_str());
-      Release(&fuse_fd, mountpoint);
+      Release(&fuse_fd, mountpoint, !stopped);
       return ExitCode(status);
     }
     failed_starts = ready ? 0 : failed_starts + 1;
+    // A daemon that serves and dies again and again (a request that crashes
+    // every daemon it reaches, resent to each) would be restarted forever:
+    // more than kMaxRestartsPerMinute in the last minute end it like
+    // failed starts do.
+    struct timespec now {};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    recent.push_back(now.tv_sec);
+    while (!recent.empty() && recent.front() < now.tv_sec - 60) recent.pop_front();
+    if (recent.size() > kMaxRestartsPerMinute) {
+      XLOG(kError, "keeper",
+           "daemon died %zu times in a minute (last: %s); giving up: %s is unmounted and the "
+           "I/O waiting in it fails",
+           recent.size(), Describe(status).c_str(), mountpoint.c_str());
+      Release(&fuse_fd, mountpoint);
+      return 1;
+    }
     if (failed_starts >= kMaxFailedStarts) {
       XLOG(kError, "keeper",
            "daemon failed %d starts in a row (last: %s); giving up: %s is unmounted and the "
@@ -232,9 +256,12 @@ std::unique_ptr<KeeperLink> KeeperLink::FromEnvironment(uv_loop_t* loop,
 KeeperLink::KeeperLink(uv_loop_t* loop, int fd, pid_t pid, std::function<void()> on_gone)
     : loop_(loop), fd_(fd), pid_(pid), on_gone_(std::move(on_gone)) {
   poll_ = new uv_poll_t;
-  if (uv_poll_init(loop_, poll_, fd_) != 0) {
+  if (int r = uv_poll_init(loop_, poll_, fd_); r != 0) {
     delete poll_;
     poll_ = nullptr;
+    // Its death could not be noticed: say now that it cannot be relied on.
+    XLOG(kWarning, "keeper", "cannot watch the keeper's socket: %s", uv_strerror(r));
+    alive_ = false;
     return;
   }
   poll_->data = this;
@@ -270,8 +297,8 @@ void KeeperLink::Gone() {
   if (on_gone_) on_gone_();
 }
 
-void KeeperLink::Send(const std::string& what, int fd) {
-  if (!alive_) return;
+bool KeeperLink::Send(const std::string& what, int fd) {
+  if (!alive_) return false;
   struct iovec iov {const_cast<char*>(what.data()), what.size()};
   struct msghdr msg {};
   msg.msg_iov = &iov;
@@ -286,13 +313,21 @@ void KeeperLink::Send(const std::string& what, int fd) {
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &fd, sizeof fd);
   }
-  if (sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0)
+  if (sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0) {
     XLOG(kWarning, "keeper", "telling the keeper '%s': %s", what.c_str(), strerror(errno));
+    return false;
+  }
+  return true;
 }
 
 Status KeeperLink::SendFuseFd(int fd) {
   if (!alive_) return Status::Unavailable("no keeper");
-  Send("fuse", fd);
+  if (!Send("fuse", fd)) {
+    // The keeper holds nothing: a crash would end the mount.
+    alive_ = false;
+    Close();
+    return Status::Unavailable("the keeper did not take the mount's descriptor");
+  }
   return Status::Ok();
 }
 void KeeperLink::SendReady() { Send("ready"); }

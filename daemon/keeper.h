@@ -15,7 +15,9 @@
 //   - when the daemon dies before it ever served (bad options, mount
 //     refused), exits with its status, leaving nothing mounted;
 //   - gives up after kMaxFailedStarts restarts in a row that never served
-//     (restarts wait 0, 0.25, 0.5, 1, 2 s): it then lazily unmounts and
+//     (restarts wait 0, 0.25, 0.5, 1, 2 s), or after more than
+//     kMaxRestartsPerMinute restarts within a minute (a request that
+//     crashes every daemon it is resent to): it then lazily unmounts and
 //     closes the descriptor, so the kernel fails the waiting requests
 //     (ENOTCONN) instead of leaving them to hang for good.
 //
@@ -52,6 +54,7 @@ inline constexpr char kEnvKeeperFd[] = "XDISK_KEEPER_FD";
 inline constexpr char kEnvKeeperPid[] = "XDISK_KEEPER_PID";
 inline constexpr char kEnvFuseFd[] = "XDISK_FUSE_FD";
 inline constexpr int kMaxFailedStarts = 5;
+inline constexpr size_t kMaxRestartsPerMinute = 40;
 
 // Runs the keeper for the daemon command line `argv` (argv[0] included) and
 // `mountpoint` (absolute, normalized). Returns the keeper's exit status.
@@ -93,7 +96,7 @@ class KeeperLink {
 
  private:
   KeeperLink(uv_loop_t* loop, int fd, pid_t pid, std::function<void()> on_gone);
-  void Send(const std::string& what, int fd = -1);
+  bool Send(const std::string& what, int fd = -1);
   void Gone();
 
   uv_loop_t* loop_;

@@ -40,6 +40,7 @@ std::string EncodeMountState(const MountState& st) {
     p->set_uuid(d.info.uuid);
     p->set_size(d.info.size);
     p->set_blksize(d.info.blksize);
+    p->set_visible(d.visible);
   }
   for (const auto& d : st.identity.dirs) {
     state::Dir* p = m.add_dirs();
@@ -77,6 +78,7 @@ Result<MountState> DecodeMountState(std::string_view bytes) {
     d.info.blksize = p.blksize();
     d.ino = p.ino();
     d.xa = p.xa();
+    d.visible = p.visible();
     st.identity.disks.push_back(std::move(d));
   }
   for (const state::Dir& p : m.dirs()) st.identity.dirs.push_back({p.path(), p.ino(), p.parent()});

@@ -103,7 +103,7 @@ DiskTree::Identity DiskTree::identity() const {
   Identity id;
   for (Ino ino : by_xa_) {
     const Disk& d = disks_.at(ino);
-    id.disks.push_back({d.info, ino, d.xa});
+    id.disks.push_back({d.info, ino, d.xa, Visible(d)});
   }
   for (const auto& [path, ino] : dir_by_path_) {
     if (ino <= kByUuidIno) continue;
@@ -389,6 +389,13 @@ void DiskTree::Reconcile() {
     return c.kind == TreeChange::Kind::kEntryRemoved;
   });
   for (const TreeChange& c : changes) Emit(c);
+  std::vector<Ino> visible;
+  for (Ino ino : by_xa_)
+    if (Visible(disks_.at(ino))) visible.push_back(ino);
+  if (visible != last_visible_) {
+    last_visible_ = std::move(visible);
+    identity_changed_ = true;
+  }
   if (identity_changed_) {
     identity_changed_ = false;
     if (identity_hook_) identity_hook_();

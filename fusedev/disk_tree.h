@@ -138,6 +138,7 @@ class DiskTree {
       DiskInfo info;
       Ino ino = 0;
       unsigned xa = 0;
+      bool visible = false;  // listed when the identity was taken (Restore ignores it)
     };
     struct Dir {
       std::string path;  // "by-label/h"
@@ -155,8 +156,9 @@ class DiskTree {
   // identity is inconsistent (duplicate or reserved inodes or xa numbers,
   // xa numbers with holes, next_ino not above every inode).
   bool Restore(const Identity& id);
-  // Runs whenever a new serial or directory got an inode (what identity()
-  // returns changed), after the change. An empty function removes it.
+  // Runs whenever what identity() returns changed (a new serial or
+  // directory got an inode, or the set of visible disks changed), after
+  // the change. An empty function removes it.
   void SetIdentityHook(std::function<void()> fn) { identity_hook_ = std::move(fn); }
 
   // Marks a known disk online or offline. Returns false for an unknown serial.
@@ -243,6 +245,7 @@ class DiskTree {
   ChangeFn hook_;
   std::function<void()> identity_hook_;
   bool identity_changed_ = false;
+  std::vector<Ino> last_visible_;  // for the identity hook
   struct timespec born_ {};
   Ino next_ino_ = kByUuidIno + 1;
   std::map<Ino, Disk> disks_;

@@ -808,6 +808,9 @@ void FuseServer::Detach() {
   if (state_ != State::kRunning) return;
   detach_ = true;
   Stop();
+  // No request is read any more: answering one now (a lookup of a disk
+  // the shutdown took offline) would be an error the next server avoids.
+  if (poll_) uv_poll_stop(&poll_->h);
 }
 
 int FuseServer::fd() const { return se_ && mounted_ ? fuse_session_fd(se_) : -1; }
@@ -850,6 +853,7 @@ void FuseServer::OnAsync() {
 
 void FuseServer::OnPoll(int status) {
   if (state_ != State::kRunning && state_ != State::kDrainingNotifier) return;
+  if (detach_) return;  // What waits is the next server's.
   for (int i = 0; i < kMaxRequestsPerWakeup; i++) {
     if (!rx_mem_) rx_mem_ = TakeSpare();  // nullptr: libfuse allocates one.
     struct fuse_buf buf {};
@@ -890,9 +894,11 @@ void FuseServer::OnPoll(int status) {
         resend_supported_ = got_init && init.has_resend();
       }
     }
+    // Saved before it is answered: a server that dies in between leaves an
+    // INIT the kernel resends to a next one that can replay it.
+    if (got_init) NotifyState();
     fuse_session_process_buf(se_, &buf);
     rx_len_ = 0;
-    if (got_init) NotifyState();
     if (fuse_session_exited(se_)) {
       Log(LogLevel::kInfo, "FUSE session exited");
       Stop();

@@ -107,7 +107,8 @@ void FuzzStream(uint8_t flags, std::span<const uint8_t> sched, std::span<const u
   FUZZ_CHECK((*sealer)->Seal(out, &again).ok());
   FUZZ_CHECK(again.size() == SealedBytes(v, out.size()));
   FUZZ_CHECK(again.size() <= wire.size());
-  FUZZ_CHECK(memcmp(again.data(), wire.data(), again.size()) == 0);
+  // memcmp with a null pointer is undefined even for 0 bytes.
+  FUZZ_CHECK(again.empty() || memcmp(again.data(), wire.data(), again.size()) == 0);
 }
 
 }  // namespace

@@ -432,16 +432,20 @@ TEST_CASE("an inconsistent identity is refused and changes nothing", "[disk_tree
   CHECK(fresh.Restore(good));
 }
 
-TEST_CASE("the identity hook hears new serials and directories only", "[disk_tree]") {
+TEST_CASE("the identity hook hears new serials, directories and who is listed", "[disk_tree]") {
   DiskTree t;
   int calls = 0;
   t.SetIdentityHook([&] { calls++; });
   t.AddOrUpdate(Disk("A"), nullptr);
   CHECK(calls == 1);
   t.AddOrUpdate(Disk("A"), nullptr);  // known serial, nothing new
-  t.SetOnline("A", false);
-  t.SetOnline("A", true);
   CHECK(calls == 1);
-  t.AddOrUpdate(Disk("A", "h/d"), nullptr);  // by-label/h is new
+  t.SetOnline("A", false);  // no longer listed
   CHECK(calls == 2);
+  CHECK_FALSE(t.identity().disks[0].visible);
+  t.SetOnline("A", true);
+  CHECK(calls == 3);
+  CHECK(t.identity().disks[0].visible);
+  t.AddOrUpdate(Disk("A", "h/d"), nullptr);  // by-label/h is new
+  CHECK(calls == 4);
 }

@@ -24,8 +24,8 @@ MountState Sample() {
   st.mount_dev = "0:52";
   st.init_request = std::string("\x68\0\0\0\x1a\0\0\0", 8) + std::string(96, '\x01');
   st.identity.next_ino = 9;
-  st.identity.disks.push_back({{"s\xff", "h/d", "u", 1 << 20, 4096}, 5, 0});
-  st.identity.disks.push_back({{"t", "", "", 512, 512}, 7, 1});
+  st.identity.disks.push_back({{"s\xff", "h/d", "u", 1 << 20, 4096}, 5, 0, true});
+  st.identity.disks.push_back({{"t", "", "", 512, 512}, 7, 1, false});
   st.identity.dirs.push_back({"by-label/h", 6, 3});
   st.handles[5] = 3;
   st.restarts = 4;
@@ -49,6 +49,8 @@ TEST_CASE("a mount state survives encoding, non-UTF-8 serials and raw INIT bytes
   CHECK(back->identity.disks[0].info.blksize == 4096);
   CHECK(back->identity.disks[0].ino == 5);
   CHECK(back->identity.disks[1].xa == 1);
+  CHECK(back->identity.disks[0].visible);
+  CHECK_FALSE(back->identity.disks[1].visible);
   REQUIRE(back->identity.dirs.size() == 1);
   CHECK(back->identity.dirs[0].path == "by-label/h");
   CHECK(back->identity.dirs[0].parent == 3);
