@@ -9,7 +9,9 @@
 #   3. a daemon that fails before it ever served (a bad export): the keeper
 #      exits with its status 2 and leaves nothing mounted;
 #   4. a dead mount left by a daemon without a keeper (--no-keeper,
-#      SIGKILL) is taken away by the next start, which then serves.
+#      SIGKILL) is taken away by the next start, which then serves;
+#   5. after a restart with the remote away, the disk is listed at once;
+#   6. a SIGTERM right after `xdiskctl restart` stops and unmounts.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
@@ -96,7 +98,22 @@ wait_for "grep -q 'took away the dead FUSE mount at' '$WORK_DIR/importer4.log'" 
 wait_disk "$MNT" "$SERIAL" 20
 [ "$(grep -c " $MNT fuse" /proc/mounts)" = 1 ] || fail "mounts stacked at $MNT"
 timeout 30 cmp -n $((4 * MIB)) "$WORK_DIR/data" "$MNT/xa0" || fail "read back differs after the restart"
-stop_pair
+
+log "5. after a restart with the remote away, the disk is listed at once"
+kill -STOP "$EXP"
+crash_importer
+timeout 10 ls "$MNT/serno/$SERIAL" >/dev/null || fail "serno/$SERIAL is not listed after the restart"
+timeout 10 ls "$MNT/xa0" >/dev/null || fail "xa0 is not listed after the restart"
+kill -CONT "$EXP"
+
+log "6. a stop during xdiskctl restart stops and unmounts"
+ctl restart >/dev/null || fail "xdiskctl restart refused"
+kill -TERM "$IMP"
+rc=0
+wait_exit "$IMP" 20 || rc=$?
+[ "$rc" = 0 ] || fail "keeper exit status $rc after SIGTERM during a restart"
+! grep -q " $MNT fuse" /proc/mounts || fail "still mounted after a stop during a restart"
+stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
 
 scan_logs "keeper \\(pid [0-9]+\\) is gone|keeper: daemon (pid .* (killed by signal 9|exit status 1)|failed 5 starts)|cannot take over the mount|garbage|mount-.*state|warning: .*(dropping link|no path left|cannot connect|connection reset|link lost)"
 log "PASS"
