@@ -711,6 +711,8 @@ int FuseServer::Start(std::string* error) {
   uv_async_t* wake = &async_->h;
   notifier_ = std::thread([this, wake] { NotifierMain(wake); });
   state_ = State::kRunning;
+  if (adopted_)
+    for (const auto& [ino, count] : opts_.restored_handles) RestoreHandles(ino, count);
   Log(LogLevel::kInfo, (adopted_ ? "adopted the mount at " : "mounted at ") + opts_.mountpoint);
   return 0;
 }
@@ -756,7 +758,8 @@ int FuseServer::Adopt(std::string* error) {
   b.size = copy.size();
   fuse_session_process_buf(se_, &b);
   init_request_ = opts_.init_request;
-  for (const auto& [ino, count] : opts_.restored_handles) RestoreHandles(ino, count);
+  // The handles are restored once Start() cannot fail any more: their
+  // devices' Open() callbacks hold this server.
   return 0;
 }
 
