@@ -6,6 +6,7 @@
 
 #include <cstdio>
 
+#include "daemon/atomic_file.h"
 #include "proto/mount_state.pb.h"
 
 namespace xdisk {
@@ -117,37 +118,9 @@ Status SaveMountState(const std::string& path, const MountState& st) {
   std::string dir = path.substr(0, path.rfind('/'));
   if (!dir.empty() && mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return Status::FromErrno(errno, dir);
-  std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::FromErrno(errno, tmp);
-  std::string bytes = EncodeMountState(st);
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      unlink(tmp.c_str());
-      return Status::FromErrno(e, tmp);
-    }
-    off += static_cast<size_t>(n);
-  }
-  // The state only has to outlive the process for adoption; the fsync keeps
+  // The state only has to outlive the process for adoption; the sync keeps
   // the inode numbers and xaN names across a power loss as well.
-  if (fdatasync(fd) != 0) {
-    int e = errno;
-    close(fd);
-    unlink(tmp.c_str());
-    return Status::FromErrno(e, tmp);
-  }
-  close(fd);
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    unlink(tmp.c_str());
-    return Status::FromErrno(e, path);
-  }
-  return Status::Ok();
+  return WriteFileAtomically(path, EncodeMountState(st), 0600);
 }
 
 }  // namespace xdisk
