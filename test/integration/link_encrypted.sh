@@ -64,17 +64,12 @@ before=$(sha256sum "$EK/rsa.prv" "$EK/rsa.pub")
 keygen "$EK" keygen-again
 grep -q "rsa.prv exists: kept" "$WORK_DIR/keygen-again.out" || fail "second keygen: $(cat "$WORK_DIR/keygen-again.out")"
 [ "$(sha256sum "$EK/rsa.prv" "$EK/rsa.pub")" = "$before" ] || fail "a second keygen changed the keys"
-cp "$IK/rsa.pub" "$EK/remote/127.0.0.1.pub"
-cp "$EK/rsa.pub" "$IK/remote/127.0.0.1.pub"
+trust_each_other "$EK" "$IK"
 
 log "an encrypted link through a man in the middle: dragonfly-gcm-a on both sides"
 PORT=$(free_port)
-PX=$(free_port)
-while [ "$PX" = "$PORT" ]; do PX=$(free_port); done
 start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --control "$WORK_DIR/exp.sock"
-start_daemon PROXY proxy python3 -u "$SOURCE_DIR/test/integration/mitm_proxy.py" "$PX" "$PORT" \
-  "$WORK_DIR/flip" "$WORK_DIR/capture"
-wait_listening "$PX" || fail "the proxy is not listening on $PX"
+start_mitm_proxy
 start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --control "$WORK_DIR/imp.sock"
 wait_disk "$MNT" "$SERIAL" 20
 for n in exporter importer; do
@@ -82,9 +77,7 @@ for n in exporter importer; do
     fail "$n did not log a verified handshake"
 done
 for sock in exp imp; do
-  "$XDISKCTL" --control "$WORK_DIR/$sock.sock" links >"$WORK_DIR/links.txt" || fail "xdiskctl links ($sock)"
-  grep -qE "^127\.0\.0\.1:[0-9]+ +(in|out) +up .* dragonfly-gcm-a " "$WORK_DIR/links.txt" ||
-    fail "xdiskctl links ($sock): $(cat "$WORK_DIR/links.txt")"
+  expect_link "$WORK_DIR/$sock.sock" dragonfly-gcm-a
   "$XDISKCTL" --control "$WORK_DIR/$sock.sock" --json links >"$WORK_DIR/links.json"
   [ "$(json "$WORK_DIR/links.json" links | grep -o dragonfly-gcm-a | wc -l)" = 1 ] ||
     fail "xdiskctl --json links ($sock): $(cat "$WORK_DIR/links.json")"

@@ -21,23 +21,15 @@ MNT=$WORK_DIR/mnt
 EK=$WORK_DIR/ekeys
 IK=$WORK_DIR/ikeys
 truncate -s $((64 * MIB)) "$IMG"
-for k in "$EK" "$IK"; do
-  timeout 120 "$XDISK" keygen --keys "$k" >/dev/null || fail "keygen --keys $k: exit status $?"
-done
-cp "$IK/rsa.pub" "$EK/remote/127.0.0.1.pub"
-cp "$EK/rsa.pub" "$IK/remote/127.0.0.1.pub"
+make_key_pairs "$EK" "$IK"
 
 PORT=$(free_port)
-PX=$(free_port)
-while [ "$PX" = "$PORT" ]; do PX=$(free_port); done
 # A short --link-timeout, which is also the handshake timeout; the
 # importer's is longer, so that the exporter is the one to give up on the
 # stalled connection.
 start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --link-timeout 2000 --control none
 touch "$WORK_DIR/truncate" "$WORK_DIR/stall"
-start_daemon PROXY proxy python3 -u "$SOURCE_DIR/test/integration/mitm_proxy.py" "$PX" "$PORT" \
-  "$WORK_DIR/flip" "$WORK_DIR/capture" "$WORK_DIR/truncate" "$WORK_DIR/stall"
-wait_listening "$PX" || fail "the proxy is not listening on $PX"
+start_mitm_proxy "$WORK_DIR/truncate" "$WORK_DIR/stall"
 start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --link-timeout 5000 --control none
 
 log "connection 1: the importer's handshake is cut after 200 bytes"

@@ -25,33 +25,21 @@ MNT=$WORK_DIR/mnt
 EK=$WORK_DIR/ekeys
 IK=$WORK_DIR/ikeys
 truncate -s $((256 * MIB)) "$IMG"
-for k in "$EK" "$IK"; do
-  timeout 120 "$XDISK" keygen --keys "$k" >/dev/null || fail "keygen --keys $k: exit status $?"
-done
-cp "$IK/rsa.pub" "$EK/remote/127.0.0.1.pub"
-cp "$EK/rsa.pub" "$IK/remote/127.0.0.1.pub"
+make_key_pairs "$EK" "$IK"
 : >"$EK/remote/127.0.0.1.tls13"
 : >"$IK/remote/127.0.0.1.tls13"
 
 log "a TLS 1.3 link through a man in the middle"
 PORT=$(free_port)
-PX=$(free_port)
-while [ "$PX" = "$PORT" ]; do PX=$(free_port); done
 start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --control "$WORK_DIR/exp.sock"
-start_daemon PROXY proxy python3 -u "$SOURCE_DIR/test/integration/mitm_proxy.py" "$PX" "$PORT" \
-  "$WORK_DIR/flip" "$WORK_DIR/capture"
-wait_listening "$PX" || fail "the proxy is not listening on $PX"
+start_mitm_proxy
 start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --control "$WORK_DIR/imp.sock"
 wait_disk "$MNT" "$SERIAL" 20
 for n in exporter importer; do
   grep -q "TLS 1.3 handshake verified with .*/remote/127.0.0.1.pub" "$WORK_DIR/$n.log" ||
     fail "$n did not log a verified TLS handshake"
 done
-for sock in exp imp; do
-  "$XDISKCTL" --control "$WORK_DIR/$sock.sock" links >"$WORK_DIR/links.txt" || fail "xdiskctl links ($sock)"
-  grep -qE "^127\.0\.0\.1:[0-9]+ +(in|out) +up .* tls1\.3 " "$WORK_DIR/links.txt" ||
-    fail "xdiskctl links ($sock): $(cat "$WORK_DIR/links.txt")"
-done
+for sock in exp imp; do expect_link "$WORK_DIR/$sock.sock" 'tls1\.3'; done
 
 log "fio --verify through the TLS link"
 (cd "$WORK_DIR" && timeout -k 5 300 fio --name=tls --filename="$MNT/xa0" --ioengine=libaio \

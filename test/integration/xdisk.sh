@@ -15,6 +15,14 @@
 #   peer ARGS...          the python peer, bounded by a 120 s timeout
 #   json FILE KEY         KEY of the JSON object on FILE's first line
 #   require_alive PID WHEN  fail with the daemon's exit status if it is gone
+#   make_key_pairs EK IK  keygen in both directories, each trusting the
+#                         other's key from 127.0.0.1 (encrypted links)
+#   trust_each_other EK IK  only the trusting part of make_key_pairs
+#   start_mitm_proxy [FILE...]  mitm_proxy.py from a free port PX to $PORT
+#                         (flip and capture files in $WORK_DIR, extra
+#                         switch files as given); sets PX and PROXY
+#   expect_link SOCK ENC  `xdiskctl links` on SOCK shows an up link with
+#                         encryption ENC (an ERE)
 
 XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
 # meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
@@ -155,4 +163,32 @@ kill_importer() {
   [ -z "$d" ] || wait_for "! ps -o stat= -p $d | grep -qv Z" 10 || fail "importer daemon $d survived SIGKILL"
   umount -l "$MNT" 2>/dev/null || true
   wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "cannot unmount $MNT"
+}
+
+make_key_pairs() {
+  local k
+  for k in "$1" "$2"; do
+    timeout 120 "$XDISK" keygen --keys "$k" >/dev/null || fail "keygen --keys $k: exit status $?"
+  done
+  trust_each_other "$1" "$2"
+}
+
+trust_each_other() {
+  cp "$2/rsa.pub" "$1/remote/127.0.0.1.pub"
+  cp "$1/rsa.pub" "$2/remote/127.0.0.1.pub"
+}
+
+start_mitm_proxy() {
+  PX=$(free_port)
+  while [ "$PX" = "$PORT" ]; do PX=$(free_port); done
+  start_daemon PROXY proxy python3 -u "$SOURCE_DIR/test/integration/mitm_proxy.py" "$PX" "$PORT" \
+    "$WORK_DIR/flip" "$WORK_DIR/capture" "$@"
+  wait_listening "$PX" || fail "the proxy is not listening on $PX"
+}
+
+expect_link() {
+  "${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}" --control "$1" links >"$WORK_DIR/links.txt" ||
+    fail "xdiskctl links ($1)"
+  grep -qE "^127\.0\.0\.1:[0-9]+ +(in|out) +up .* $2 " "$WORK_DIR/links.txt" ||
+    fail "xdiskctl links ($1): $(cat "$WORK_DIR/links.txt")"
 }
