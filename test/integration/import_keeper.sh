@@ -24,14 +24,8 @@ SERIAL=keep1
 IMG=$WORK_DIR/keep.img
 MNT=$WORK_DIR/mnt
 CTL=$WORK_DIR/ctl.sock
-XDISKCTL=$BUILD_DIR/daemon/xdiskctl
 truncate -s $((32 * MIB)) "$IMG"
 head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/data"
-ctl() { timeout 10 "$XDISKCTL" --control "$CTL" "$@"; }
-daemon_field() {
-  ctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"][sys.argv[1]])' "$1"
-}
-gone() { ! ps -o stat= -p "$1" | grep -qv Z; }  # dead: zombie or reaped
 
 start_pair -- --control "$CTL"
 
@@ -49,7 +43,7 @@ timeout 30 dd if="$WORK_DIR/data" of="$MNT/xa0" bs=1M oflag=direct conv=notrunc 
   fail "a write failed after the keeper died"
 timeout 30 cmp -n $((4 * MIB)) "$WORK_DIR/data" "$MNT/xa0" || fail "read back differs"
 kill -TERM "$daemon"
-wait_for "gone $daemon" 15 || fail "the daemon did not stop on SIGTERM"
+wait_for "proc_gone $daemon" 15 || fail "the daemon did not stop on SIGTERM"
 wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "still mounted after SIGTERM"
 grep -q 'main: exit 0' "$WORK_DIR/importer.log" || fail "the daemon did not exit 0"
 

@@ -24,18 +24,13 @@ MIB=1048576
 MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
 CTL=$WORK_DIR/ctl.sock
-XDISKCTL=$BUILD_DIR/daemon/xdiskctl
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 mkdir -p "$FS"
 
-ctl() { timeout 10 "$XDISKCTL" --control "$CTL" "$@"; }
 # Waits until the serving daemon answers on its control socket.
 wait_serving() {
   wait_for "ctl status >/dev/null 2>&1" 20 || fail "$1: the importer does not answer"
-}
-daemon_field() {
-  ctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"][sys.argv[1]])' "$1"
 }
 pause() { sleep "$(python3 -c "import random; print($1 + random.random() * $2)")"; }
 

@@ -15,6 +15,10 @@
 #   peer ARGS...          the python peer, bounded by a 120 s timeout
 #   json FILE KEY         KEY of the JSON object on FILE's first line
 #   require_alive PID WHEN  fail with the daemon's exit status if it is gone
+#   ctl ARGS...           xdiskctl on the control socket $CTL (10 s timeout)
+#   daemon_field FIELD    daemon.FIELD of `ctl --json status`
+#   proc_gone PID         true once PID is dead (a zombie counts: this
+#                         machine's init does not reap orphans)
 #   make_key_pairs EK IK  keygen in both directories, each trusting the
 #                         other's key from 127.0.0.1 (encrypted links)
 #   trust_each_other EK IK  only the trusting part of make_key_pairs
@@ -158,12 +162,19 @@ kill_importer() {
   [ -z "$d" ] || kill -STOP "$d" 2>/dev/null || true
   kill -KILL "$IMP" $d 2>/dev/null || true
   wait "$IMP" 2>/dev/null || true
-  # Orphaned by its keeper, the daemon is nobody's child to reap (this
-  # machine's init does not reap): wait for it to be dead, zombie or gone.
-  [ -z "$d" ] || wait_for "! ps -o stat= -p $d | grep -qv Z" 10 || fail "importer daemon $d survived SIGKILL"
+  # Orphaned by its keeper, the daemon is nobody's child to reap.
+  [ -z "$d" ] || wait_for "proc_gone $d" 10 || fail "importer daemon $d survived SIGKILL"
   umount -l "$MNT" 2>/dev/null || true
   wait_for "! grep -q ' $MNT fuse' /proc/mounts" 10 || fail "cannot unmount $MNT"
 }
+
+ctl() { timeout 10 "${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}" --control "$CTL" "$@"; }
+
+daemon_field() {
+  ctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["daemon"][sys.argv[1]])' "$1"
+}
+
+proc_gone() { ! ps -o stat= -p "$1" | grep -qv Z; }
 
 make_key_pairs() {
   local k
