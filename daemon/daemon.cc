@@ -367,7 +367,6 @@ struct Daemon::Impl {
     jc.segment_bytes = std::min<uint64_t>(jc.segment_bytes, opts.journal_max / 4);
     jc.strict = opts.journal_strict;
     jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
-    jc.deferred_writes = !jc.synced;
     // I/O waiting for a path: reconnect attempts at most
     // LinkTable::kHurryRetryMs apart until it has one.
     dc.on_waiting_for_path = [this] { table->Hurry(); };

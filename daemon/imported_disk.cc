@@ -370,9 +370,6 @@ void ImportedDisk::DoFlush(DoneFn done) {
   auto op = std::make_unique<Op>();
   op->kind = OpKind::kFlush;
   op->done_cb = std::move(done);
-  if (journal_ok_ && !shut_down_ &&
-      Journaled(op, journal_->AppendFlush(), [this](DoneFn d) { DoFlush(std::move(d)); }))
-    return;
   Submit(std::move(op));
 }
 
@@ -398,20 +395,14 @@ bool ImportedDisk::Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& se
     HoldDone(op->kind, std::move(op->done_cb), std::move(redo));
     return true;
   }
-  if (writeback() && op->kind != OpKind::kFlush) {
-    // Complete once durable; the feeder carries the record to the remote.
-    (op->kind == OpKind::kWrite ? stats_.write_bytes : stats_.trim_bytes) += op->length;
-    durable_waiters_.push_back(
-        DurableWaiter{seq.value(), std::move(op->done_cb), uv_hrtime(), op->kind});
-    sync_wanted_ = true;
-    Kick();
-    return true;
-  }
-  op->jseq = seq.value();
-  // Deferred: the record is written while the request goes out; the
-  // request completes once both are done (FinishOp).
-  ScheduleWrites();
-  return false;
+  // Write-back (the only mode that appends; fsyncs never get here):
+  // complete once durable; the feeder carries the record to the remote.
+  (op->kind == OpKind::kWrite ? stats_.write_bytes : stats_.trim_bytes) += op->length;
+  durable_waiters_.push_back(
+      DurableWaiter{seq.value(), std::move(op->done_cb), uv_hrtime(), op->kind});
+  sync_wanted_ = true;
+  Kick();
+  return true;
 }
 
 void ImportedDisk::Submit(std::unique_ptr<Op> op) {
@@ -478,7 +469,6 @@ void ImportedDisk::OnKick(uv_idle_t* h) {
         self->done_prefix_ > self->journal_->retired_seq())
       self->RetireUpTo(self->done_prefix_);
     if (self->sync_wanted_) self->StartSync();
-    self->StartWrites();  // what this turn queued, after its requests went out
     self->ReleaseHeld();
   } else if (!self->held_.empty()) {
     self->ReleaseHeld();  // behind a read-modify-write
@@ -784,15 +774,6 @@ void ImportedDisk::ChunkDone(Chunk* c, int err, Frame* f) {
 void ImportedDisk::FinishOp(Op* op) {
   std::unique_ptr<Op> owned = std::move(*op->self);
   ops_.erase(op->self);
-  if (owned->jseq != 0 && !owned->background && journal_ != nullptr &&
-      owned->jseq > journal_->written_seq()) {
-    // Answered before its record reached the journal's file, which the
-    // running write still reads from the request's buffer: completing now
-    // would hand that buffer back, and acknowledge a write a restart could
-    // not resend.
-    unwritten_.emplace(owned->jseq, std::move(owned));
-    return;
-  }
   CompleteOp(std::move(owned));
 }
 
@@ -827,13 +808,6 @@ void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
     }
     Kick();
     return;
-  }
-  if (owned->jseq != 0 && (!shut_down_ || owned->error == 0)) {
-    // Answered by the remote (or failed for good): retired on the next
-    // turn. During shutdown only what the remote acknowledged counts (the
-    // requests failed there were never sent).
-    MarkDone(owned->jseq);
-    Kick();
   }
   if (owned->error == 0) {
     const int k = static_cast<int>(owned->kind);
@@ -934,10 +908,6 @@ void ImportedDisk::Shutdown() {
   auto waiters = std::move(durable_waiters_);
   durable_waiters_.clear();
   for (DurableWaiter& w : waiters) w.done(EIO);
-  // Queued records go to the file first (a small batch right here), so
-  // that requests the remote answered and that wait for their record
-  // (FinishOp) complete, and count as done, before the retirement below.
-  if (journal_ != nullptr) StartWrites();
   // kRemote: what the remote answered is done; write-back records need
   // their flush first and stay.
   if (journal_ != nullptr && config_.sync == SyncMode::kRemote) RetireUpTo(done_prefix_);
@@ -945,9 +915,6 @@ void ImportedDisk::Shutdown() {
     if (Status st = journal_->RemoveIfEmpty(); !st.ok())
       XLOG(kWarning, log_name_, "journal: %s", st.ToString().c_str());
   }
-  // The retire record (if the journal stays), or what waits behind a
-  // threadpool batch still out (OnWritesDone goes on then).
-  if (journal_ != nullptr) StartWrites();
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
@@ -972,9 +939,21 @@ void ImportedDisk::AttachJournal(std::unique_ptr<Journal> journal) {
          "journal: %zu pending records (%" PRIu64 " bytes of writes) from an earlier run%s",
          journal_->pending().size(), journal_->pending_bytes(),
          online() ? "" : "; sent when the disk returns");
-  // A journal that opened failed (no new segment) is switched off like one
-  // that fails later: what it holds is still sent and retired.
-  if (journal_->failed()) JournalFailed(journal_->failure());
+  if (config_.sync == SyncMode::kRemote) {
+    // --sync=remote appends nothing: this journal was left by an earlier
+    // run (an older version, or --sync=journal). What it holds goes out
+    // first, in order; new writes and trims wait until all of it is
+    // retired and its files are gone (GateClosed), so that no later start
+    // can resend it over them.
+    journal_ok_ = false;
+    journal_->Fail("--sync=remote appends no records");
+    if (Status st = journal_->DeleteIfDrained(); !st.ok())
+      XLOG(kError, log_name_, "%s; writes wait until it is gone", st.ToString().c_str());
+  } else if (journal_->failed()) {
+    // A journal that opened failed (no new segment) is switched off like
+    // one that fails later: what it holds is still sent and retired.
+    JournalFailed(journal_->failure());
+  }
   Kick();
 }
 
@@ -1150,7 +1129,6 @@ void ImportedDisk::RetireUpTo(uint64_t seq) {
   if (journal_ == nullptr || seq <= journal_->retired_seq()) return;
   if (Status st = journal_->Retire(seq); !st.ok())
     XLOG(kWarning, log_name_, "journal retire: %s", st.ToString().c_str());
-  ScheduleWrites();
   if (!held_.empty()) Kick();  // space may have freed
   if (journal_->pending().empty() && drained_hook_ && !shut_down_) drained_hook_();
 }
@@ -1199,60 +1177,6 @@ void ImportedDisk::OnSyncDone(uv_work_t* w, int) {
   if (self->sync_wanted_) self->StartSync();
 }
 
-void ImportedDisk::ScheduleWrites() {
-  if (!journal_->has_queued_writes() || write_inflight_) return;  // OnWritesDone starts the next
-  // Large records go to the threadpool at once; small ones gather until
-  // the next loop turn (their requests are on the wire by then; a reply
-  // read earlier waits in FinishOp), then go out together (one pwritev
-  // per run of records in one segment).
-  if (shut_down_ || journal_->queued_bytes() >= kInlineWriteBytes)
-    StartWrites();
-  else
-    Kick();
-}
-
-void ImportedDisk::StartWrites() {
-  if (write_inflight_ || !journal_->has_queued_writes()) return;
-  write_batch_ = journal_->PrepareWrites();
-  if (write_batch_.bytes < kInlineWriteBytes) {
-    // A thread hand-off costs more than writing this much here.
-    Journal::RunWrites(&write_batch_);
-    FinishWrites();
-    return;
-  }
-  write_inflight_ = true;
-  write_work_.data = this;
-  uv_queue_work(loop_, &write_work_, OnWritesWork, OnWritesDone);
-}
-
-void ImportedDisk::OnWritesWork(uv_work_t* w) {
-  auto* self = static_cast<ImportedDisk*>(w->data);
-  Journal::RunWrites(&self->write_batch_);
-}
-
-void ImportedDisk::OnWritesDone(uv_work_t* w, int) {
-  // Also after Shutdown(): the loop runs until this batch is done, and
-  // what is still queued (a last retire record) goes out after it.
-  auto* self = static_cast<ImportedDisk*>(w->data);
-  self->write_inflight_ = false;
-  self->FinishWrites();
-  self->StartWrites();
-}
-
-void ImportedDisk::FinishWrites() {
-  Status st = journal_->WritesDone(&write_batch_);
-  // A failed write switches the journal off like a failed append; every
-  // waiting request is then released (written_seq() jumped).
-  if (!st.ok() && journal_ok_) JournalFailed(st.message());
-  const uint64_t written = journal_->written_seq();
-  std::vector<std::unique_ptr<Op>> done;
-  while (!unwritten_.empty() && unwritten_.begin()->first <= written) {
-    done.push_back(std::move(unwritten_.begin()->second));
-    unwritten_.erase(unwritten_.begin());
-  }
-  for (auto& op : done) CompleteOp(std::move(op));
-}
-
 void ImportedDisk::FinishDurable() {
   const uint64_t durable = journal_->durable_seq();
   const uint64_t now = uv_hrtime();
@@ -1271,8 +1195,7 @@ ImportedDisk::State ImportedDisk::state() const {
 
 bool ImportedDisk::idle() const {
   return paths_.empty() && !wanted_open_ && open_waiters_.empty() && ops_.empty() &&
-         held_.empty() && !journal_busy() && durable_waiters_.empty() && unwritten_.empty() &&
-         !write_inflight_ && !sync_inflight_;
+         held_.empty() && !journal_busy() && durable_waiters_.empty() && !sync_inflight_;
 }
 
 bool ImportedDisk::waiting_for_path() const {

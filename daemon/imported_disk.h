@@ -32,11 +32,10 @@
 // A request the remote refuses fails alone (EIO); it never closes or
 // re-opens the disk's BLK_OPEN.
 //
-// Threading: loop thread only, except two journal jobs on the libuv
-// threadpool (uv_queue_work), which touch nothing but their batch: the group
-// commit's fdatasync (Journal::RunSync) and, with --sync=remote, batches of
-// queued records of kInlineWriteBytes or more (Journal::RunWrites; smaller
-// ones are written on the loop). Lifetime: ImportedDisks live as long as the
+// Threading: loop thread only, except the write-back journal's group
+// commit (Journal::RunSync, an fdatasync), which runs on the libuv
+// threadpool (uv_queue_work) and touches nothing but its batch.
+// Lifetime: ImportedDisks live as long as the
 // Importer (never destroyed while the FUSE tree may reference them);
 // Shutdown() closes the libuv handles before the loop is closed.
 #pragma once
@@ -83,9 +82,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // Data bytes of journal records loaded into the queue at a time.
   static constexpr size_t kFeedWindowBytes = 32u << 20;
   static constexpr size_t kFeedWindowOps = 1024;
-  // kRemote journal batches smaller than this are written on the loop
-  // thread, larger ones on the threadpool.
-  static constexpr uint64_t kInlineWriteBytes = 128 * 1024;
 
   ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize, Config config);
   ~ImportedDisk() override;
@@ -99,10 +95,12 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool online() const { return !paths_.empty(); }
 
   // Journal (daemon/journal.h; docs/journal-format.md). With one attached:
-  //  - kRemote: every write, trim and flush is appended before it is sent
-  //    and retired once the remote answered. Records pending from an
-  //    earlier run (the backlog) are sent first, in order; new requests
-  //    wait until the whole backlog is in the queue.
+  //  - kRemote appends nothing: a journal attached then was left by an
+  //    earlier run (an older version, or --sync=journal) and is switched
+  //    off at once. Its records (the backlog) are sent first, in order,
+  //    and retired once the remote answered; new requests wait until the
+  //    whole backlog is in the queue, new writes and trims until it is
+  //    all retired and its files are gone.
   //  - kJournal (write-back): writes and trims complete once their record
   //    is durable (group commit: one fdatasync per loop turn on the
   //    threadpool); fsync completes once everything appended is durable.
@@ -234,13 +232,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void FinishDurable();
   static void OnSyncWork(uv_work_t* w);
   static void OnSyncDone(uv_work_t* w, int status);
-  // Deferred journal writes (kRemote): one batch at a time, small ones on
-  // the loop thread once per loop turn, large ones on the threadpool.
-  void ScheduleWrites();
-  void StartWrites();
-  static void OnWritesWork(uv_work_t* w);
-  static void OnWritesDone(uv_work_t* w, int status);
-  void FinishWrites();  // write_batch_ ran: advance, complete waiting requests
   void Kick();          // dispatch on the next loop turn, never re-entrantly
   void Dispatch();
   void EnsureOpen();
@@ -316,12 +307,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool sync_inflight_ = false;
   bool sync_wanted_ = false;
   bool sync_failed_ = false;
-  uv_work_t write_work_;
-  Journal::WriteBatch write_batch_;
-  bool write_inflight_ = false;
-  // kRemote: requests the remote answered before their record was in the
-  // journal's file (the write still reads their data), by seq.
-  std::map<uint64_t, std::unique_ptr<Op>> unwritten_;
   std::function<void()> drained_hook_;
 
   uv_idle_t kick_;
