@@ -197,6 +197,9 @@ struct Daemon::Impl {
     self->Stop(0);
   }
 
+  // Something outside this process keeps the mount's /dev/fuse descriptor.
+  bool MountHeld() const { return (keeper && keeper->alive()) || fd_store; }
+
   void Stop(int code) {
     if (stopping) return;
     stopping = true;
@@ -215,13 +218,17 @@ struct Daemon::Impl {
       uv_close(reinterpret_cast<uv_handle_t*>(&sighup), nullptr);
     }
     // A restart detaches first, so that what the importer's shutdown fails
-    // below is left to the kernel to resend to the next daemon. A stop fails
-    // blocked I/O now (the FUSE server waits for every request handed to a
-    // disk), then the mount goes. Withdraw what we advertised before the
-    // links go, so peers see a clean DELETE rather than a lost link.
-    if (fuse && restarting) fuse->Detach();
+    // below is left to the kernel to resend to the next daemon. So does a
+    // failure while the mount is held for us (keeper or fd store): whoever
+    // holds it decides whether another daemon takes it over or it goes. A
+    // stop fails blocked I/O now (the FUSE server waits for every request
+    // handed to a disk), then the mount goes. Withdraw what we advertised
+    // before the links go, so peers see a clean DELETE rather than a lost
+    // link.
+    const bool leave_mount = restarting || (code != 0 && MountHeld());
+    if (fuse && leave_mount) fuse->Detach();
     if (importer) importer->Shutdown();
-    if (fuse && !restarting) fuse->Stop();
+    if (fuse && !leave_mount) fuse->Stop();
     registry.RemoveAllLocalSpans();
     table->Shutdown([this] {
       uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
@@ -359,14 +366,13 @@ struct Daemon::Impl {
     }
     ImportedDisk::Config dc;
     dc.io_timeout_ms = opts.io_timeout_s * 1000;
-    dc.sync = opts.sync == DaemonOptions::SyncMode::kJournal ? ImportedDisk::SyncMode::kJournal
-                                                             : ImportedDisk::SyncMode::kRemote;
+    dc.sync = opts.sync;
     JournalConfig jc;
     jc.dir = opts.JournalDir();
     jc.max_bytes = opts.journal_max;
     jc.segment_bytes = std::min<uint64_t>(jc.segment_bytes, opts.journal_max / 4);
     jc.strict = opts.journal_strict;
-    jc.synced = opts.sync == DaemonOptions::SyncMode::kJournal;
+    jc.synced = opts.sync == SyncMode::kJournal;
     // I/O waiting for a path: reconnect attempts at most
     // LinkTable::kHurryRetryMs apart until it has one.
     dc.on_waiting_for_path = [this] { table->Hurry(); };
@@ -528,6 +534,7 @@ struct Daemon::Impl {
       resolved.push_back(*res);
     }
     if (Status s = CheckUniqueSerials(resolved); !s.ok()) return Usage("--export: " + s.message());
+    if (Status s = CheckInheritedDescriptors(); !s.ok()) return Usage(s.message());
     // A mount handed over to be taken over (keeper, re-exec, systemd) is
     // ours to serve: stat(2) on it would wait for this very process.
     const bool handed_a_mount = getenv(kEnvFuseFd) != nullptr || getenv("LISTEN_FDS") != nullptr;

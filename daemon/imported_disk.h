@@ -2,23 +2,23 @@
 // pfs_label), reachable over one or more paths (RemoteSpans). It implements
 // fusedev::BlockDevice on top of dmsg BLK transactions (spec §7.3).
 //
-// I/O path: each BlockDevice call becomes an Op, split into chunks of at most
-// kMaxChunkBytes (DragonFly's server limit, MAXPHYS) — or kMaxAuxChunkBytes
-// (the protocol's aux limit) when the server at the other end of the link is
-// known to be xdisk-fuse, which accepts it; each chunk is one
-// BLK_xxx|CREATE|DELETE transaction stacked under our BLK_OPEN on the active
-// path. At most kMaxInflight chunks are on the wire per disk; the rest wait
-// in arrival order. A chunk that overlaps an earlier unfinished chunk, where
-// either one modifies data, waits for it: replays can never reorder writes.
-// An Op completes (its callback runs once) when all its chunks have.
+// I/O path: each BlockDevice call becomes an Op in the disk's RequestQueue
+// (daemon/request_queue.h: chunking, overlap ordering, resend order,
+// timeouts), cut into chunks of at most kMaxChunkBytes (DragonFly's server
+// limit, MAXPHYS) — or kMaxAuxChunkBytes (the protocol's aux limit) when
+// the server at the other end of the link is known to be xdisk-fuse, which
+// accepts it; each chunk is one BLK_xxx|CREATE|DELETE transaction stacked
+// under our BLK_OPEN on the active path, at most kMaxInflight per disk. An
+// Op completes (its callback runs once) when all its chunks have.
 //
-// Paths and outages: the active path is the lowest-dist span. When it goes
-// (span withdrawn, link lost, BLK_OPEN lost), every in-flight chunk gets
-// LOSTLINK from the link and returns to the queue in its original order; if
-// another path exists the disk re-opens on it and resumes, else it blocks:
-// no error reaches the application unless --io-timeout is set, in which case
-// Ops older than that fail with EIO. When a span with the same serial comes
-// back, the disk re-opens (if the FUSE file is open) and resumes.
+// Paths and outages: the active path is the one DiskPaths picks
+// (daemon/disk_paths.h: lowest dist). When it goes (span withdrawn, link
+// lost, BLK_OPEN lost), every in-flight chunk gets LOSTLINK from the link
+// and waits again in its original place; if another path exists the disk
+// re-opens on it and resumes, else it blocks: no error reaches the
+// application unless --io-timeout is set, in which case Ops older than that
+// fail with EIO. When a span with the same serial comes back, the disk
+// re-opens (if the FUSE file is open) and resumes.
 //
 // Unaligned I/O: the remote takes whole blocks only, but the disk file is a
 // regular file to its users. A read at any offset and length reads the
@@ -52,9 +52,11 @@
 #include <string>
 #include <vector>
 
-#include "daemon/journal.h"
+#include "daemon/disk_paths.h"
+#include "daemon/journal_driver.h"
 #include "daemon/latency_histogram.h"
 #include "daemon/link.h"
+#include "daemon/request_queue.h"
 #include "daemon/span_registry.h"
 #include "fusedev/block_device.h"
 
@@ -70,7 +72,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   static uint32_t ChunkLimit(const Link& link);
   static constexpr size_t kMaxInflight = 64;
 
-  enum class SyncMode { kRemote, kJournal };
   struct Config {
     uint64_t io_timeout_ms = 0;      // 0: block forever
     uint64_t retry_delay_ms = 1000;  // after a refused BLK_OPEN
@@ -79,10 +80,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     // a path: the daemon shortens the reconnect backoff then.
     std::function<void()> on_waiting_for_path;
   };
-  // Data bytes of journal records loaded into the queue at a time.
-  static constexpr size_t kFeedWindowBytes = 32u << 20;
-  static constexpr size_t kFeedWindowOps = 1024;
-
   ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, uint32_t blksize, Config config);
   ~ImportedDisk() override;
   ImportedDisk(const ImportedDisk&) = delete;
@@ -94,30 +91,15 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   size_t path_count() const { return paths_.size(); }
   bool online() const { return !paths_.empty(); }
 
-  // Journal (daemon/journal.h; docs/journal-format.md). With one attached:
-  //  - kRemote appends nothing: a journal attached then was left by an
-  //    earlier run (an older version, or --sync=journal) and is switched
-  //    off at once. Its records (the backlog) are sent first, in order,
-  //    and retired once the remote answered; new requests wait until the
-  //    whole backlog is in the queue, new writes and trims until it is
-  //    all retired and its files are gone.
-  //  - kJournal (write-back): writes and trims complete once their record
-  //    is durable (group commit: one fdatasync per loop turn on the
-  //    threadpool); fsync completes once everything appended is durable.
-  //    Records are sent to the remote in order in the background (at most
-  //    kFeedWindowBytes loaded at a time) and retired after a BLK_FLUSH
-  //    issued after their acknowledgement has been acknowledged. Reads
-  //    covered by pending records are answered from the journal; partly
-  //    covered reads go to the remote and get the journal's bytes (taken at
-  //    submission) laid over the reply. While the journal is full(), writes
-  //    wait. A record the remote refuses is retried every second, never
-  //    dropped; when the BLK_OPEN is lost, everything not retired is sent
-  //    again on the next one (an exporter that lost power may have lost
-  //    what it acknowledged but had not flushed).
-  // If an append fails, the journal is switched off for this disk (logged)
-  // and the disk continues as kRemote without one.
+  // Journal (daemon/journal_driver.h says what each --sync mode does with
+  // it; docs/journal-format.md). Reads covered by pending write-back
+  // records are answered from the journal; partly covered reads go to the
+  // remote and get the journal's bytes (taken at submission) laid over the
+  // reply. A write-back record the remote refuses is retried every second,
+  // never dropped. If an append fails, the journal is switched off for this
+  // disk (logged) and the disk continues as kRemote without one.
   void AttachJournal(std::unique_ptr<Journal> journal);
-  const Journal* journal() const { return journal_.get(); }
+  const Journal* journal() const { return journal_ ? &journal_->journal() : nullptr; }
   // True while journal records wait to reach the remote.
   bool journal_busy() const;
   // True if reads and writes work without a path (write-back): such a disk
@@ -131,7 +113,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   // may be replaced by one of another size (Importer).
   bool idle() const;
   // Called when the journal has nothing pending any more (after a retire).
-  void SetDrainedHook(std::function<void()> hook) { drained_hook_ = std::move(hook); }
+  void SetDrainedHook(std::function<void()> hook);
 
   // Shutdown: queued Ops fail with EIO now, in-flight ones when their link
   // closes (LOSTLINK is no longer retried), and the libuv handles close.
@@ -156,7 +138,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     // The disk's journal (0 without one): bytes of its segment files, and
     // pending (unretired) records and their write data.
     uint64_t journal_bytes = 0, journal_pending = 0, journal_pending_bytes = 0;
-    LatencyHistogram latency[4];  // by OpKind: read, write, flush, trim
+    LatencyHistogram latency[kIoKinds];  // by IoKind: read, write, flush, trim
   };
   Stats stats() const;
   enum class State { kOnline, kBlocked, kOffline };
@@ -183,15 +165,6 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   void OnFreed(Link& link, Transaction& t) override;
 
  private:
-  enum class OpKind { kRead, kWrite, kFlush, kTrim };
-  struct Op;
-  struct Chunk;
-  struct Path {
-    uint64_t span_id;
-    Link* link;
-    Transaction* span_txn;
-    uint32_t dist;
-  };
   enum class OpenState { kClosed, kOpening, kOpen };
 
   // Unaligned requests (see "Unaligned I/O" in the class comment).
@@ -203,50 +176,41 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
                             DoneFn done);
   void TrimUnaligned(uint64_t offset, uint64_t length, DoneFn done);
 
+  struct Op;  // a QueuedRequest with its callbacks and data (.cc)
+  static std::unique_ptr<Op> AsOp(std::unique_ptr<QueuedRequest> r);
   void Submit(std::unique_ptr<Op> op);
   void Enqueue(std::unique_ptr<Op> op);  // Submit without dispatching
 
-  // Journal paths (see AttachJournal).
+  // The journal's part of the request path (see AttachJournal).
   bool writeback() const;
-  bool MustHold(OpKind kind) const;
-  bool GateClosed(OpKind kind) const;
-  void Hold(OpKind kind, std::function<void()> run, std::function<void(int)> fail);
+  bool MustHold(IoKind kind) const;
+  bool GateClosed(IoKind kind) const;
+  void Hold(IoKind kind, std::function<void()> run, std::function<void(int)> fail);
   void ReleaseHeld();
   void DoWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold, DoneFn done);
   void DoTrim(uint64_t offset, uint64_t length, DoneFn done);
   void DoFlush(DoneFn done);
   void DoRead(uint64_t offset, uint32_t length, ReadFn done);
-  void JournalFailed(const std::string& why);
-  // Applies the journal's answer to a write, trim or flush Op: true if the
-  // Op was taken care of (refused alone, held behind the journal, or
-  // waiting for durability), false if it is to be submitted (with its seq).
-  bool Journaled(std::unique_ptr<Op>& op, const Result<uint64_t>& seq,
+  // A write-back append's outcome for `op`: true if the Op was taken care
+  // of (refused alone, held behind the journal, or waiting for
+  // durability), false if it is to be submitted (the journal went off).
+  bool Journaled(std::unique_ptr<Op>& op, JournalDriver::Append append, const std::string& why,
                  std::function<void(DoneFn)> redo);
-  void HoldDone(OpKind kind, DoneFn done, std::function<void(DoneFn)> run);
-  void RestartFeed();
-  void FeedBackground();
-  void MaybeFlushBackground();
-  void MarkDone(uint64_t seq);
-  void RetireUpTo(uint64_t seq);
-  void StartSync();
-  void FinishDurable();
-  static void OnSyncWork(uv_work_t* w);
-  static void OnSyncDone(uv_work_t* w, int status);
-  void Kick();          // dispatch on the next loop turn, never re-entrantly
+  // `done` with the request's latency recorded when it runs successfully.
+  DoneFn Durable(IoKind kind, DoneFn done);
+  void HoldDone(IoKind kind, DoneFn done, std::function<void(DoneFn)> run);
+  void FeedJournal();  // the driver's records become background Ops
+  void Kick();         // dispatch on the next loop turn, never re-entrantly
   void Dispatch();
   void EnsureOpen();
-  void SendChunk(Chunk* c);
-  void SplitChunk(std::list<Chunk*>::iterator it, uint32_t limit);
-  void ChunkDone(Chunk* c, int err, dmsg::Frame* f);
-  void FinishOp(Op* op);
+  Transaction* SendChunk(QueuedChunk& c);  // nullptr: the path is gone
+  void ChunkDone(QueuedChunk* c, int err, dmsg::Frame* f);
   void CompleteOp(std::unique_ptr<Op> op);
   void OnOpenReply(const dmsg::Frame& f);
   void OnOpenLost();
   void FinishOpenWaiters(int err);
   void CheckTimeouts();
   void UpdateBlocked();
-  const Path* BestPath() const;
-  static bool Conflicts(const Chunk& a, const Chunk& b);
   static void OnKick(uv_idle_t* h);
   static void OnTick(uv_timer_t* h);
 
@@ -257,7 +221,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   uint32_t blksize_;
   Config config_;
 
-  std::vector<Path> paths_;
+  DiskPaths paths_;
   // The path our BLK_OPEN is on, and its transaction.
   uint64_t active_span_ = 0;
   Link* open_link_ = nullptr;
@@ -268,46 +232,19 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   uint64_t open_wait_since_ms_ = 0;   // loop time the first of them came
   uint64_t retry_at_ms_ = 0;
 
-  std::list<std::unique_ptr<Op>> ops_;
-  std::list<Chunk*> chunks_;  // unfinished, in arrival order
-  size_t inflight_ = 0;
-  uint64_t next_seq_ = 1;
+  RequestQueue queue_;
   Stats stats_;
 
-  // Journal state.
+  // Requests waiting for the journal's gate or behind a read-modify-write.
   struct HeldOp {
-    OpKind kind;
+    IoKind kind;
     std::function<void()> run;
     std::function<void(int)> fail;
     uint64_t start_ms;  // for --io-timeout
   };
-  struct DurableWaiter {
-    uint64_t seq;
-    DoneFn done;
-    uint64_t start_ns;
-    OpKind kind;
-  };
-  std::unique_ptr<Journal> journal_;
-  bool journal_ok_ = false;       // appends allowed
-  uint64_t feed_next_ = 1;        // next journal seq to load into the queue
-  uint64_t feed_limit_ = 0;       // kRemote: the backlog's last seq
-  size_t feed_bytes_ = 0;         // write data of background Ops queued
-  size_t background_ops_ = 0;     // background Ops queued or on the wire
-  std::deque<HeldOp> held_;       // requests waiting for the gate
-  std::set<uint64_t> completed_;  // seqs done on the remote, above done_prefix_
-  uint64_t done_prefix_ = 0;      // every pending seq <= this is done remotely
-  bool bg_flush_inflight_ = false;
-  uint64_t last_bg_flush_ms_ = 0;
-  bool bg_flush_failed_ = false;
+  std::deque<HeldOp> held_;
+  std::unique_ptr<JournalDriver> journal_;
   uint64_t pause_until_ms_ = 0;  // a record to retry: nothing is sent before
-  std::deque<DurableWaiter> durable_waiters_;
-  uv_work_t sync_work_;
-  Journal::SyncBatch sync_batch_;
-  Status sync_status_;
-  bool sync_inflight_ = false;
-  bool sync_wanted_ = false;
-  bool sync_failed_ = false;
-  std::function<void()> drained_hook_;
 
   uv_idle_t kick_;
   uv_timer_t tick_;

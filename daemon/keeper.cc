@@ -5,6 +5,8 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,7 +102,9 @@ void Listen(int sock, int* fuse_fd, bool* ready, bool* stopped) {
     }
     char buf[32];
     char cbuf[CMSG_SPACE(sizeof(int))];
-    struct iovec iov {buf, sizeof buf};
+    struct iovec iov {
+      buf, sizeof buf
+    };
     struct msghdr msg {};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -220,7 +224,9 @@ int RunKeeper(const std::vector<std::string>& argv, const std::string& mountpoin
     if (failed_starts > 0) {
       // 0.25, 0.5, 1, 2 s; a signal ends the wait early.
       unsigned ms = 250u << (failed_starts - 1);
-      struct timespec ts {static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
+      struct timespec ts {
+        static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000
+      };
       nanosleep(&ts, nullptr);
       if (g_stop) {
         Release(&fuse_fd, mountpoint);
@@ -241,6 +247,44 @@ int TakeFdFromEnvironment(const char* name) {
   if (flags < 0) return -1;
   fcntl(static_cast<int>(fd), F_SETFD, flags | FD_CLOEXEC);
   return static_cast<int>(fd);
+}
+
+namespace {
+// The descriptor number in `name`, or an error naming the variable.
+Result<int> InheritedFd(const char* name) {
+  const char* v = getenv(name);
+  char* end = nullptr;
+  errno = 0;
+  long fd = strtol(v, &end, 10);
+  if (*v == '\0' || *end != '\0' || errno != 0 || fd < 3 || fd > 1 << 20)
+    return Status::InvalidArgument(std::string(name) + "=" + v +
+                                   ": not a descriptor number (3 or more)");
+  if (fcntl(static_cast<int>(fd), F_GETFD) < 0)
+    return Status::InvalidArgument(std::string(name) + "=" + v + ": not an open descriptor");
+  return static_cast<int>(fd);
+}
+}  // namespace
+
+Status CheckInheritedDescriptors() {
+  struct stat st {};
+  if (getenv(kEnvFuseFd) != nullptr) {
+    auto fd = InheritedFd(kEnvFuseFd);
+    if (!fd.ok()) return fd.status();
+    // /dev/fuse is the misc character device 10:229.
+    if (fstat(*fd, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 ||
+        minor(st.st_rdev) != 229)
+      return Status::InvalidArgument(std::string(kEnvFuseFd) + "=" + getenv(kEnvFuseFd) +
+                                     ": not a /dev/fuse descriptor (set only by xdisk-fuse's "
+                                     "keeper and restarts)");
+  }
+  if (getenv(kEnvKeeperFd) != nullptr) {
+    auto fd = InheritedFd(kEnvKeeperFd);
+    if (!fd.ok()) return fd.status();
+    if (fstat(*fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+      return Status::InvalidArgument(std::string(kEnvKeeperFd) + "=" + getenv(kEnvKeeperFd) +
+                                     ": not a socket (set only by xdisk-fuse's keeper)");
+  }
+  return Status::Ok();
 }
 
 std::unique_ptr<KeeperLink> KeeperLink::FromEnvironment(uv_loop_t* loop,
@@ -299,7 +343,9 @@ void KeeperLink::Gone() {
 
 bool KeeperLink::Send(const std::string& what, int fd) {
   if (!alive_) return false;
-  struct iovec iov {const_cast<char*>(what.data()), what.size()};
+  struct iovec iov {
+    const_cast<char*>(what.data()), what.size()
+  };
   struct msghdr msg {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;

@@ -64,6 +64,13 @@ int RunKeeper(const std::vector<std::string>& argv, const std::string& mountpoin
 // from the environment so that it is not passed on by accident; -1 if the
 // variable is unset or not a valid open descriptor. O_CLOEXEC is set on it.
 int TakeFdFromEnvironment(const char* name);
+// Checks what the environment hands this process before anything starts:
+// XDISK_FUSE_FD must name an open /dev/fuse descriptor, XDISK_KEEPER_FD an
+// open socket (only the keeper and a re-executing daemon set them). An
+// InvalidArgument status names the variable and what is wrong with it; OK
+// if they are unset or usable. Writing to a wrong descriptor (the resend
+// notification) could damage whatever file it is.
+Status CheckInheritedDescriptors();
 
 // The daemon's side of the keeper socket.
 class KeeperLink {

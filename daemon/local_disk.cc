@@ -18,6 +18,8 @@
 #include <string>
 #include <utility>
 
+#include "daemon/io_kind.h"
+
 namespace xdisk {
 
 namespace {
@@ -47,11 +49,9 @@ int FallocateNoEintr(int fd, int mode, uint64_t offset, uint64_t length) {
 }  // namespace
 
 struct LocalDisk::Op {
-  enum class Kind { kRead, kWrite, kFlush, kTrim, kNop };
-
   uv_work_t req{};
   LocalDisk* disk = nullptr;
-  Kind kind = Kind::kNop;
+  IoKind kind = IoKind::kRead;
   uint64_t offset = 0;
   uint64_t length = 0;
   // Set when the operation failed before reaching the disk; the worker then
@@ -68,19 +68,13 @@ struct LocalDisk::Op {
   std::vector<Op*> waiters;
   std::list<std::unique_ptr<Op>>::iterator self;
 
-  bool Modifies() const { return kind == Kind::kWrite || kind == Kind::kTrim; }
-  bool Ordered() const {
-    return !failed_early && length > 0 &&
-           (kind == Kind::kRead || kind == Kind::kWrite || kind == Kind::kTrim);
-  }
-  // Two operations conflict when their ranges overlap and at least one of
-  // them changes data. Read/read overlap is harmless and stays concurrent.
-  // Flush is deliberately not ordered: its promise only covers writes that
-  // completed before it was issued, so it need not wait for anything.
+  // The rule of daemon/io_kind.h (read/read overlap stays concurrent).
+  // Flush has no range and is deliberately not ordered: its promise only
+  // covers writes that completed before it was issued. An operation that
+  // failed before reaching the disk takes no part.
   bool ConflictsWith(const Op& o) const {
-    if (!Ordered() || !o.Ordered()) return false;
-    if (!Modifies() && !o.Modifies()) return false;
-    return offset < o.offset + o.length && o.offset < offset + length;
+    if (failed_early || o.failed_early) return false;
+    return MustKeepOrder(kind, offset, length, o.kind, o.offset, o.length);
   }
 };
 
@@ -204,7 +198,7 @@ std::string LocalDisk::Context(const char* what, uint64_t offset, uint64_t lengt
 
 void LocalDisk::Read(uint64_t offset, uint32_t length, ReadCallback cb) {
   auto op = std::make_unique<Op>();
-  op->kind = Op::Kind::kRead;
+  op->kind = IoKind::kRead;
   op->offset = offset;
   op->length = length;
   op->read_cb = std::move(cb);
@@ -213,7 +207,7 @@ void LocalDisk::Read(uint64_t offset, uint32_t length, ReadCallback cb) {
 
 void LocalDisk::Write(uint64_t offset, dmsg::ByteBuffer data, DoneCallback cb) {
   auto op = std::make_unique<Op>();
-  op->kind = Op::Kind::kWrite;
+  op->kind = IoKind::kWrite;
   op->offset = offset;
   op->length = data.size();
   op->data = std::move(data);
@@ -223,14 +217,14 @@ void LocalDisk::Write(uint64_t offset, dmsg::ByteBuffer data, DoneCallback cb) {
 
 void LocalDisk::Flush(DoneCallback cb) {
   auto op = std::make_unique<Op>();
-  op->kind = Op::Kind::kFlush;
+  op->kind = IoKind::kFlush;
   op->done_cb = std::move(cb);
   Submit(std::move(op));
 }
 
 void LocalDisk::Trim(uint64_t offset, uint64_t length, DoneCallback cb) {
   auto op = std::make_unique<Op>();
-  op->kind = Op::Kind::kTrim;
+  op->kind = IoKind::kTrim;
   op->offset = offset;
   op->length = length;
   op->done_cb = std::move(cb);
@@ -264,11 +258,11 @@ void LocalDisk::Submit(std::unique_ptr<Op> op) {
   if (closing_) {
     op->failed_early = true;
     op->status = Status::Unavailable("local disk " + path_ + ": closing");
-  } else if (op->Modifies() && read_only_) {
+  } else if (Modifies(op->kind) && read_only_) {
     op->failed_early = true;
     op->status = Status::FromErrno(
-        EROFS, Context(op->kind == Op::Kind::kWrite ? "write" : "trim", op->offset, op->length));
-  } else if (op->kind != Op::Kind::kFlush &&
+        EROFS, Context(op->kind == IoKind::kWrite ? "write" : "trim", op->offset, op->length));
+  } else if (op->kind != IoKind::kFlush &&
              (op->offset > size_ || op->length > size_ - op->offset)) {
     op->failed_early = true;
     op->status =
@@ -315,19 +309,17 @@ void LocalDisk::WorkCb(uv_work_t* req) {
   if (op->failed_early) return;
   const LocalDisk* disk = op->disk;
   switch (op->kind) {
-    case Op::Kind::kRead:
+    case IoKind::kRead:
       disk->DoRead(op);
       break;
-    case Op::Kind::kWrite:
+    case IoKind::kWrite:
       disk->DoWrite(op);
       break;
-    case Op::Kind::kFlush:
+    case IoKind::kFlush:
       disk->DoFlush(op);
       break;
-    case Op::Kind::kTrim:
+    case IoKind::kTrim:
       disk->DoTrim(op);
-      break;
-    case Op::Kind::kNop:
       break;
   }
 }
@@ -353,7 +345,7 @@ void LocalDisk::Complete(Op* op) {
   // From here on `this` may be destroyed by the user callback (allowed when
   // in_flight() is 0), so check `alive` before touching members again.
   std::weak_ptr<int> alive = alive_;
-  if (owned->kind == Op::Kind::kRead) {
+  if (owned->kind == IoKind::kRead) {
     if (owned->read_cb) owned->read_cb(std::move(owned->status), std::move(owned->data));
   } else if (owned->done_cb) {
     owned->done_cb(std::move(owned->status));

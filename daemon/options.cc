@@ -306,9 +306,9 @@ Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions*
       opts->journal_dir = std::string(val);
     } else if (name == "--sync") {
       if (val == "remote") {
-        opts->sync = DaemonOptions::SyncMode::kRemote;
+        opts->sync = SyncMode::kRemote;
       } else if (val == "journal") {
-        opts->sync = DaemonOptions::SyncMode::kJournal;
+        opts->sync = SyncMode::kJournal;
       } else {
         return bad(val, "expected remote or journal, got");
       }
@@ -492,7 +492,7 @@ Result<ParseOutcome> ParseOptions(int argc, const char* const* argv, DaemonOptio
   if (!second.ok()) return second;
   opts->config_file = path;
   if (!opts->journal_dump.empty()) return ParseOutcome::kRun;
-  if (opts->sync == DaemonOptions::SyncMode::kJournal && opts->journal_dir == "none")
+  if (opts->sync == SyncMode::kJournal && opts->journal_dir == "none")
     return Status::InvalidArgument("--sync: journal needs a journal (--journal is 'none')");
   if (positional.size() > 1)
     return Status::InvalidArgument("too many arguments: '" + std::string(positional[1]) +

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/sync_mode.h"
 #include "proto/status.h"
 
 namespace xdisk {
@@ -47,7 +48,7 @@ struct DaemonOptions {
   bool no_config = false;  // --no-config: skip kDefaultConfigFile
   // Journal of outstanding requests (daemon/journal.h).
   std::string journal_dir;  // empty: <state_dir>/journal; "none": no journal
-  enum class SyncMode { kRemote, kJournal } sync = SyncMode::kRemote;
+  SyncMode sync = SyncMode::kRemote;
   uint64_t journal_max = 1ull << 30;
   bool journal_strict = false;
   // --no-keeper: with MOUNTPOINT and no service manager, run without the

@@ -11,7 +11,10 @@
 #   4. a dead mount left by a daemon without a keeper (--no-keeper,
 #      SIGKILL) is taken away by the next start, which then serves;
 #   5. after a restart with the remote away, the disk is listed at once;
-#   6. a SIGTERM right after `xdiskctl restart` stops and unmounts.
+#   6. a SIGTERM right after `xdiskctl restart` stops and unmounts;
+#   7. restarted daemons that fail for a while (their control socket path
+#      taken) leave the mount to the keeper: a write waiting in it
+#      completes, without error, once a daemon starts again.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
@@ -107,7 +110,35 @@ rc=0
 wait_exit "$IMP" 20 || rc=$?
 [ "$rc" = 0 ] || fail "keeper exit status $rc after SIGTERM during a restart"
 ! grep -q " $MNT fuse" /proc/mounts || fail "still mounted after a stop during a restart"
+
+log "7. failing restarts leave the mount to the keeper; a waiting write completes"
+start_importer IMP importer5 "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --control "$CTL"
+wait_disk "$MNT" "$SERIAL"
+head -c $((2 * MIB)) /dev/urandom >"$WORK_DIR/data2"
+kill -STOP "$EXP"
+(exec timeout 60 dd if="$WORK_DIR/data2" of="$MNT/serno/$SERIAL" bs=1M oflag=direct \
+  conv=notrunc status=none) &
+writer=$!
+cleanup_fn kill -KILL "$writer"
+sleep 0.5
+daemon=$(importer_daemon)
+kill -STOP "$IMP"
+kill -KILL "$daemon"
+wait_for "proc_gone $daemon" 10 || fail "daemon $daemon survived SIGKILL"
+rm -f "$CTL"
+: >"$CTL" # not a socket: the next daemons fail to start their control server
+kill -CONT "$IMP"
+wait_for "[ \$(grep -c 'keeper: daemon pid .* exit status 1; starting it again' '$WORK_DIR/importer5.log') -ge 2 ]" 15 ||
+  fail "the restarted daemons did not fail as arranged"
+grep -q " $MNT fuse" /proc/mounts || fail "a failing restart took the mount away"
+rm -f "$CTL"
+kill -CONT "$EXP"
+rc=0
+wait_exit "$writer" 30 || rc=$?
+[ "$rc" = 0 ] || fail "the write waiting in the mount failed (status $rc)"
+timeout 30 cmp -n $((2 * MIB)) "$WORK_DIR/data2" "$MNT/serno/$SERIAL" || fail "read back differs"
+stop_daemon "$IMP" 15 TERM || fail "keeper exit status $? after SIGTERM"
 stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
 
-scan_logs "keeper \\(pid [0-9]+\\) is gone|keeper: daemon (pid .* (killed by signal 9|exit status 1)|failed 5 starts)|cannot take over the mount|garbage|mount-.*state|warning: .*(dropping link|no path left|cannot connect|connection reset|link lost)"
+scan_logs "keeper \\(pid [0-9]+\\) is gone|keeper: daemon (pid .* (killed by signal 9|exit status 1)|failed 5 starts)|cannot take over the mount|ctl\.sock|session ended|garbage|mount-.*state|warning: .*(dropping link|no path left|cannot connect|connection reset|link lost)"
 log "PASS"

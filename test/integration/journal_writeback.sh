@@ -10,13 +10,15 @@
 #  4. the exporter returns: the journal drains to zero, and the exported
 #     image holds what fio wrote (fio verifies the image file directly);
 #  5. with --journal-max 8M and the exporter gone again, writes beyond the
-#     limit wait (never fail) and complete once the exporter returns.
+#     limit wait (never fail) and complete once the exporter returns;
+#  6. a journal with records, left to a --sync=remote start: its records
+#     reach the remote before new writes to the same blocks.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
 require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+for c in fusermount3 mountpoint fio truncate ss cmp; do requires "$c"; done
 
 MIB=1048576
 SERIAL=wb1
@@ -104,8 +106,37 @@ wait_exit "$FIO" 60 || fail "fio did not finish after the exporter returned"
 grep -q "err= 0" "$WORK_DIR/full.out" || fail "fio full: errors"
 wait_for "journal_pending '$JDIR' | grep -qx 0" 60 || fail "the journal did not drain"
 fio_job img3 "$IMG" --rw=write --bs=1M --size=24M --offset=$((192 * MIB)) --verify_only=1
+
+log "6. a write-back journal left to a --sync=remote start drains before new writes"
+# Old data A goes into the journal during an outage; the importer dies and
+# comes back in the default mode, which appends nothing. New data B for the
+# same blocks is written while the remote is still away, then the remote
+# returns: the journal's A must reach it before B, or A (resent later)
+# would overwrite B.
+head -c $((8 * MIB)) /dev/urandom >"$WORK_DIR/a.bin"
+head -c $((8 * MIB)) /dev/urandom >"$WORK_DIR/b.bin"
+kill_exporter
+wait_for "[ \$(grep -c 'disk $SERIAL: no path left' '$WORK_DIR/importer.log') -ge 3 ]" 15 ||
+  fail "the importer did not notice the third outage"
+timeout 60 dd if="$WORK_DIR/a.bin" of="$MNT/serno/$SERIAL" bs=1M seek=64 oflag=direct \
+  conv=notrunc status=none || fail "writing A into the journal failed"
+[ "$(journal_pending "$JDIR")" -gt 0 ] || fail "A is not pending in the journal"
+kill_importer
+start_importer IMP importer "$MNT" "$WORK_DIR/keys" "127.0.0.1:$PORT" -- --journal "$JDIR"
+wait_disk "$MNT" "$SERIAL" 5
+(exec timeout 90 dd if="$WORK_DIR/b.bin" of="$MNT/serno/$SERIAL" bs=1M seek=64 oflag=direct \
+  conv=notrunc status=none) &
+DD=$!
+cleanup_fn kill -KILL "$DD"
+sleep 1
+exporter
+wait_exit "$DD" 60 || fail "writing B failed or hung (status $?)"
+wait_for "journal_pending '$JDIR' | grep -qx 0" 60 || fail "the journal did not drain"
+cmp -n $((8 * MIB)) -i $((64 * MIB)):0 "$IMG" "$WORK_DIR/b.bin" ||
+  fail "the exported image does not hold B: the journal's older A overtook it"
 stop_daemon "$IMP" 15 TERM || fail "importer exit status $? after SIGTERM"
 stop_daemon "$EXP" 15 TERM || fail "exporter exit status $? after SIGTERM"
+[ ! -e "$JDIR/$SERIAL" ] || fail "the drained journal of $SERIAL was not removed"
 
 scan_logs "warning: .*(dropping link|no path left|cannot connect|connection reset|broken pipe)"
 log "PASS"

@@ -197,7 +197,7 @@ TEST_CASE("config keys mean their long options", "[options]") {
   CHECK(o.verbosity == 4);  // debug, then one more for `verbose`
   CHECK(o.hostname == "h1");
   CHECK(o.journal_dir == "/j");
-  CHECK(o.sync == DaemonOptions::SyncMode::kJournal);
+  CHECK(o.sync == SyncMode::kJournal);
   CHECK(o.journal_max == (64ull << 20));
   CHECK(o.journal_strict);
   CHECK(o.mountpoint == "/mnt/x");
@@ -321,7 +321,7 @@ TEST_CASE("journal options: values, defaults and bad input", "[options]") {
   DaemonOptions o;
   std::string out;
   REQUIRE(Parse({"--state-dir", "/s", "/mnt"}, &o, &out).ok());
-  CHECK(o.sync == DaemonOptions::SyncMode::kRemote);
+  CHECK(o.sync == SyncMode::kRemote);
   CHECK(o.JournalDir() == "/s/journal");
   CHECK(o.journal_max == (1ull << 30));
   CHECK_FALSE(o.journal_strict);
@@ -331,7 +331,7 @@ TEST_CASE("journal options: values, defaults and bad input", "[options]") {
                  "/mnt"},
                 &w, &out)
               .ok());
-  CHECK(w.sync == DaemonOptions::SyncMode::kJournal);
+  CHECK(w.sync == SyncMode::kJournal);
   CHECK(w.JournalDir() == "/j");
   CHECK(w.journal_max == (1ull << 30));
   CHECK(w.journal_strict);
