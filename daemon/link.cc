@@ -1,5 +1,6 @@
 #include "daemon/link.h"
 
+#include <cerrno>
 #include <cinttypes>
 #include <cstring>
 
@@ -100,7 +101,7 @@ void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
                        dfcrypto::kHandshakeBytes - self->hs_rx_len_);
     return;
   }
-  if (self->opener_ || self->tls_) {
+  if (self->opener_ || (self->tls_ && !self->ktls_rx_)) {
     self->rx_wire_.resize(kReadBufferBytes);
     *buf = uv_buf_init(reinterpret_cast<char*>(self->rx_wire_.data()), kReadBufferBytes);
     return;
@@ -130,6 +131,10 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
       self->Close(
           "short handshake (" + std::to_string(self->hs_rx_len_) + " of 512 bytes): " +
           (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
+    } else if (self->ktls_rx_ && n == -EBADMSG) {  // libuv passes errno on
+      self->Close("TLS record failed: a record did not authenticate (kernel TLS)");
+    } else if (self->ktls_rx_ && n == UV_EIO) {
+      self->Close("TLS record failed: the peer sent a record other than data (kernel TLS)");
     } else if (self->graceful_) {
       self->Close(self->graceful_reason_);
     } else if (n == UV_EOF && self->opener_ && self->opener_->pending() > 0) {
@@ -149,7 +154,7 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   self->bytes_in_ += n;
   self->last_rx_ms_ = uv_now(self->loop_);
-  if (self->opener_ || self->tls_) {
+  if (self->opener_ || (self->tls_ && !self->ktls_rx_)) {
     if (!self->OpenReceived(static_cast<size_t>(n))) return;
   } else {
     self->decoder_.Commit(static_cast<size_t>(n));
@@ -434,6 +439,9 @@ void Link::FlushWrites(bool may_cork) {
   // After a write error nothing more is written: the timer closes the link
   // (a later message must not reach the peer after a lost one).
   if (write_inflight_ || corked_ || queue_.empty() || !pending_close_.empty()) return;
+  // Nothing of ours is in flight: the moment the kernel may take over
+  // sending (everything sealed so far is in the socket already).
+  if (ktls_pending_) MaybeOffload();
   auto* w = new WriteReq;
   w->link = this;
   w->msgs.reserve(queue_.size());
@@ -452,7 +460,7 @@ void Link::FlushWrites(bool may_cork) {
     w->bytes += m.header.size() + m.aux.size() + m.pad;
   }
   queued_bytes_ = 0;
-  if (sealer_ || (tls_ && tls_->handshake_done())) {
+  if (sealer_ || (tls_ && tls_->handshake_done() && !ktls_tx_)) {
     // Encrypted link: the writev becomes one buffer of wire bytes. Sealing
     // here, where messages leave the queue in order, keeps the chunk
     // counter in step with the bytes the peer receives. Raw messages (TLS
