@@ -24,6 +24,14 @@ struct Link::WriteReq {
   std::vector<uv_buf_t> bufs;
   size_t bytes = 0;
   std::vector<uint8_t> sealed;  // encrypted links: the wire bytes of `msgs`
+  // The sealed buffer goes back to the link for the next write: megabytes
+  // allocated and freed per write would be page-faulted in every time.
+  ~WriteReq() {
+    if (sealed.capacity() > link->spare_sealed_.capacity()) {
+      sealed.clear();
+      link->spare_sealed_.swap(sealed);
+    }
+  }
 };
 
 Link::Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Direction dir,
@@ -465,13 +473,16 @@ void Link::FlushWrites(bool may_cork) {
     // here, where messages leave the queue in order, keeps the chunk
     // counter in step with the bytes the peer receives. Raw messages (TLS
     // handshake records) are wire bytes already.
+    w->sealed.swap(spare_sealed_);
     std::vector<uint8_t>& wire = w->sealed;
+    wire.clear();
     wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes) : w->bytes + 1024);
     Status st;
     // TLS: the batch's messages go into records together (a record per
     // 64-byte header would cost a record header, a tag and a cipher call
     // each); the GCM stream seals the parts as they are.
-    std::vector<uint8_t> staged;
+    std::vector<uint8_t>& staged = tls_staged_;  // keeps its capacity
+    staged.clear();
     auto seal_staged = [&] {
       Status s = staged.empty() ? Status::Ok() : tls_->Seal(staged, &wire);
       staged.clear();

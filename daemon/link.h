@@ -273,6 +273,9 @@ class Link : public TransactionHandler {
   bool handshake_started_ = false;
   bool plaintext_mismatch_ = false;
   std::vector<uint8_t> rx_wire_;  // socket reads, before decryption
+  // Reused by FlushWrites on TLS and GCM links: the plaintext of a batch
+  // (TLS), and the sealed bytes of the last finished write.
+  std::vector<uint8_t> tls_staged_, spare_sealed_;
   std::vector<uint8_t> rx_plain_;
   uint64_t started_ms_ = 0;
 

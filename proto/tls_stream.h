@@ -93,10 +93,11 @@ class TlsStream {
   uint64_t records_sent() const { return tx_records_; }
   uint64_t records_received() const { return rx_records_; }
 
+  struct Io;  // the BIO's view of the current call (tls_stream.cc)
+
  private:
   TlsStream() = default;
   Status Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_send);
-  void DrainOutput(std::vector<uint8_t>* to_send);
 
   static int OnVerify(int preverify_ok, X509_STORE_CTX* store);
   static void OnKeylog(const SSL* ssl, const char* line);
@@ -105,6 +106,7 @@ class TlsStream {
 
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
+  std::unique_ptr<Io> io_;
   EVP_PKEY* peer_public_ = nullptr;  // a reference of our own
   bool done_ = false;
   bool key_mismatch_ = false;
