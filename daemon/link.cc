@@ -476,7 +476,11 @@ void Link::FlushWrites(bool may_cork) {
     w->sealed.swap(spare_sealed_);
     std::vector<uint8_t>& wire = w->sealed;
     wire.clear();
-    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes) : w->bytes + 1024);
+    // TLS: 22 bytes per record of at most 16 KiB (header, inner type,
+    // tag), and the handshake's raw bytes; a reallocation here would copy
+    // the whole batch once more.
+    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes)
+                         : w->bytes + (w->bytes / 16384 + 1) * 22 + 4096);
     Status st;
     // TLS: the batch's messages go into records together (a record per
     // 64-byte header would cost a record header, a tag and a cipher call
