@@ -179,30 +179,21 @@ void Link::MaybeOffload() {
   }
   uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd);
   using D = dfcrypto::TlsStream::Direction;
+  auto hand_over = [&](D dir, bool* done) {
+    auto keys = tls_->ExportKeys(dir);
+    Status st = keys.ok() ? ktls::Install(fd, dir, *keys) : keys.status();
+    if (!st.ok()) give_up(st);
+    *done = st.ok();
+    return st.ok();
+  };
   // Receiving: the socket's next byte must start a record.
-  if (!ktls_rx_ && tls_->at_record_boundary()) {
-    auto keys = tls_->ExportKeys(D::kReceive);
-    Status st = keys.ok() ? ktls::Install(fd, D::kReceive, *keys) : keys.status();
-    if (!st.ok()) {
-      give_up(st);
-      return;
-    }
-    ktls_rx_ = true;
-  }
+  if (!ktls_rx_ && tls_->at_record_boundary() && !hand_over(D::kReceive, &ktls_rx_)) return;
   // Sending: nothing sealed in user space may still be on its way, and
   // handshake bytes queued raw must go out before the kernel would wrap
   // them in records of its own.
   bool raw_queued = false;
   for (const OutMsg& m : queue_) raw_queued = raw_queued || m.raw;
-  if (!ktls_tx_ && !write_inflight_ && !raw_queued) {
-    auto keys = tls_->ExportKeys(D::kSend);
-    Status st = keys.ok() ? ktls::Install(fd, D::kSend, *keys) : keys.status();
-    if (!st.ok()) {
-      give_up(st);
-      return;
-    }
-    ktls_tx_ = true;
-  }
+  if (!ktls_tx_ && !write_inflight_ && !raw_queued && !hand_over(D::kSend, &ktls_tx_)) return;
   if (ktls_tx_ && ktls_rx_) {
     ktls_pending_ = false;
     tls_->ForgetSecrets();

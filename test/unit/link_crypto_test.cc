@@ -443,13 +443,19 @@ TlsPair Handshake(int c, int server_key, int s, int client_key) {
   return p;
 }
 
+// Two ends with matching keys, handshake done.
+TlsPair Connected() {
+  TlsPair p = Handshake(0, 1, 1, 0);
+  REQUIRE(p.client_st.ok());
+  REQUIRE(p.server_st.ok());
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("TLS 1.3: two ends pinning each other's key shake hands and carry data both ways",
           "[link_crypto]") {
-  TlsPair p = Handshake(0, 1, 1, 0);
-  REQUIRE(p.client_st.ok());
-  REQUIRE(p.server_st.ok());
+  TlsPair p = Connected();
   CHECK(p.client->handshake_done());
   CHECK(p.server->handshake_done());
   std::vector<uint8_t> ping = Ping(), wire, got, none;
@@ -530,9 +536,7 @@ std::vector<uint8_t> OpenRecordWith(const TlsStream::TrafficKeys& k, uint64_t se
 
 TEST_CASE("TLS 1.3: exported traffic keys and sequence numbers open the next records (kTLS)",
           "[link_crypto]") {
-  TlsPair p = Handshake(0, 1, 1, 0);
-  REQUIRE(p.client_st.ok());
-  REQUIRE(p.server_st.ok());
+  TlsPair p = Connected();
   std::vector<uint8_t> ping = Ping(), wire, got, none;
   // Some records both ways first, so that the sequence numbers are not 0.
   REQUIRE(p.client->Seal(ping, &wire).ok());
