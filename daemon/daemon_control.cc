@@ -199,6 +199,20 @@ std::vector<control::LinkInfo> DaemonControl::Links() const {
     li.set_encryption("none");
     out.push_back(std::move(li));
   }
+  // Recently refused addresses: why, when and how often (the log has the
+  // first of each reason only).
+  for (const LinkTable::Refusal& r : parts_.table->refusals()) {
+    control::LinkInfo li;
+    li.set_peer(r.host);
+    li.set_direction(r.direction);
+    li.set_state("refused");
+    li.set_since_ms(static_cast<uint64_t>(static_cast<int64_t>(r.at_ms) + loop_to_wall_ms_));
+    li.set_encryption("-");
+    li.set_refusal_kind(r.kind);
+    li.set_last_error(r.reason);
+    li.set_refusals(r.count);
+    out.push_back(std::move(li));
+  }
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "daemon/link.h"
 
+#include <cerrno>
 #include <cinttypes>
 #include <cstring>
 
@@ -23,6 +24,14 @@ struct Link::WriteReq {
   std::vector<uv_buf_t> bufs;
   size_t bytes = 0;
   std::vector<uint8_t> sealed;  // encrypted links: the wire bytes of `msgs`
+  // The sealed buffer goes back to the link for the next write: megabytes
+  // allocated and freed per write would be page-faulted in every time.
+  ~WriteReq() {
+    if (sealed.capacity() > link->spare_sealed_.capacity()) {
+      sealed.clear();
+      link->spare_sealed_.swap(sealed);
+    }
+  }
 };
 
 Link::Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Direction dir,
@@ -100,7 +109,7 @@ void Link::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
                        dfcrypto::kHandshakeBytes - self->hs_rx_len_);
     return;
   }
-  if (self->opener_ || self->tls_) {
+  if (self->opener_ || (self->tls_ && !self->ktls_rx_)) {
     self->rx_wire_.resize(kReadBufferBytes);
     *buf = uv_buf_init(reinterpret_cast<char*>(self->rx_wire_.data()), kReadBufferBytes);
     return;
@@ -130,6 +139,10 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
       self->Close(
           "short handshake (" + std::to_string(self->hs_rx_len_) + " of 512 bytes): " +
           (n == UV_EOF ? "the peer closed the connection" : "the peer reset the connection"));
+    } else if (self->ktls_rx_ && n == -EBADMSG) {  // libuv passes errno on
+      self->Close("TLS record failed: a record did not authenticate (kernel TLS)");
+    } else if (self->ktls_rx_ && n == UV_EIO) {
+      self->Close("TLS record failed: the peer sent a record other than data (kernel TLS)");
     } else if (self->graceful_) {
       self->Close(self->graceful_reason_);
     } else if (n == UV_EOF && self->opener_ && self->opener_->pending() > 0) {
@@ -149,7 +162,7 @@ void Link::OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   self->bytes_in_ += n;
   self->last_rx_ms_ = uv_now(self->loop_);
-  if (self->opener_ || self->tls_) {
+  if (self->opener_ || (self->tls_ && !self->ktls_rx_)) {
     if (!self->OpenReceived(static_cast<size_t>(n))) return;
   } else {
     self->decoder_.Commit(static_cast<size_t>(n));
@@ -434,6 +447,9 @@ void Link::FlushWrites(bool may_cork) {
   // After a write error nothing more is written: the timer closes the link
   // (a later message must not reach the peer after a lost one).
   if (write_inflight_ || corked_ || queue_.empty() || !pending_close_.empty()) return;
+  // Nothing of ours is in flight: the moment the kernel may take over
+  // sending (everything sealed so far is in the socket already).
+  if (ktls_pending_) MaybeOffload();
   auto* w = new WriteReq;
   w->link = this;
   w->msgs.reserve(queue_.size());
@@ -452,18 +468,25 @@ void Link::FlushWrites(bool may_cork) {
     w->bytes += m.header.size() + m.aux.size() + m.pad;
   }
   queued_bytes_ = 0;
-  if (sealer_ || (tls_ && tls_->handshake_done())) {
+  if (sealer_ || (tls_ && tls_->handshake_done() && !ktls_tx_)) {
     // Encrypted link: the writev becomes one buffer of wire bytes. Sealing
     // here, where messages leave the queue in order, keeps the chunk
     // counter in step with the bytes the peer receives. Raw messages (TLS
     // handshake records) are wire bytes already.
+    w->sealed.swap(spare_sealed_);
     std::vector<uint8_t>& wire = w->sealed;
-    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes) : w->bytes + 1024);
+    wire.clear();
+    // TLS: 22 bytes per record of at most 16 KiB (header, inner type,
+    // tag), and the handshake's raw bytes; a reallocation here would copy
+    // the whole batch once more.
+    wire.reserve(sealer_ ? dfcrypto::SealedBytes(keys_->variant, w->bytes)
+                         : w->bytes + (w->bytes / 16384 + 1) * 22 + 4096);
     Status st;
     // TLS: the batch's messages go into records together (a record per
     // 64-byte header would cost a record header, a tag and a cipher call
     // each); the GCM stream seals the parts as they are.
-    std::vector<uint8_t> staged;
+    std::vector<uint8_t>& staged = tls_staged_;  // keeps its capacity
+    staged.clear();
     auto seal_staged = [&] {
       Status s = staged.empty() ? Status::Ok() : tls_->Seal(staged, &wire);
       staged.clear();

@@ -154,7 +154,9 @@ class Link : public TransactionHandler {
   uint64_t bytes_in() const { return bytes_in_; }
   uint64_t bytes_out() const { return bytes_out_; }
   uint64_t up_since_ms() const { return up_since_ms_; }
-  // "plaintext", "dragonfly-gcm-a", "dragonfly-gcm-b" or "tls1.3".
+  // "plaintext", "dragonfly-gcm-a", "dragonfly-gcm-b", "tls1.3", or
+  // "tls1.3+ktls" once the kernel protects the records both ways
+  // ("tls1.3+ktls-tx"/"tls1.3+ktls-rx" if it took only one direction).
   const char* encryption() const;
   bool encrypted() const { return keys_ != nullptr; }
   // The peer's handshake verified (always false on a plaintext link): a
@@ -202,6 +204,12 @@ class Link : public TransactionHandler {
   void OnHandshakeBytes(size_t n);
   void StartTls();
   void OnTlsBytes(size_t n);
+  // kTLS (daemon/link_ktls.h): once TLS is done, hands each direction to
+  // the kernel as soon as it may be: receiving at a record boundary,
+  // sending when every byte sealed in user space has been written and no
+  // handshake bytes are queued. Called from the read and write paths while
+  // ktls_pending_; gives up (keeping user-space TLS) on any failure.
+  void MaybeOffload();
   // Queues bytes that go out as they are, before anything queued later.
   void SendRaw(std::vector<uint8_t> bytes);
   // Encrypts plaintext for the wire with the sealer or TLS.
@@ -256,12 +264,18 @@ class Link : public TransactionHandler {
   std::unique_ptr<dfcrypto::StreamSealer> sealer_;
   std::unique_ptr<dfcrypto::StreamOpener> opener_;
   std::unique_ptr<dfcrypto::TlsStream> tls_;  // a .tls13 peer: instead of both
+  bool ktls_pending_ = false;  // TLS is done and a direction may still go to the kernel
+  bool ktls_attached_ = false;
+  bool ktls_tx_ = false, ktls_rx_ = false;  // the kernel protects that direction
   dfcrypto::HandshakeBlock own_block_{};
   dfcrypto::HandshakeBlock hs_rx_{};  // the peer's handshake as it arrives
   size_t hs_rx_len_ = 0;
   bool handshake_started_ = false;
   bool plaintext_mismatch_ = false;
   std::vector<uint8_t> rx_wire_;  // socket reads, before decryption
+  // Reused by FlushWrites on TLS and GCM links: the plaintext of a batch
+  // (TLS), and the sealed bytes of the last finished write.
+  std::vector<uint8_t> tls_staged_, spare_sealed_;
   std::vector<uint8_t> rx_plain_;
   uint64_t started_ms_ = 0;
 

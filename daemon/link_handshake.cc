@@ -6,13 +6,18 @@
 #include <openssl/rand.h>
 
 #include "daemon/link.h"
+#include "daemon/link_ktls.h"
 #include "daemon/log.h"
 
 namespace xdisk {
 
 const char* Link::encryption() const {
   if (!keys_) return "plaintext";
-  return keys_->tls13 ? "tls1.3" : dfcrypto::StreamVariantName(keys_->variant);
+  if (!keys_->tls13) return dfcrypto::StreamVariantName(keys_->variant);
+  if (ktls_tx_ && ktls_rx_) return "tls1.3+ktls";
+  if (ktls_tx_) return "tls1.3+ktls-tx";
+  if (ktls_rx_) return "tls1.3+ktls-rx";
+  return "tls1.3";
 }
 
 void Link::SendRaw(std::vector<uint8_t> bytes) {
@@ -127,11 +132,72 @@ void Link::OnTlsBytes(size_t n) {
   if (!tls_->handshake_done()) return;
   state_ = State::kHandshake;
   XLOG(kInfo, name_, "TLS 1.3 handshake verified with %s", keys_->peer_file.c_str());
+  ktls_pending_ = ktls::Available();
+  if (!ktls_pending_) {
+    tls_->ForgetSecrets();
+    static bool said = false;  // a property of the kernel: once per process
+    if (!said)
+      XLOG(kInfo, name_,
+           "kernel TLS offload unavailable (no \"tls\" TCP upper layer, or XDISK_KTLS=off): TLS "
+           "records are sealed and opened in user space");
+    said = true;
+  }
+  // Receiving may go to the kernel at once if the handshake's last flight
+  // ended the bytes read; sending once our last handshake bytes are out.
+  bool had_data = !rx_plain_.empty();
+  std::vector<uint8_t> plain = std::move(rx_plain_);
+  rx_plain_.clear();
+  if (ktls_pending_) MaybeOffload();
   SendConn();
   // Application data may have come with the handshake's last flight.
-  if (!rx_plain_.empty()) {
-    decoder_.Feed(rx_plain_);
+  if (had_data) {
+    decoder_.Feed(plain);
     DecodeAvailable();
+  }
+}
+
+void Link::MaybeOffload() {
+  if (state_ != State::kHandshake && state_ != State::kUp) return;
+  auto give_up = [&](const Status& st) {
+    // User-space TLS goes on for what the kernel did not take.
+    ktls_pending_ = false;
+    tls_->ForgetSecrets();
+    XLOG(kInfo, name_, "kernel TLS offload not used (%s): %s", encryption(), st.message().c_str());
+  };
+  int fd = -1;
+  if (!ktls_attached_) {
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) != 0) {
+      give_up(Status::Unavailable("no socket descriptor"));
+      return;
+    }
+    Status st = ktls::Attach(fd);
+    if (!st.ok()) {
+      give_up(st);
+      return;
+    }
+    ktls_attached_ = true;
+  }
+  uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd);
+  using D = dfcrypto::TlsStream::Direction;
+  auto hand_over = [&](D dir, bool* done) {
+    auto keys = tls_->ExportKeys(dir);
+    Status st = keys.ok() ? ktls::Install(fd, dir, *keys) : keys.status();
+    if (!st.ok()) give_up(st);
+    *done = st.ok();
+    return st.ok();
+  };
+  // Receiving: the socket's next byte must start a record.
+  if (!ktls_rx_ && tls_->at_record_boundary() && !hand_over(D::kReceive, &ktls_rx_)) return;
+  // Sending: nothing sealed in user space may still be on its way, and
+  // handshake bytes queued raw must go out before the kernel would wrap
+  // them in records of its own.
+  bool raw_queued = false;
+  for (const OutMsg& m : queue_) raw_queued = raw_queued || m.raw;
+  if (!ktls_tx_ && !write_inflight_ && !raw_queued && !hand_over(D::kSend, &ktls_tx_)) return;
+  if (ktls_tx_ && ktls_rx_) {
+    ktls_pending_ = false;
+    tls_->ForgetSecrets();
+    XLOG(kInfo, name_, "kernel TLS offload on: records are sealed and opened by the kernel");
   }
 }
 
@@ -142,8 +208,10 @@ bool Link::OpenReceived(size_t n) {
     std::vector<uint8_t> out;
     st = tls_->Receive({rx_wire_.data(), n}, &rx_plain_, &out);
     // Nothing is expected after the handshake (no tickets, no key updates),
-    // but what TLS wants sent goes out, in order.
-    if (!out.empty()) SendRaw(std::move(out));
+    // but what TLS wants sent goes out, in order (an alert: not once the
+    // kernel seals, it would send it as data).
+    if (!out.empty() && !ktls_tx_) SendRaw(std::move(out));
+    if (st.ok() && ktls_pending_) MaybeOffload();
   } else {
     st = opener_->Open({rx_wire_.data(), n}, &rx_plain_);
   }

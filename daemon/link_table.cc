@@ -119,6 +119,7 @@ void LinkTable::OnConnection(uv_stream_t* server, int status) {
   }
   if (decision == PeerPolicy::Decision::kRefused) {
     XLOG(kWarning, "link " + peer, "refused: %s", why.c_str());
+    self->NoteRefusal(host, "in", "unknown peer: " + why);
     raw->Close("refused by peer policy");
     return;
   }
@@ -126,6 +127,7 @@ void LinkTable::OnConnection(uv_stream_t* server, int status) {
     auto keys = LoadLinkKeys(self->policy_->keys_dir(), host);
     if (!keys.ok()) {
       XLOG(kWarning, "link " + peer, "refused: %s", keys.status().message().c_str());
+      self->NoteRefusal(host, "in", keys.status().message());
       raw->Close("refused: unusable keys");
       return;
     }
@@ -190,6 +192,7 @@ void LinkTable::OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* r
   std::string why;
   auto decision = self->policy_->Check(host, &why);
   if (decision == PeerPolicy::Decision::kRefused) {
+    self->NoteRefusal(host, "out", "unknown peer: " + why);
     self->ScheduleRetry(c, "refused by peer policy: " + why);
     return;
   }
@@ -197,6 +200,7 @@ void LinkTable::OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* r
   if (decision == PeerPolicy::Decision::kEncrypted) {
     auto loaded = LoadLinkKeys(self->policy_->keys_dir(), host);
     if (!loaded.ok()) {
+      self->NoteRefusal(host, "out", loaded.status().message());
       self->ScheduleRetry(c, "refused: " + loaded.status().message());
       return;
     }
@@ -345,6 +349,14 @@ void LinkTable::OnLinkDown(Link& link, const std::string& reason) {
     if (refusals_.size() >= 1024) refusals_.clear();
     if (refusals_[PeerHost(link)].insert(reason).second)
       XLOG(kWarning, link.name(), "refused: %s", reason.c_str());
+    NoteRefusal(PeerHost(link), link.direction() == Link::Direction::kIncoming ? "in" : "out",
+                reason);
+  } else if (RefusalKind(reason) == "bad tag") {
+    // An authenticated link dropped on a forged or damaged record: not a
+    // refusal of the peer (the link logged it), but what an operator
+    // looking at a link that keeps coming back needs to see.
+    NoteRefusal(PeerHost(link), link.direction() == Link::Direction::kIncoming ? "in" : "out",
+                reason);
   }
   upper_->OnLinkDown(link, reason);
 }
@@ -361,6 +373,49 @@ void LinkTable::OnLinkClosed(Link& link) {
   }
   links_.erase(&link);  // deletes the Link; it is done with itself
   MaybeShutdownDone();
+}
+
+std::string LinkTable::RefusalKind(const std::string& reason) {
+  // Keyed on the wording of the reasons made in proto/rsa_handshake.cc,
+  // proto/gcm_stream.cc, proto/tls_stream.cc, daemon/link*.cc and
+  // daemon/peer_policy.cc; the encrypted-link integration tests check the
+  // kinds they cause.
+  auto has = [&](const char* w) { return reason.find(w) != std::string::npos; };
+  if (reason.starts_with("unknown peer")) return "unknown peer";
+  if (has("wrong modulus size")) return "wrong modulus size";
+  if (has("key mismatch") || has("a wrong key on either side")) return "key mismatch";
+  if (reason.starts_with("bad tag") || reason.starts_with("TLS record failed")) return "bad tag";
+  if (has("speaks plaintext") || has("encrypted handshake")) return "policy mismatch";
+  return "bad handshake";
+}
+
+void LinkTable::NoteRefusal(const std::string& host, const char* direction,
+                            const std::string& reason) {
+  auto it = recent_refusals_.find(host);
+  if (it == recent_refusals_.end()) {
+    if (recent_refusals_.size() >= kMaxRefusalsShown) {
+      auto oldest = recent_refusals_.begin();
+      for (auto i = recent_refusals_.begin(); i != recent_refusals_.end(); ++i)
+        if (i->second.at_ms < oldest->second.at_ms) oldest = i;
+      recent_refusals_.erase(oldest);
+    }
+    it = recent_refusals_.emplace(host, Refusal{}).first;
+    it->second.host = host;
+  }
+  Refusal& r = it->second;
+  r.direction = direction;
+  r.kind = RefusalKind(reason);
+  r.reason = reason;
+  r.at_ms = uv_now(loop_);
+  ++r.count;
+}
+
+std::vector<LinkTable::Refusal> LinkTable::refusals() const {
+  std::vector<Refusal> out;
+  const uint64_t now = uv_now(loop_);
+  for (const auto& [host, r] : recent_refusals_)
+    if (now - r.at_ms < kRefusalShownMs) out.push_back(r);
+  return out;
 }
 
 std::string LinkTable::PeerHost(const Link& link) {

@@ -76,6 +76,29 @@ class LinkTable : public LinkObserver {
   };
   std::vector<ConnectTarget> connect_targets() const;
 
+  // The last refusal of each recently refused peer address, for xdiskctl
+  // links: a link (or connection) turned away by the peer policy or its
+  // handshake, or dropped on a record that did not authenticate. Kept for
+  // kRefusalShownMs after the last one, also once a link to the address
+  // is up again (a peer whose links keep dropping on bad tags reconnects
+  // every time); at most kMaxRefusalsShown addresses (the oldest goes).
+  struct Refusal {
+    std::string host;       // the peer's numeric address, without port
+    std::string direction;  // "in" or "out"
+    // "unknown peer", "key mismatch", "wrong modulus size", "bad tag",
+    // "policy mismatch" (one side .pub or .tls13, the other not) or
+    // "bad handshake" (anything else: malformed, truncated, timed out).
+    std::string kind;
+    std::string reason;  // the logged reason of the last one
+    uint64_t at_ms = 0;  // loop time of the last one
+    uint64_t count = 0;  // how many since the address was first kept
+  };
+  static constexpr size_t kMaxRefusalsShown = 256;
+  static constexpr uint64_t kRefusalShownMs = 3600 * 1000;
+  std::vector<Refusal> refusals() const;
+  // The kind of a refusal reason (see Refusal::kind).
+  static std::string RefusalKind(const std::string& reason);
+
   std::vector<Link*> links() const;
   // The actual bound port of the n-th listener (for --listen ...:0 in tests).
   int listen_port(size_t n) const;
@@ -111,6 +134,8 @@ class LinkTable : public LinkObserver {
   std::map<Link*, Connector*> link_connector_;
   // The handshake refusals logged per peer host, until a link to it is up.
   std::map<std::string, std::set<std::string>> refusals_;
+  std::map<std::string, Refusal> recent_refusals_;  // by host
+  void NoteRefusal(const std::string& host, const char* direction, const std::string& reason);
   int closing_handles_ = 0;
   bool shutting_down_ = false;
   std::function<void()> shutdown_done_;

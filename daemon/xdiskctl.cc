@@ -28,7 +28,8 @@ std::string CtlUsage() {
          "\n"
          "Commands:\n"
          "  status                   the daemon, its links, disks and exports, totals\n"
-         "  links                    peer, direction, state, since, bytes, encryption\n"
+         "  links                    peer, direction, state, since, bytes, encryption;\n"
+         "                           recently refused addresses: why, when, how often\n"
          "  disks                    imported disks: state, blocked since, in flight,\n"
          "                           queued, journal, names, paths; and exports\n"
          "  stats                    per disk: ops and bytes by type, latencies\n"
@@ -376,6 +377,8 @@ std::string LinkJson(const control::LinkInfo& l) {
       .Num("next_retry_ms", l.next_retry_ms())
       .Time("next_retry", l.next_retry_ms())
       .Str("last_error", l.last_error())
+      .Str("refusal_kind", l.refusal_kind())
+      .Num("refusals", l.refusals())
       .Done();
 }
 
@@ -561,6 +564,14 @@ std::string LinksTable(const google::protobuf::RepeatedPtrField<control::LinkInf
                ")";
       t.Add({l.peer(), l.direction(), l.state(), next, "-", "-", l.encryption(),
              l.last_error().empty() ? "-" : "error: " + l.last_error()});
+      continue;
+    }
+    if (l.state() == "refused") {
+      // A recently refused address: the last refusal's time in SINCE, its
+      // kind, count and reason in LABEL.
+      t.Add({l.peer(), l.direction(), l.state(), SinceText(l.since_ms(), now_ms), "-", "-",
+             l.encryption(),
+             l.refusal_kind() + " (x" + std::to_string(l.refusals()) + "): " + l.last_error()});
       continue;
     }
     t.Add({l.peer(), l.direction(), l.state(), SinceText(l.since_ms(), now_ms),

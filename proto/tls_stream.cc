@@ -1,10 +1,17 @@
 #include "proto/tls_stream.h"
 
 #include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string_view>
 
 namespace xdisk::dfcrypto {
 
@@ -40,12 +47,186 @@ X509* SelfSigned(EVP_PKEY* key) {
   return cert;
 }
 
+// HKDF-Expand-Label(secret, label, "", length) of RFC 8446 §7.1: OpenSSL
+// does the HKDF; only the HkdfLabel structure is built here.
+bool ExpandLabel(const EVP_MD* md, const std::vector<uint8_t>& secret, std::string_view label,
+                 uint8_t* out, size_t length) {
+  // struct HkdfLabel { uint16 length; opaque label<7..255>; opaque context<0..255>; }
+  std::string info;
+  info += static_cast<char>(length >> 8);
+  info += static_cast<char>(length & 0xff);
+  info += static_cast<char>(6 + label.size());
+  info += "tls13 ";
+  info += label;
+  info += '\0';  // an empty context
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  EVP_KDF_CTX* kctx = kdf != nullptr ? EVP_KDF_CTX_new(kdf) : nullptr;
+  EVP_KDF_free(kdf);
+  if (kctx == nullptr) return false;
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)),
+                                       0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret.data()),
+                                        secret.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_end()};
+  bool ok = EVP_KDF_derive(kctx, out, length, params) == 1;
+  EVP_KDF_CTX_free(kctx);
+  return ok;
+}
+
+std::vector<uint8_t> FromHex(std::string_view hex) {
+  std::vector<uint8_t> out;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return {};
+    out.push_back(static_cast<uint8_t>(hi << 4 | lo));
+  }
+  return out;
+}
+
+}  // namespace
+
+// The stream's own BIO: OpenSSL reads the wire bytes of the current
+// Receive() straight from the caller's span and appends what it sends
+// straight to the caller's vector. A memory BIO would copy both ways, zero
+// every byte it grows by and move unread bytes on every write; at 1 MiB
+// per request that cost more CPU than the AES-GCM itself.
+struct TlsStream::Io {
+  std::span<const uint8_t> in;        // wire bytes not yet taken by OpenSSL
+  std::vector<uint8_t>* out = nullptr;  // where OpenSSL's output goes
+};
+
+namespace {
+
+int IoWrite(BIO* b, const char* data, int len) {
+  auto* io = static_cast<TlsStream::Io*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (io->out == nullptr) {  // never while a call into OpenSSL runs
+    BIO_set_retry_write(b);
+    return -1;
+  }
+  io->out->insert(io->out->end(), data, data + len);
+  return len;
+}
+
+int IoRead(BIO* b, char* data, int len) {
+  auto* io = static_cast<TlsStream::Io*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (io->in.empty()) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  size_t n = std::min(io->in.size(), static_cast<size_t>(len));
+  memcpy(data, io->in.data(), n);
+  io->in = io->in.subspan(n);
+  return static_cast<int>(n);
+}
+
+long IoCtrl(BIO* b, int cmd, long, void*) {
+  auto* io = static_cast<TlsStream::Io*>(BIO_get_data(b));
+  switch (cmd) {
+    case BIO_CTRL_PENDING: return static_cast<long>(io->in.size());
+    case BIO_CTRL_FLUSH: return 1;
+    default: return 0;
+  }
+}
+
+int IoCreate(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+const BIO_METHOD* IoMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "xdisk-tls-io");
+    if (m != nullptr) {
+      BIO_meth_set_write(m, IoWrite);
+      BIO_meth_set_read(m, IoRead);
+      BIO_meth_set_ctrl(m, IoCtrl);
+      BIO_meth_set_create(m, IoCreate);
+    }
+    return m;
+  }();
+  return method;
+}
+
 }  // namespace
 
 TlsStream::~TlsStream() {
+  ForgetSecrets();
   SSL_free(ssl_);
   SSL_CTX_free(ctx_);
   EVP_PKEY_free(peer_public_);
+}
+
+void TlsStream::ForgetSecrets() {
+  OPENSSL_cleanse(client_secret_.data(), client_secret_.size());
+  OPENSSL_cleanse(server_secret_.data(), server_secret_.size());
+  client_secret_.clear();
+  server_secret_.clear();
+}
+
+void TlsStream::OnKeylog(const SSL* ssl, const char* line) {
+  // OpenSSL's key log is the only place 3.0 gives the traffic secrets out:
+  // "LABEL <client random hex> <secret hex>". Only the two application
+  // secrets are kept; the handshake secrets are never needed.
+  auto* self = static_cast<TlsStream*>(SSL_get_app_data(ssl));
+  std::string_view l(line);
+  std::vector<uint8_t>* into = nullptr;
+  if (l.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) into = &self->client_secret_;
+  if (l.starts_with("SERVER_TRAFFIC_SECRET_0 ")) into = &self->server_secret_;
+  if (into == nullptr) return;
+  size_t sp = l.rfind(' ');
+  *into = FromHex(l.substr(sp + 1));
+}
+
+void TlsStream::OnRecord(int write_p, int, int content_type, const void*, size_t, SSL*,
+                         void* arg) {
+  // Called once per record header, read or written. After the handshake
+  // every record is under the application traffic keys (no tickets, no key
+  // updates, and neither side sends data before its handshake is done), so
+  // these counts are the next sequence numbers (RFC 8446 §5.3).
+  auto* self = static_cast<TlsStream*>(arg);
+  if (content_type != SSL3_RT_HEADER || !self->done_) return;
+  ++(write_p ? self->tx_records_ : self->rx_records_);
+}
+
+Result<TlsStream::TrafficKeys> TlsStream::ExportKeys(Direction dir) const {
+  if (!done_) return Status::Unavailable("TLS keys: the handshake is not done");
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_);
+  TrafficKeys k;
+  uint32_t id = cipher != nullptr ? SSL_CIPHER_get_id(cipher) & 0xffff : 0;
+  if (id == 0x1301) {
+    k.key_bytes = 16;  // TLS_AES_128_GCM_SHA256
+  } else if (id == 0x1302) {
+    k.key_bytes = 32;  // TLS_AES_256_GCM_SHA384
+  } else {
+    return Status::Unavailable(std::string("TLS keys: suite ") +
+                               (cipher != nullptr ? SSL_CIPHER_get_name(cipher) : "(none)") +
+                               " is not AES-GCM");
+  }
+  const bool client_side = (role_ == Role::kClient) == (dir == Direction::kSend);
+  const std::vector<uint8_t>& secret = client_side ? client_secret_ : server_secret_;
+  if (secret.empty()) return Status::Unavailable("TLS keys: the traffic secret was not captured");
+  const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
+  if (md == nullptr || !ExpandLabel(md, secret, "key", k.key.data(), k.key_bytes) ||
+      !ExpandLabel(md, secret, "iv", k.iv.data(), k.iv.size()))
+    return Status::Unavailable("TLS keys: HKDF failed: " + SslError());
+  k.seq = dir == Direction::kSend ? tx_records_ : rx_records_;
+  return k;
+}
+
+bool TlsStream::at_record_boundary() const {
+  return done_ && io_->in.empty() && SSL_has_pending(ssl_) == 0;
 }
 
 int TlsStream::OnVerify(int, X509_STORE_CTX* store) {
@@ -68,6 +249,7 @@ int TlsStream::OnVerify(int, X509_STORE_CTX* store) {
 Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& own_private,
                                                      const RsaKey& peer_public) {
   std::unique_ptr<TlsStream> t(new TlsStream());
+  t->role_ = role;
   ERR_clear_error();
   t->peer_public_ = peer_public.pkey();
   EVP_PKEY_up_ref(t->peer_public_);
@@ -80,6 +262,10 @@ Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& ow
   SSL_CTX_set_max_proto_version(t->ctx_, TLS1_3_VERSION);
   SSL_CTX_set_num_tickets(t->ctx_, 0);
   SSL_CTX_set_options(t->ctx_, SSL_OP_NO_TICKET);
+  // AES-GCM only, which CPUs accelerate and the kernel's TLS offload takes
+  // (ExportKeys); 256-bit first.
+  SSL_CTX_set_ciphersuites(t->ctx_, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256");
+  SSL_CTX_set_keylog_callback(t->ctx_, OnKeylog);
   X509* cert = SelfSigned(own_private.pkey());
   bool ok = cert != nullptr && SSL_CTX_use_certificate(t->ctx_, cert) == 1 &&
             SSL_CTX_use_PrivateKey(t->ctx_, own_private.pkey()) == 1;
@@ -88,15 +274,14 @@ Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& ow
   SSL_CTX_set_verify(t->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, OnVerify);
   t->ssl_ = SSL_new(t->ctx_);
   if (t->ssl_ == nullptr) return Status::Protocol("TLS setup failed: " + SslError());
-  BIO* rbio = BIO_new(BIO_s_mem());
-  BIO* wbio = BIO_new(BIO_s_mem());
-  if (rbio == nullptr || wbio == nullptr) {
-    BIO_free(rbio);
-    BIO_free(wbio);
-    return Status::Protocol("TLS setup failed: out of memory");
-  }
-  SSL_set_bio(t->ssl_, rbio, wbio);
+  t->io_ = std::make_unique<Io>();
+  BIO* bio = IoMethod() != nullptr ? BIO_new(IoMethod()) : nullptr;
+  if (bio == nullptr) return Status::Protocol("TLS setup failed: out of memory");
+  BIO_set_data(bio, t->io_.get());
+  SSL_set_bio(t->ssl_, bio, bio);  // one reference, for both directions
   SSL_set_app_data(t->ssl_, t.get());
+  SSL_set_msg_callback(t->ssl_, OnRecord);
+  SSL_set_msg_callback_arg(t->ssl_, t.get());
   if (role == Role::kClient) {
     SSL_set_connect_state(t->ssl_);
   } else {
@@ -110,16 +295,21 @@ Status TlsStream::Start(std::vector<uint8_t>* to_send) { return Drive(nullptr, t
 Status TlsStream::Receive(std::span<const uint8_t> wire, std::vector<uint8_t>* plain,
                           std::vector<uint8_t>* to_send) {
   if (!failed_.ok()) return failed_;
-  if (!wire.empty() && BIO_write(SSL_get_rbio(ssl_), wire.data(), static_cast<int>(wire.size())) !=
-                           static_cast<int>(wire.size())) {
-    failed_ = Status::Protocol("TLS input buffer failed");
-    return failed_;
-  }
-  return Drive(plain, to_send);
+  io_->in = wire;
+  Status st = Drive(plain, to_send);
+  // Drive reads until OpenSSL wants more, so it took every byte (what ends
+  // inside a record waits in OpenSSL's own record buffer).
+  io_->in = {};
+  return st;
 }
 
 Status TlsStream::Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_send) {
   ERR_clear_error();
+  struct Out {  // OpenSSL's output goes to *to_send during this call only
+    Io* io;
+    ~Out() { io->out = nullptr; }
+  } out{io_.get()};
+  io_->out = to_send;
   if (!done_) {
     int r = SSL_do_handshake(ssl_);
     if (r == 1) {
@@ -127,7 +317,7 @@ Status TlsStream::Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_se
     } else {
       int e = SSL_get_error(ssl_, r);
       if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-        DrainOutput(to_send);  // our alert tells the peer why
+        // Our alert, already in *to_send, tells the peer why.
         failed_ = key_mismatch_
                       ? Status::Protocol(
                             "key mismatch: the peer's TLS certificate does not carry its key on "
@@ -147,39 +337,28 @@ Status TlsStream::Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_se
       }
       int e = SSL_get_error(ssl_, n);
       if (e == SSL_ERROR_WANT_READ) break;
-      DrainOutput(to_send);
       failed_ = e == SSL_ERROR_ZERO_RETURN ? Status::Protocol("the peer ended the TLS session")
                                            : Status::Corruption("TLS record failed: " + SslError());
       return failed_;
     }
   }
-  DrainOutput(to_send);
   return Status::Ok();
 }
 
 Status TlsStream::Seal(std::span<const uint8_t> plain, std::vector<uint8_t>* wire) {
   if (!failed_.ok()) return failed_;
   ERR_clear_error();
-  // A memory BIO takes everything, so SSL_write writes all or fails.
-  if (!plain.empty() && SSL_write(ssl_, plain.data(), static_cast<int>(plain.size())) !=
-                            static_cast<int>(plain.size())) {
+  // Our BIO takes everything, so SSL_write writes all or fails.
+  io_->out = wire;
+  bool ok = plain.empty() || SSL_write(ssl_, plain.data(), static_cast<int>(plain.size())) ==
+                                 static_cast<int>(plain.size());
+  io_->out = nullptr;
+  if (!ok) {
     failed_ = Status::Protocol("TLS write failed: " + SslError());
     return failed_;
   }
-  DrainOutput(wire);
   return Status::Ok();
 }
 
-void TlsStream::DrainOutput(std::vector<uint8_t>* to_send) {
-  BIO* wbio = SSL_get_wbio(ssl_);
-  size_t pending;
-  while ((pending = BIO_ctrl_pending(wbio)) > 0) {
-    size_t at = to_send->size();
-    to_send->resize(at + pending);
-    int n = BIO_read(wbio, to_send->data() + at, static_cast<int>(pending));
-    to_send->resize(at + static_cast<size_t>(n > 0 ? n : 0));
-    if (n <= 0) break;
-  }
-}
 
 }  // namespace xdisk::dfcrypto

@@ -15,8 +15,14 @@
 //                                        to_send after every call
 //   Seal(plain, &wire) / Receive(...)    afterwards, application data
 // Any error is final for the link. Not thread-safe; one object per link.
+//
+// Kernel TLS (docs/link-crypto.md, "Kernel TLS offload"): once the
+// handshake is done, ExportKeys() hands one direction's record protection
+// (key, IV, next sequence number) to whoever carries on with it, the kernel
+// in practice. The stream itself does no I/O; the link decides when.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -57,19 +63,59 @@ class TlsStream {
   Status Seal(std::span<const uint8_t> plain, std::vector<uint8_t>* wire);
   bool handshake_done() const { return done_; }
 
+  // One direction's TLS 1.3 record protection after the handshake (RFC 8446
+  // §7.3 keys from the traffic secret, §5.3 sequence number): what Linux's
+  // kTLS takes in struct tls12_crypto_info_aes_gcm_{128,256}.
+  struct TrafficKeys {
+    size_t key_bytes = 0;  // 16 (TLS_AES_128_GCM_SHA256) or 32 (TLS_AES_256_GCM_SHA384)
+    std::array<uint8_t, 32> key{};
+    std::array<uint8_t, 12> iv{};  // the write IV; the kernel's salt is its first 4 bytes
+    uint64_t seq = 0;              // the sequence number of the next record
+  };
+  enum class Direction { kSend, kReceive };
+  // REQUIRES: handshake_done(). The keys for records we send from now on
+  // (kSend), or for records received after every byte passed to Receive()
+  // so far (kReceive; meaningful only at_record_boundary()). Fails with
+  // for a suite other than AES-GCM (the kernel would take
+  // ChaCha20 too; we never offer it to ourselves, see Create) and if the
+  // traffic secrets were not captured. After handing a direction over,
+  // the caller must not Seal() (kSend) or Receive() (kReceive) again.
+  Result<TrafficKeys> ExportKeys(Direction dir) const;
+  // True when every wire byte given to Receive() belongs to records that
+  // were processed whole: the socket's next byte starts a record, so the
+  // kernel can take over reading there.
+  bool at_record_boundary() const;
+  // Wipes the captured traffic secrets (once both directions are handed
+  // over, or never will be).
+  void ForgetSecrets();
+  // Records sealed and opened since the handshake ended (the sequence
+  // numbers ExportKeys reports).
+  uint64_t records_sent() const { return tx_records_; }
+  uint64_t records_received() const { return rx_records_; }
+
+  struct Io;  // the BIO's view of the current call (tls_stream.cc)
+
  private:
   TlsStream() = default;
   Status Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_send);
-  void DrainOutput(std::vector<uint8_t>* to_send);
 
   static int OnVerify(int preverify_ok, X509_STORE_CTX* store);
+  static void OnKeylog(const SSL* ssl, const char* line);
+  static void OnRecord(int write_p, int version, int content_type, const void* buf, size_t len,
+                       SSL* ssl, void* arg);
 
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
+  std::unique_ptr<Io> io_;
   EVP_PKEY* peer_public_ = nullptr;  // a reference of our own
   bool done_ = false;
   bool key_mismatch_ = false;
   Status failed_;
+  Role role_ = Role::kClient;
+  // The application traffic secrets (RFC 8446 §7.1), captured from
+  // OpenSSL's key log for ExportKeys; wiped by ForgetSecrets/destructor.
+  std::vector<uint8_t> client_secret_, server_secret_;
+  uint64_t tx_records_ = 0, rx_records_ = 0;
 };
 
 }  // namespace xdisk::dfcrypto

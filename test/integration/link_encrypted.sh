@@ -9,7 +9,8 @@
 # - a peer with the wrong key is refused on both sides ("bad handshake"),
 #   a .none peer against a .pub side is refused on both sides with a line
 #   that says so (once, though it retries), and neither refusal disturbs
-#   the working link;
+#   the working link; `xdiskctl links` shows the last refusal's kind ("key
+#   mismatch", "policy mismatch", after the flip below "bad tag");
 # - the man in the middle flips one byte of a write: the exporter drops the
 #   link on the bad tag, the importer reconnects and resends, and the disk
 #   holds exactly what was written;
@@ -125,6 +126,7 @@ wait_for "grep -q 'refused: bad handshake' '$WORK_DIR/wrongkey.log'" 15 ||
 wait_for "grep -q 'refused: bad handshake' '$WORK_DIR/exporter.log'" 15 ||
   fail "the exporter did not log its refusal of the wrong key"
 grep -q "up: peer" "$WORK_DIR/wrongkey.log" && fail "a link with the wrong key came up"
+expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "key mismatch"
 rc=0
 stop_daemon "$DW" 10 TERM || rc=$?
 [ "$rc" = 0 ] || fail "wrong-key daemon: exit status $rc after SIGTERM"
@@ -139,6 +141,7 @@ wait_for "grep -q 'the peer may be sending an encrypted handshake' '$WORK_DIR/pl
 wait_for "grep -q 'refused: the peer speaks plaintext' '$WORK_DIR/exporter.log'" 15 ||
   fail "the .pub side did not say why it refused"
 grep -q "up: peer" "$WORK_DIR/plain.log" && fail "a .none link to a .pub side came up"
+expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "policy mismatch"
 # It retries; each side logs its refusal once all the same.
 wait_for "[ \$(grep -c ': connected\$' '$WORK_DIR/plain.log') -ge 3 ]" 20 ||
   fail "the .none side did not retry"
@@ -168,6 +171,7 @@ timeout -k 5 120 dd if="$WORK_DIR/rand" of="$MNT/xa0" bs=1M seek=400 oflag=direc
 grep -q "flipped one byte" "$WORK_DIR/proxy.log" || fail "the proxy did not log its flip"
 wait_for "grep -q 'dropping link: bad tag on chunk' '$WORK_DIR/exporter.log'" 10 ||
   fail "the exporter did not drop the link on the bad tag"
+expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad tag"
 [ "$(reopens)" -gt "$resent" ] || fail "the importer did not resend after reconnecting"
 wait_for "[ \$(grep -c 'handshake verified' '$WORK_DIR/importer.log') -ge 2 ]" 20 ||
   fail "the importer did not reconnect with a new handshake"

@@ -40,6 +40,16 @@ for n in exporter importer; do
     fail "$n did not log a verified TLS handshake"
 done
 for sock in exp imp; do expect_link "$WORK_DIR/$sock.sock" 'tls1\.3'; done
+# kTLS where the kernel has it, said either way; links show it.
+for n in exporter importer; do
+  if grep -q "kernel TLS offload on" "$WORK_DIR/$n.log"; then
+    [ "$n" = exporter ] && sock=exp || sock=imp
+    expect_link "$WORK_DIR/$sock.sock" 'tls1\.3\+ktls'
+  else
+    grep -qE "kernel TLS offload (unavailable|not used)" "$WORK_DIR/$n.log" ||
+      fail "$n said nothing about kernel TLS offload"
+  fi
+done
 
 log "fio --verify through the TLS link"
 (cd "$WORK_DIR" && timeout -k 5 300 fio --name=tls --filename="$MNT/xa0" --ioengine=libaio \
@@ -65,6 +75,7 @@ start_daemon DD dfly "$XDISK" --connect "127.0.0.1:$PORT" --keys "$DK" --state-d
   --control none
 wait_for "grep -q 'refused: TLS handshake failed' '$WORK_DIR/exporter.log'" 15 ||
   fail "the .tls13 side did not refuse the DragonFly-scheme peer"
+expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad handshake"
 wait_for "grep -q 'refused: short handshake' '$WORK_DIR/dfly.log'" 15 ||
   fail "the DragonFly-scheme side did not refuse"
 grep -q "up: peer" "$WORK_DIR/dfly.log" && fail "a mismatched link came up"
@@ -83,6 +94,7 @@ timeout -k 5 120 dd if="$WORK_DIR/rand" of="$MNT/xa0" bs=1M seek=200 oflag=direc
 [ ! -e "$WORK_DIR/flip" ] || fail "the proxy never flipped a byte"
 wait_for "grep -q 'dropping link: TLS record failed' '$WORK_DIR/exporter.log'" 10 ||
   fail "the exporter did not drop the link on the failed record"
+expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad tag"
 [ "$(reopens)" -gt "$resent" ] || fail "the importer did not resend after reconnecting"
 cmp <(dd if="$IMG" bs=1M skip=200 count=4 status=none) "$WORK_DIR/rand" ||
   fail "the exported image does not hold exactly what was written"

@@ -197,6 +197,15 @@ start_mitm_proxy() {
   wait_listening "$PX" || fail "the proxy is not listening on $PX"
 }
 
+# expect_refusal SOCK HOST KIND: `xdiskctl links` on SOCK shows HOST as
+# recently refused, of KIND ("key mismatch", "bad tag", ...).
+expect_refusal() {
+  "${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}" --control "$1" links >"$WORK_DIR/links.txt" ||
+    fail "xdiskctl links ($1)"
+  grep -qE "^${2//./\\.} +(in|out) +refused .* $3 \(x[0-9]+\): " "$WORK_DIR/links.txt" ||
+    fail "xdiskctl links ($1) shows no '$3' refusal of $2: $(cat "$WORK_DIR/links.txt")"
+}
+
 expect_link() {
   "${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}" --control "$1" links >"$WORK_DIR/links.txt" ||
     fail "xdiskctl links ($1)"

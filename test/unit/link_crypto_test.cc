@@ -443,13 +443,19 @@ TlsPair Handshake(int c, int server_key, int s, int client_key) {
   return p;
 }
 
+// Two ends with matching keys, handshake done.
+TlsPair Connected() {
+  TlsPair p = Handshake(0, 1, 1, 0);
+  REQUIRE(p.client_st.ok());
+  REQUIRE(p.server_st.ok());
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("TLS 1.3: two ends pinning each other's key shake hands and carry data both ways",
           "[link_crypto]") {
-  TlsPair p = Handshake(0, 1, 1, 0);
-  REQUIRE(p.client_st.ok());
-  REQUIRE(p.server_st.ok());
+  TlsPair p = Connected();
   CHECK(p.client->handshake_done());
   CHECK(p.server->handshake_done());
   std::vector<uint8_t> ping = Ping(), wire, got, none;
@@ -491,4 +497,90 @@ TEST_CASE("TLS 1.3: a peer whose certificate carries another key is refused as a
   CHECK(!q.client_st.ok());
   CHECK_THAT(q.client_st.message(), Catch::StartsWith("key mismatch"));
   CHECK(!q.server->handshake_done());
+}
+
+namespace {
+
+// Opens one TLS 1.3 record (RFC 8446 §5.2) with OpenSSL's AES-GCM and the
+// exported keys, as the kernel would: nonce = IV xor sequence number, the
+// record header as additional data, the inner content type stripped.
+std::vector<uint8_t> OpenRecordWith(const TlsStream::TrafficKeys& k, uint64_t seq,
+                                    std::span<const uint8_t> record) {
+  REQUIRE(record.size() > 5 + 16);
+  REQUIRE(record[0] == 23);  // application_data, the outer type of every 1.3 record
+  size_t len = size_t{record[3]} << 8 | record[4];
+  REQUIRE(record.size() == 5 + len);
+  std::array<uint8_t, 12> nonce = k.iv;
+  for (int i = 0; i < 8; ++i) nonce[11 - i] ^= static_cast<uint8_t>(seq >> (8 * i));
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  REQUIRE(EVP_DecryptInit_ex(ctx, k.key_bytes == 32 ? EVP_aes_256_gcm() : EVP_aes_128_gcm(),
+                             nullptr, k.key.data(), nonce.data()) == 1);
+  int n = 0;
+  REQUIRE(EVP_DecryptUpdate(ctx, nullptr, &n, record.data(), 5) == 1);
+  std::vector<uint8_t> plain(len - 16);
+  REQUIRE(EVP_DecryptUpdate(ctx, plain.data(), &n, record.data() + 5, static_cast<int>(len - 16)) ==
+          1);
+  REQUIRE(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16,
+                              const_cast<uint8_t*>(record.data() + 5 + len - 16)) == 1);
+  int ok = EVP_DecryptFinal_ex(ctx, plain.data() + n, &n);
+  EVP_CIPHER_CTX_free(ctx);
+  if (ok != 1) return {};
+  while (!plain.empty() && plain.back() == 0) plain.pop_back();  // padding
+  REQUIRE(!plain.empty());
+  CHECK(plain.back() == 23);  // inner type: application data
+  plain.pop_back();
+  return plain;
+}
+
+}  // namespace
+
+TEST_CASE("TLS 1.3: exported traffic keys and sequence numbers open the next records (kTLS)",
+          "[link_crypto]") {
+  TlsPair p = Connected();
+  std::vector<uint8_t> ping = Ping(), wire, got, none;
+  // Some records both ways first, so that the sequence numbers are not 0.
+  REQUIRE(p.client->Seal(ping, &wire).ok());
+  REQUIRE(p.server->Receive(wire, &got, &none).ok());
+  wire.clear();
+  got.clear();
+  std::vector<uint8_t> big(100000, 0x5a);
+  REQUIRE(p.server->Seal(big, &wire).ok());
+  // Half the records: the client is inside a record, not at a boundary.
+  REQUIRE(p.client->Receive({wire.data(), wire.size() / 2}, &got, &none).ok());
+  CHECK(!p.client->at_record_boundary());
+  REQUIRE(p.client->Receive({wire.data() + wire.size() / 2, wire.size() - wire.size() / 2}, &got,
+                            &none)
+              .ok());
+  CHECK(got == big);
+  CHECK(p.client->at_record_boundary());
+  CHECK(p.server->at_record_boundary());
+
+  using D = TlsStream::Direction;
+  auto c_tx = p.client->ExportKeys(D::kSend), s_rx = p.server->ExportKeys(D::kReceive);
+  auto s_tx = p.server->ExportKeys(D::kSend), c_rx = p.client->ExportKeys(D::kReceive);
+  REQUIRE(c_tx.ok());
+  REQUIRE(s_rx.ok());
+  REQUIRE(s_tx.ok());
+  REQUIRE(c_rx.ok());
+  CHECK(c_tx->key_bytes == 32);  // TLS_AES_256_GCM_SHA384 is preferred
+  CHECK(c_tx->seq == 1);
+  CHECK(s_tx->seq == 7);  // 100000 bytes in 16 KiB records
+  // What one side sends with is what the other receives with.
+  CHECK(c_tx->key == s_rx->key);
+  CHECK(c_tx->iv == s_rx->iv);
+  CHECK(c_tx->seq == s_rx->seq);
+  CHECK(s_tx->key == c_rx->key);
+  CHECK(s_tx->iv == c_rx->iv);
+  CHECK(s_tx->seq == c_rx->seq);
+  CHECK(c_tx->key != s_tx->key);
+
+  // The next record each side seals opens with its exported keys at the
+  // exported sequence number, and with no other.
+  wire.clear();
+  REQUIRE(p.client->Seal(ping, &wire).ok());
+  CHECK(OpenRecordWith(*c_tx, c_tx->seq, wire) == ping);
+  CHECK(OpenRecordWith(*c_tx, c_tx->seq + 1, wire).empty());
+  wire.clear();
+  REQUIRE(p.server->Seal(ping, &wire).ok());
+  CHECK(OpenRecordWith(*c_rx, c_rx->seq, wire) == ping);
 }
