@@ -113,17 +113,15 @@ Status MakeDirs(const std::string& path) {
 }
 
 // Writes a gather list completely at file offset `at` (IOV_MAX entries
-// per call at most). *written (if given) gets the bytes written, also on
-// failure.
+// per call at most).
 Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
-                  uint64_t at, uint64_t* written = nullptr) {
+                  uint64_t at) {
   std::vector<iovec> iov;
   iov.reserve(pieces.size());
   for (const auto& p : pieces)
     if (!p.empty()) iov.push_back(iovec{const_cast<uint8_t*>(p.data()), p.size()});
   size_t first = 0;
   uint64_t done = 0;
-  if (written != nullptr) *written = 0;
   while (first < iov.size()) {
     const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
     const ssize_t w = pwritev(fd, iov.data() + first, count, static_cast<off_t>(at + done));
@@ -133,7 +131,6 @@ Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, cons
     }
     if (w == 0) return Status::FromErrno(ENOSPC, "journal: writing " + At(path, at + done));
     done += static_cast<uint64_t>(w);
-    if (written != nullptr) *written = done;
     // Skip what was written, partly written entries included.
     size_t left = static_cast<size_t>(w);
     while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
@@ -555,38 +552,16 @@ Status DumpDisk(const std::string& disk_dir, std::string* out) {
 
 // ---- Journal ----
 
-// An open segment file. Shared with the deferred writes still to land in
-// it, so that a segment deleted meanwhile keeps its descriptor (and the
-// number cannot be reused under a running write) until they are done.
-struct SegmentFile {
-  SegmentFile(int f, std::string p) : fd(f), path(std::move(p)) {}
-  SegmentFile(const SegmentFile&) = delete;
-  SegmentFile& operator=(const SegmentFile&) = delete;
-  ~SegmentFile() {
+struct Journal::Segment {
+  Segment() = default;
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+  ~Segment() {
     if (fd >= 0) close(fd);
   }
-  const int fd;
-  const std::string path;
-};
-
-struct Journal::QueuedWrite {
-  std::shared_ptr<const SegmentFile> file;
-  uint64_t at = 0;                    // the segment's length before this record
-  std::vector<uint8_t> owned;         // the payload, or its head when `borrowed` follows
-  std::span<const uint8_t> borrowed;  // the caller's data (AppendWrite)
-  uint64_t retire_upto = 0;           // a retire record's watermark
-};
-
-Journal::WriteBatch::WriteBatch() = default;
-Journal::WriteBatch::~WriteBatch() = default;
-Journal::WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
-Journal::WriteBatch& Journal::WriteBatch::operator=(WriteBatch&&) noexcept = default;
-
-struct Journal::Segment {
   uint64_t number = 0;
   std::string path;
   int fd = -1;  // read-only for older segments, read-write for the current one
-  std::shared_ptr<const SegmentFile> file;  // owns fd
   uint64_t size = 0;
   // Highest seq of a data record that may be in it: it can be deleted once
   // the watermark reaches this.
@@ -734,13 +709,11 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
 
   const uint64_t last = std::max(scan.max_seq, scan.watermark);
   j->retired_seq_ = scan.watermark;
-  j->retired_in_file_ = scan.watermark;
   j->next_seq_ = last + 1;
   // What replay read is durable only once synced: it may sit in the page
   // cache of a daemon that was killed. The replayed segments count as
   // written, so the next group commit covers them.
   j->durable_seq_ = scan.watermark;
-  j->written_seq_ = last;
   for (const ScannedSegment& s : scan.segments) {
     auto seg = std::make_unique<Segment>();
     seg->number = s.number;
@@ -753,7 +726,6 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
     seg->fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     seg->dirty = true;  // fdatasync works on a read-only descriptor
     if (seg->fd < 0) return Status::FromErrno(errno, "journal: opening " + s.path);
-    seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
     j->bytes_on_disk_ += s.size;
     j->segments_.emplace(s.number, std::move(seg));
   }
@@ -896,7 +868,6 @@ Status Journal::StartSegment() {
     failure_ = st.message();
     return st;
   }
-  seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
   segments_.emplace(number, std::move(seg));
   dir_dirty_ = true;
 
@@ -913,26 +884,18 @@ Status Journal::StartSegment() {
   // a reboot.
   if (!config_.synced) h->set_boot_id(CurrentBootId());
   h->set_synced(config_.synced);
-  // Written now even with deferred writes: Retire() may delete the older
-  // segments before a queued header would land, and a journal left with
-  // an empty newest segment has no header to open by. (A new file: no
-  // queued record goes before them.)
   std::string encoded = rec.SerializeAsString();
   std::span<const uint8_t> piece[1] = {Bytes(encoded)};
-  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
-    return st;
+  if (Status st = AppendPayload(piece, false, false, nullptr); !st.ok()) return st;
   rec.Clear();
   rec.mutable_retire()->set_upto(retired_seq_);
   encoded = rec.SerializeAsString();
   piece[0] = Bytes(encoded);
-  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
-    return st;
-  retired_in_file_ = std::max(retired_in_file_, retired_seq_);
-  return Status::Ok();
+  return AppendPayload(piece, false, false, nullptr);
 }
 
 Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                              bool even_if_failed, JournalLocation* loc, Deferral deferral) {
+                              bool even_if_failed, JournalLocation* loc) {
   if (failed_ && !even_if_failed)
     return Status::FromErrno(EIO,
                              "journal " + disk_dir_ + " is off after an error (" + failure_ + ")");
@@ -946,27 +909,6 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
   for (const auto& p : pieces) total += p.size();
   const size_t n = journal_log::AppendedBytes(seg.size, total);
   Preallocate(seg, seg.size + n);
-  if (config_.deferred_writes && deferral != Deferral::kNever) {
-    const bool borrow_last = deferral == Deferral::kBorrowed;
-    // Placed now, framed and written by RunWrites(). The caller's data is
-    // referenced (it outlives the write, see the header); the small rest
-    // is copied, as encode_buf_ and the callers' prefixes are reused.
-    QueuedWrite w;
-    w.file = seg.file;
-    w.at = seg.size;
-    const size_t copied = pieces.size() - (borrow_last && !pieces.empty() ? 1 : 0);
-    for (size_t i = 0; i < copied; ++i)
-      w.owned.insert(w.owned.end(), pieces[i].begin(), pieces[i].end());
-    if (copied < pieces.size()) w.borrowed = pieces.back();
-    queued_bytes_ += total;
-    queued_.push_back(std::move(w));
-    const journal_log::Framed framed = journal_log::PlaceRecord(seg.size, total);
-    seg.size += n;
-    bytes_on_disk_ += n;
-    seg.dirty = true;
-    if (loc != nullptr) *loc = JournalLocation{seg.number, framed.offset, framed.framed_length};
-    return Status::Ok();
-  }
   // The payload goes from the caller's buffers to the file with one
   // writev: no copy in between (1 MiB writes made that copy a tenth of
   // the importer's CPU time).
@@ -995,13 +937,11 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
 }
 
 Result<uint64_t> Journal::AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
-                                     std::span<const std::span<const uint8_t>> payload,
-                                     Deferral deferral) {
+                                     std::span<const std::span<const uint8_t>> payload) {
   const uint64_t seq = next_seq_;
   JournalLocation loc;
-  if (Status st = AppendPayload(payload, true, false, &loc, deferral); !st.ok()) return st;
+  if (Status st = AppendPayload(payload, true, false, &loc); !st.ok()) return st;
   ++next_seq_;
-  (config_.deferred_writes ? queued_upto_ : written_seq_) = seq;
   pending_.push_back(JournalPending{seq, kind, offset, length, loc});
   segments_.rbegin()->second->last_seq = seq;
   if (kind == JournalRecordKind::kWrite) pending_bytes_ += length;
@@ -1021,7 +961,7 @@ Result<uint64_t> Journal::AppendWrite(uint64_t offset, std::span<const uint8_t> 
   uint8_t prefix[kWritePrefixMax];
   const size_t n = EncodeWritePrefix(next_seq_, offset, data.size(), prefix);
   const std::span<const uint8_t> pieces[2] = {std::span<const uint8_t>(prefix, n), data};
-  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces, Deferral::kBorrowed);
+  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces);
 }
 
 Result<uint64_t> Journal::AppendTrim(uint64_t offset, uint64_t length) {
@@ -1056,16 +996,8 @@ Status Journal::Retire(uint64_t upto) {
   rec.SerializeToString(&encode_buf_);
   const std::span<const uint8_t> piece[1] = {Bytes(encode_buf_)};
   const bool was_failed = failed_;
-  const size_t queued_before = queued_.size();
   Status st = AppendPayload(piece, !was_failed, true, nullptr);
   if (!st.ok() && !was_failed) result = st;
-  if (st.ok()) {
-    // Queued (deferred writes): segments go once it is in the file.
-    if (queued_.size() > queued_before)
-      queued_.back().retire_upto = upto;
-    else
-      retired_in_file_ = upto;
-  }
 
   // Whether or not the record made it to disk, the caller is done with
   // these records. If it did not, a replay brings them back as pending
@@ -1099,15 +1031,12 @@ Status Journal::DeleteRetiredSegments() {
   // is no different from the others; once nothing is pending it all goes,
   // and a later start finds no stale records to resend.
   const bool everything = failed_ && pending_.empty();
-  // With deferred writes a segment goes only once a retire record covering
-  // it is in a file: a kill before a queued one lands must not leave the
-  // journal without the records (and seqs) it retired. Synchronous
-  // appends delete at once, whether or not the retire record made it.
-  const uint64_t deletable = config_.deferred_writes ? retired_in_file_ : retired_seq_;
+  // Segments go at once, whether or not the retire record made it to the
+  // file (Retire() explains why that is harmless).
   Status result;
   for (auto it = segments_.begin(); it != segments_.end();) {
     Segment& seg = *it->second;
-    if (!everything && (it->first == current || seg.last_seq > deletable)) {
+    if (!everything && (it->first == current || seg.last_seq > retired_seq_)) {
       ++it;
       continue;
     }
@@ -1141,8 +1070,6 @@ Status Journal::RemoveIfEmpty() {
       result = Status::FromErrno(errno, "journal: deleting " + seg->path);
   }
   segments_.clear();
-  queued_.clear();
-  queued_bytes_ = 0;
   bytes_on_disk_ = 0;
   if (dir_fd_ >= 0) close(dir_fd_);
   dir_fd_ = -1;
@@ -1152,92 +1079,6 @@ Status Journal::RemoveIfEmpty() {
   failed_ = true;
   failure_ = "the journal was removed";
   return result;
-}
-
-Journal::WriteBatch Journal::PrepareWrites() {
-  WriteBatch batch;
-  batch.writes = std::move(queued_);
-  batch.bytes = queued_bytes_;
-  queued_.clear();
-  queued_bytes_ = 0;
-  batch.upto_seq = std::max(written_seq_, queued_upto_);
-  return batch;
-}
-
-void Journal::RunWrites(WriteBatch* batch) {
-  // Records that follow each other in one file (a run) go out in one
-  // pwritev. headers[k] holds the framing of the run's k-th record; the
-  // gather list points into it (moving the outer vector keeps those
-  // buffers in place).
-  std::vector<std::vector<uint8_t>> headers;
-  std::vector<std::span<const uint8_t>> one, run;
-  std::vector<uint64_t> ends;  // where each record of the run ends
-  const std::vector<QueuedWrite>& writes = batch->writes;
-  size_t i = 0;
-  while (i < writes.size()) {
-    const QueuedWrite& first = writes[i];
-    run.clear();
-    ends.clear();
-    uint64_t end = first.at;
-    size_t j = i;
-    for (; j < writes.size() && writes[j].file == first.file && writes[j].at == end; ++j) {
-      const QueuedWrite& w = writes[j];
-      if (headers.size() <= j - i) headers.emplace_back();
-      const std::span<const uint8_t> pieces[2] = {w.owned, w.borrowed};
-      journal_log::GatherRecord(w.at, pieces, &headers[j - i], &one);
-      run.insert(run.end(), one.begin(), one.end());
-      end = w.at + journal_log::AppendedBytes(w.at, w.owned.size() + w.borrowed.size());
-      ends.push_back(end);
-    }
-    uint64_t done = 0;
-    Status st = PwritevAll(first.file->fd, run, first.file->path, first.at, &done);
-    if (!st.ok()) {
-      // As in a synchronous append: cut back to the last whole record, and
-      // nothing after it is written (no hole before a later record).
-      size_t whole = 0;
-      while (whole < ends.size() && ends[whole] <= first.at + done) ++whole;
-      const uint64_t cut = whole == 0 ? first.at : ends[whole - 1];
-      (void)ftruncate(first.file->fd, static_cast<off_t>(cut));
-      batch->written += whole;
-      batch->status = st;
-      return;
-    }
-    batch->written += j - i;
-    i = j;
-  }
-}
-
-Status Journal::WritesDone(WriteBatch* batch) {
-  Status st = batch->status;
-  if (st.ok()) {
-    written_seq_ = std::max(written_seq_, batch->upto_seq);
-    const uint64_t in_file = retired_in_file_;
-    for (const QueuedWrite& w : batch->writes)
-      retired_in_file_ = std::max(retired_in_file_, w.retire_upto);
-    if (retired_in_file_ > in_file) {
-      // A failure here is retried at the next Retire().
-      (void)DeleteRetiredSegments();
-    }
-  } else {
-    if (!failed_) {
-      failed_ = true;
-      failure_ = st.message();
-    }
-    queued_.clear();
-    queued_bytes_ = 0;
-    written_seq_ = last_seq();
-    // The failed record's segment was cut back where it began, and what
-    // followed it never reached the files: sizes are what the files say.
-    bytes_on_disk_ = 0;
-    for (auto& [number, seg] : segments_) {
-      struct stat sb;
-      if (fstat(seg->fd, &sb) == 0) seg->size = static_cast<uint64_t>(sb.st_size);
-      bytes_on_disk_ += seg->size;
-    }
-  }
-  // Releases the files: a segment deleted meanwhile is closed here.
-  batch->writes.clear();
-  return st;
 }
 
 Journal::SyncBatch Journal::PrepareSync() {
@@ -1315,9 +1156,6 @@ const JournalPending* Journal::FindPending(uint64_t seq) const {
 }
 
 Result<std::vector<uint8_t>> Journal::ReadWriteData(const JournalPending& rec) {
-  if (rec.seq > written_seq_)
-    return Status::FromErrno(EAGAIN, "journal: record " + std::to_string(rec.seq) +
-                                         " is not written yet (deferred writes)");
   auto it = segments_.find(rec.loc.segment);
   if (it == segments_.end())
     return Status::NotFound("journal: record " + std::to_string(rec.seq) + ": segment " +
