@@ -24,8 +24,9 @@
 // deleted meanwhile cannot pull a descriptor from under a running sync.
 //
 // Read-your-writes: the journal keeps an index of the disk ranges that
-// pending writes and trims cover (newest wins). Covered() and Overlay()
-// answer reads from it; write data is read back from the segment files.
+// pending writes and trims cover (newest wins, daemon/range_index.h).
+// Covered() and Overlay() answer reads from it; write data is read back
+// from the segment files.
 //
 // Damage: replay (Open) treats a torn final record as a clean end; a
 // damaged region in the middle is skipped to the next block and reported in
@@ -43,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "daemon/range_index.h"
 #include "proto/status.h"
 
 namespace xdisk {
@@ -227,14 +229,6 @@ class Journal {
 
  private:
   struct Segment;  // one open segment file (journal.cc)
-  // A piece of the read-your-writes index: [start, end) of the disk, where
-  // start is the map key, belongs to pending record `seq` (a trim if `trim`,
-  // else a write whose data for `start` is at start - record offset).
-  struct Extent {
-    uint64_t end = 0;
-    uint64_t seq = 0;
-    bool trim = false;
-  };
 
   Journal(JournalConfig config, JournalDiskHeader header, std::string disk_dir);
   // Open() and OpenExisting(): `expected` is the caller's header, or null to
@@ -256,8 +250,6 @@ class Journal {
   // Appends a data record (write, trim, flush) and indexes it.
   Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
                               std::span<const std::span<const uint8_t>> payload);
-  void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
-  void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
   // Deletes the non-current segments whose records are all retired (every
   // segment once a failed journal has nothing pending).
   Status DeleteRetiredSegments();
@@ -269,7 +261,9 @@ class Journal {
   int dir_fd_ = -1;  // disk_dir_, for fsync after creating or deleting segments
   std::map<uint64_t, std::unique_ptr<Segment>> segments_;  // by number; last is current
   std::deque<JournalPending> pending_;
-  std::map<uint64_t, Extent> index_;  // by start offset, non-overlapping
+  // Pending writes and trims by disk range; a write's data for a piece
+  // starting at `start` is at start - its record's offset.
+  RangeIndex index_;
   uint64_t next_seq_ = 1;
   uint64_t retired_seq_ = 0;
   uint64_t durable_seq_ = 0;
