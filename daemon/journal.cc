@@ -1,23 +1,25 @@
-// Journal: segment files, replay, the read-your-writes index and group
-// commit. The contract is in journal.h; the byte layout, the rules and the
-// guarantees are in docs/journal-format.md.
+// Journal: opening (lock, scan, adopt what replay keeps), appends,
+// retirement and segment deletion, group commit and read-back. The
+// contract is in journal.h; the byte layout, the rules and the guarantees
+// are in docs/journal-format.md. Beside it: journal_files.cc (system
+// calls), journal_record.cc (the write record's head), journal_replay.cc
+// (scan and replay), journal_dump.cc (--journal-dump) and range_index.cc
+// (the read-your-writes index).
 #include "daemon/journal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
-#include <cstdio>
 #include <cstring>
-#include <optional>
 
+#include "daemon/journal_files.h"
+#include "daemon/journal_record.h"
+#include "daemon/journal_replay.h"
 #include "proto/journal.pb.h"
 #include "proto/journal_log.h"
 
@@ -25,191 +27,9 @@ namespace xdisk {
 namespace {
 
 namespace jpb = ::xdisk::journal;
-
-constexpr uint32_t kFormatVersion = 1;
-constexpr uint64_t kMaxRecordBytes = journal_log::kDefaultMaxRecordBytes;
-// Seqs and watermarks above this in a file are damage: next_seq_ = max + 1
-// must never overflow, whatever a hostile file says.
-constexpr uint64_t kMaxSeq = 1ull << 62;
-
-// This boot's id, "" if unknown.
-std::string CurrentBootId() {
-  static const std::string id = [] {
-    char buf[64] = {};
-    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return std::string();
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    std::string s(buf, n > 0 ? static_cast<size_t>(n) : 0);
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-    return s;
-  }();
-  return id;
-}
-
-std::string SegmentName(uint64_t number) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%06llu.log", static_cast<unsigned long long>(number));
-  return buf;
-}
-
-// Accepts only the canonical name of a number (what SegmentName() makes),
-// so that "1.log" and "000001.log" can never both be segment 1.
-bool ParseSegmentName(const char* name, uint64_t* number) {
-  size_t digits = 0;
-  while (name[digits] >= '0' && name[digits] <= '9') ++digits;
-  if (digits < 6 || digits > 15 || std::strcmp(name + digits, ".log") != 0) return false;
-  uint64_t n = 0;
-  for (size_t i = 0; i < digits; ++i) n = n * 10 + static_cast<uint64_t>(name[i] - '0');
-  if (SegmentName(n) != name) return false;
-  *number = n;
-  return true;
-}
-
-// A serial becomes a directory name, and serials come from remote peers.
-bool ValidSerial(const std::string& s) {
-  return !s.empty() && s.size() <= 255 && s != "." && s != ".." &&
-         s.find('/') == std::string::npos && s.find('\0') == std::string::npos;
-}
-
-std::string Describe(const JournalDiskHeader& h) {
-  return "serial " + h.serial + " size " + std::to_string(h.size) + " blksize " +
-         std::to_string(h.blksize);
-}
-
-bool SameDisk(const JournalDiskHeader& a, const JournalDiskHeader& b) {
-  return a.serial == b.serial && a.size == b.size && a.blksize == b.blksize;
-}
-
-std::string At(const std::string& path, uint64_t offset) {
-  return path + " offset " + std::to_string(offset);
-}
-
-// mkdir -p; a directory it creates is made durable in its parent.
-Status MakeDirs(const std::string& path) {
-  if (path.empty()) return Status::InvalidArgument("journal: empty directory name");
-  for (size_t pos = 1; pos <= path.size(); ++pos) {
-    if (pos != path.size() && path[pos] != '/') continue;
-    const std::string prefix = path.substr(0, pos);
-    if (mkdir(prefix.c_str(), 0700) == 0) {
-      const size_t slash = prefix.find_last_of('/');
-      const std::string parent = slash == std::string::npos ? "."
-                                 : slash == 0               ? "/"
-                                                            : prefix.substr(0, slash);
-      const int fd = open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-      }
-    } else if (errno != EEXIST) {
-      return Status::FromErrno(errno, "journal: creating " + prefix);
-    }
-  }
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, "journal: " + path);
-  if (!S_ISDIR(st.st_mode))
-    return Status::InvalidArgument("journal: " + path + " is not a directory");
-  return Status::Ok();
-}
-
-// Writes a gather list completely at file offset `at` (IOV_MAX entries
-// per call at most). *written (if given) gets the bytes written, also on
-// failure.
-Status PwritevAll(int fd, std::span<const std::span<const uint8_t>> pieces, const std::string& path,
-                  uint64_t at, uint64_t* written = nullptr) {
-  std::vector<iovec> iov;
-  iov.reserve(pieces.size());
-  for (const auto& p : pieces)
-    if (!p.empty()) iov.push_back(iovec{const_cast<uint8_t*>(p.data()), p.size()});
-  size_t first = 0;
-  uint64_t done = 0;
-  if (written != nullptr) *written = 0;
-  while (first < iov.size()) {
-    const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    const ssize_t w = pwritev(fd, iov.data() + first, count, static_cast<off_t>(at + done));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "journal: writing " + At(path, at + done));
-    }
-    if (w == 0) return Status::FromErrno(ENOSPC, "journal: writing " + At(path, at + done));
-    done += static_cast<uint64_t>(w);
-    if (written != nullptr) *written = done;
-    // Skip what was written, partly written entries included.
-    size_t left = static_cast<size_t>(w);
-    while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-    if (left > 0) {
-      iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
-      iov[first].iov_len -= left;
-    }
-  }
-  return Status::Ok();
-}
-
-// Reads exactly buf.size() bytes at `at`; Corruption if the file is shorter.
-Status PreadAll(int fd, std::span<uint8_t> buf, const std::string& path, uint64_t at) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    const ssize_t r =
-        pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(at + done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "journal: reading " + At(path, at + done));
-    }
-    if (r == 0) return Status::Corruption("journal: " + At(path, at) + ": record cut short");
-    done += static_cast<size_t>(r);
-  }
-  return Status::Ok();
-}
-
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
-uint8_t* PutVarint(uint8_t* p, uint64_t v) {
-  while (v >= 0x80) {
-    *p++ = static_cast<uint8_t>(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = static_cast<uint8_t>(v);
-  return p;
-}
-
-// The protobuf encoding of JournalRecord{seq, write{offset, data}} up to the
-// first data byte. Writes are the hot path: encoding this prefix by hand
-// lets the data go from the caller's buffer straight into the framed output
-// (one copy) instead of through a message and a serialized string. The
-// bytes are exactly what SerializeToString() makes (fields in number order,
-// proto3 zero values omitted); journal_test checks that.
-constexpr size_t kWritePrefixMax = 4 * (1 + 10);
-size_t EncodeWritePrefix(uint64_t seq, uint64_t offset, uint64_t size, uint8_t* out) {
-  uint8_t* p = out;
-  const uint64_t write_len =
-      (offset ? 1 + VarintSize(offset) : 0) + (size ? 1 + VarintSize(size) + size : 0);
-  if (seq) {
-    *p++ = 0x08;  // JournalRecord.seq = 1, varint
-    p = PutVarint(p, seq);
-  }
-  *p++ = 0x1a;  // JournalRecord.write = 3, length-delimited
-  p = PutVarint(p, write_len);
-  if (offset) {
-    *p++ = 0x08;  // Write.offset = 1, varint
-    p = PutVarint(p, offset);
-  }
-  if (size) {
-    *p++ = 0x12;  // Write.data = 2, length-delimited
-    p = PutVarint(p, size);
-  }
-  return static_cast<size_t>(p - out);
-}
-
-std::span<const uint8_t> Bytes(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
+using namespace journal_files;
+using namespace journal_record;
+using namespace journal_replay;
 
 // Reads back the record at rec.loc from the segment open as `fd` and checks
 // that it is the write it should be. `scratch` holds the framed bytes.
@@ -243,350 +63,20 @@ Status ReadWriteRecord(int fd, const std::string& path, const JournalPending& re
   return Status::Ok();
 }
 
-// ---- Scanning: reading every record of a journal directory ----
-//
-// Open() and Dump() share this. It reads; it never changes anything.
-
-enum class RecKind { kHeader, kRetire, kWrite, kTrim, kFlush };
-
-struct ScannedRecord {
-  uint64_t segment = 0;
-  uint64_t offset = 0;
-  uint64_t framed_length = 0;
-  RecKind kind = RecKind::kFlush;
-  uint64_t seq = 0;
-  uint64_t disk_offset = 0;  // write, trim
-  uint64_t length = 0;       // write, trim
-  uint64_t upto = 0;         // retire
-  size_t header = 0;         // header: index into Scan::headers
-};
-
-struct ScannedHeader {
-  JournalDiskHeader disk;
-  uint32_t version = 0;
-};
-
-struct ScannedSegment {
-  std::string boot_id;  // from its first disk header
-  bool synced = false;
-  bool have_header = false;
-  uint64_t number = 0;
-  std::string path;
-  uint64_t size = 0;
-  uint64_t max_seq = 0;  // highest data seq read from it
-  bool damaged = false;
-  uint64_t torn_bytes = 0;
-};
-
-struct Scan {
-  std::vector<ScannedSegment> segments;
-  std::vector<ScannedRecord> records;
-  std::vector<ScannedHeader> headers;
-  std::vector<JournalDamage> damage;
-  uint64_t watermark = 0;  // highest retire record
-  uint64_t max_seq = 0;    // highest data seq
-};
-
-struct ScanOptions {
-  bool strict = false;
-  // Refuse header records that disagree with `expected` (or, without it,
-  // with the first header read) or that have an unknown format version.
-  bool check_headers = true;
-  const JournalDiskHeader* expected = nullptr;
-};
-
-// An open, mapped segment file. Mapping (rather than reading into memory)
-// keeps replay of a large or hostile file from allocating its size.
-struct MappedSegment {
-  int fd = -1;
-  void* addr = nullptr;
-  size_t size = 0;
-  ~MappedSegment() {
-    if (addr != nullptr) munmap(addr, size);
-    if (fd >= 0) close(fd);
-  }
-  std::span<const uint8_t> bytes() const {
-    return {static_cast<const uint8_t*>(addr), addr ? size : 0};
-  }
-};
-
-Status MapSegment(const std::string& path, MappedSegment* m) {
-  // O_NONBLOCK: a FIFO planted under a segment's name must not hang replay.
-  m->fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (m->fd < 0) return Status::FromErrno(errno, "journal: opening " + path);
-  struct stat st;
-  if (fstat(m->fd, &st) != 0) return Status::FromErrno(errno, "journal: " + path);
-  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument("journal: " + path + " is not a file");
-  m->size = static_cast<size_t>(st.st_size);
-  if (m->size == 0) return Status::Ok();
-  void* p = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, m->fd, 0);
-  if (p == MAP_FAILED) return Status::FromErrno(errno, "journal: mapping " + path);
-  m->addr = p;
-  return Status::Ok();
-}
-
-Result<std::vector<uint64_t>> ListSegments(const std::string& disk_dir) {
-  DIR* d = opendir(disk_dir.c_str());
-  if (d == nullptr) return Status::FromErrno(errno, "journal: listing " + disk_dir);
-  std::vector<uint64_t> numbers;
-  while (const dirent* e = readdir(d)) {
-    uint64_t n = 0;
-    if (ParseSegmentName(e->d_name, &n)) numbers.push_back(n);
-  }
-  closedir(d);
-  std::sort(numbers.begin(), numbers.end());
-  return numbers;
-}
-
-Status ScanSegment(const ScanOptions& opts, ScannedSegment* seg, Scan* scan,
-                   uint64_t* last_data_seq, std::optional<JournalDiskHeader>* reference) {
-  MappedSegment m;
-  if (Status st = MapSegment(seg->path, &m); !st.ok()) return st;
-  seg->size = m.size;
-
-  auto damage = [&](uint64_t offset, uint64_t bytes, std::string reason) -> Status {
-    seg->damaged = true;
-    if (opts.strict)
-      return Status::Corruption("journal: " + At(seg->path, offset) + ": " + reason + " (" +
-                                std::to_string(bytes) + " bytes)");
-    scan->damage.push_back(JournalDamage{seg->number, offset, bytes, std::move(reason)});
-    return Status::Ok();
-  };
-
-  journal_log::Reader reader(m.bytes(), 0, kMaxRecordBytes);
-  jpb::JournalRecord msg;
-  for (;;) {
-    journal_log::Record rec;
-    journal_log::Damage dmg;
-    const auto outcome = reader.Next(&rec, &dmg);
-    if (outcome == journal_log::Reader::Outcome::kEnd) break;
-    if (outcome == journal_log::Reader::Outcome::kDamage) {
-      if (Status st = damage(dmg.offset, dmg.bytes, std::move(dmg.reason)); !st.ok()) return st;
-      continue;
-    }
-    // A record that frames correctly but does not parse, or says something
-    // impossible, is damage like a bad checksum: it is dropped and reported.
-    auto bad = [&](std::string reason) {
-      return damage(rec.offset, rec.framed_length, std::move(reason));
-    };
-    if (!msg.ParseFromArray(rec.payload.data(), static_cast<int>(rec.payload.size()))) {
-      if (Status st = bad("unparseable record"); !st.ok()) return st;
-      continue;
-    }
-    ScannedRecord r;
-    r.segment = seg->number;
-    r.offset = rec.offset;
-    r.framed_length = rec.framed_length;
-    r.seq = msg.seq();
-    std::string problem;
-    switch (msg.body_case()) {
-      case jpb::JournalRecord::kHeader: {
-        const auto& h = msg.header();
-        ScannedHeader sh{JournalDiskHeader{h.serial(), h.size(), h.blksize(), h.label()},
-                         h.version()};
-        if (opts.check_headers) {
-          if (sh.version != kFormatVersion)
-            return Status::InvalidArgument("journal: " + At(seg->path, rec.offset) +
-                                           ": format version " + std::to_string(sh.version) +
-                                           ", this program reads version " +
-                                           std::to_string(kFormatVersion));
-          if (!reference->has_value()) *reference = sh.disk;
-          if (!SameDisk(**reference, sh.disk))
-            return Status::InvalidArgument("journal: " + At(seg->path, rec.offset) + " is for " +
-                                           Describe(sh.disk) + ", not " + Describe(**reference));
-        }
-        if (!seg->have_header) {
-          seg->have_header = true;
-          seg->boot_id = h.boot_id();
-          seg->synced = h.synced();
-        }
-        r.kind = RecKind::kHeader;
-        r.header = scan->headers.size();
-        scan->headers.push_back(std::move(sh));
-        break;
-      }
-      case jpb::JournalRecord::kRetire:
-        r.kind = RecKind::kRetire;
-        r.upto = msg.retire().upto();
-        if (r.upto > kMaxSeq) problem = "implausible retire watermark " + std::to_string(r.upto);
-        break;
-      case jpb::JournalRecord::kWrite:
-        r.kind = RecKind::kWrite;
-        r.disk_offset = msg.write().offset();
-        r.length = msg.write().data().size();
-        break;
-      case jpb::JournalRecord::kTrim:
-        r.kind = RecKind::kTrim;
-        r.disk_offset = msg.trim().offset();
-        r.length = msg.trim().length();
-        break;
-      case jpb::JournalRecord::kFlush:
-        r.kind = RecKind::kFlush;
-        break;
-      default:
-        problem = "record without a body";
-        break;
-    }
-    const bool data =
-        r.kind == RecKind::kWrite || r.kind == RecKind::kTrim || r.kind == RecKind::kFlush;
-    if (problem.empty() && data) {
-      if (r.seq == 0 || r.seq > kMaxSeq) {
-        problem = "implausible seq " + std::to_string(r.seq);
-      } else if (r.seq <= *last_data_seq) {
-        problem = "seq " + std::to_string(r.seq) + " out of order (after " +
-                  std::to_string(*last_data_seq) + ")";
-      } else if (r.disk_offset + r.length < r.disk_offset) {
-        problem = "range " + std::to_string(r.disk_offset) + "+" + std::to_string(r.length) +
-                  " wraps around";
-      }
-    }
-    if (!problem.empty()) {
-      if (Status st = bad(std::move(problem)); !st.ok()) return st;
-      continue;
-    }
-    if (data) {
-      *last_data_seq = r.seq;
-      seg->max_seq = r.seq;
-      scan->max_seq = std::max(scan->max_seq, r.seq);
-    }
-    if (r.kind == RecKind::kRetire) scan->watermark = std::max(scan->watermark, r.upto);
-    scan->records.push_back(r);
-  }
-  seg->torn_bytes = reader.torn_bytes();
-  return Status::Ok();
-}
-
-Status ScanDisk(const std::string& disk_dir, const ScanOptions& opts, Scan* scan) {
-  auto numbers = ListSegments(disk_dir);
-  if (!numbers.ok()) return numbers.status();
-  uint64_t last_data_seq = 0;
-  std::optional<JournalDiskHeader> reference;
-  if (opts.expected != nullptr) reference = *opts.expected;
-  for (uint64_t n : *numbers) {
-    ScannedSegment seg;
-    seg.number = n;
-    seg.path = disk_dir + "/" + SegmentName(n);
-    Status st = ScanSegment(opts, &seg, scan, &last_data_seq, &reference);
-    if (!st.ok()) return st;
-    scan->segments.push_back(std::move(seg));
-  }
-  return Status::Ok();
-}
-
-const char* KindName(RecKind k) {
-  switch (k) {
-    case RecKind::kHeader:
-      return "header";
-    case RecKind::kRetire:
-      return "retire";
-    case RecKind::kWrite:
-      return "write";
-    case RecKind::kTrim:
-      return "trim";
-    case RecKind::kFlush:
-      return "flush";
-  }
-  return "?";
-}
-
-Status DumpDisk(const std::string& disk_dir, std::string* out) {
-  Scan scan;
-  ScanOptions opts;
-  opts.check_headers = false;
-  if (Status st = ScanDisk(disk_dir, opts, &scan); !st.ok()) return st;
-  *out += "journal " + disk_dir + "\n";
-  char line[512];
-  uint64_t pending = 0, pending_bytes = 0, bytes = 0;
-  for (const ScannedRecord& r : scan.records) {
-    const std::string seg = SegmentName(r.segment);
-    std::snprintf(line, sizeof line, "  %s @%llu +%llu seq=%llu %s", seg.c_str(),
-                  static_cast<unsigned long long>(r.offset),
-                  static_cast<unsigned long long>(r.framed_length),
-                  static_cast<unsigned long long>(r.seq), KindName(r.kind));
-    *out += line;
-    switch (r.kind) {
-      case RecKind::kHeader: {
-        const ScannedHeader& h = scan.headers[r.header];
-        *out += " serial=" + h.disk.serial + " size=" + std::to_string(h.disk.size) +
-                " blksize=" + std::to_string(h.disk.blksize) + " label=\"" + h.disk.label +
-                "\" version=" + std::to_string(h.version);
-        break;
-      }
-      case RecKind::kRetire:
-        *out += " upto=" + std::to_string(r.upto);
-        break;
-      case RecKind::kWrite:
-      case RecKind::kTrim:
-        *out += " offset=" + std::to_string(r.disk_offset) + " length=" + std::to_string(r.length);
-        [[fallthrough]];
-      case RecKind::kFlush: {
-        const bool is_pending = r.seq > scan.watermark;
-        *out += is_pending ? " pending" : " retired";
-        if (is_pending) {
-          ++pending;
-          if (r.kind == RecKind::kWrite) pending_bytes += r.length;
-        }
-        break;
-      }
-    }
-    *out += "\n";
-  }
-  for (const JournalDamage& d : scan.damage)
-    *out += "  damage: " + SegmentName(d.segment) + " @" + std::to_string(d.offset) + " +" +
-            std::to_string(d.bytes) + ": " + d.reason + "\n";
-  for (const ScannedSegment& s : scan.segments) {
-    bytes += s.size;
-    if (s.torn_bytes > 0)
-      *out += "  torn tail: " + SegmentName(s.number) + ", " + std::to_string(s.torn_bytes) +
-              " bytes after the last complete record\n";
-  }
-  const std::string disk = scan.headers.empty() ? std::string("(no readable header)")
-                                                : Describe(scan.headers.back().disk);
-  *out += "disk " + disk + ": " + std::to_string(scan.segments.size()) + " segments (" +
-          std::to_string(bytes) + " bytes), " + std::to_string(scan.records.size()) + " records, " +
-          std::to_string(pending) + " pending (" + std::to_string(pending_bytes) +
-          " bytes of writes), retired up to " + std::to_string(scan.watermark) + ", last seq " +
-          std::to_string(std::max(scan.max_seq, scan.watermark)) + ", " +
-          std::to_string(scan.damage.size()) + " damaged regions\n";
-  return Status::Ok();
-}
-
 }  // namespace
 
 // ---- Journal ----
 
-// An open segment file. Shared with the deferred writes still to land in
-// it, so that a segment deleted meanwhile keeps its descriptor (and the
-// number cannot be reused under a running write) until they are done.
-struct SegmentFile {
-  SegmentFile(int f, std::string p) : fd(f), path(std::move(p)) {}
-  SegmentFile(const SegmentFile&) = delete;
-  SegmentFile& operator=(const SegmentFile&) = delete;
-  ~SegmentFile() {
+struct Journal::Segment {
+  Segment() = default;
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+  ~Segment() {
     if (fd >= 0) close(fd);
   }
-  const int fd;
-  const std::string path;
-};
-
-struct Journal::QueuedWrite {
-  std::shared_ptr<const SegmentFile> file;
-  uint64_t at = 0;                    // the segment's length before this record
-  std::vector<uint8_t> owned;         // the payload, or its head when `borrowed` follows
-  std::span<const uint8_t> borrowed;  // the caller's data (AppendWrite)
-  uint64_t retire_upto = 0;           // a retire record's watermark
-};
-
-Journal::WriteBatch::WriteBatch() = default;
-Journal::WriteBatch::~WriteBatch() = default;
-Journal::WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
-Journal::WriteBatch& Journal::WriteBatch::operator=(WriteBatch&&) noexcept = default;
-
-struct Journal::Segment {
   uint64_t number = 0;
   std::string path;
   int fd = -1;  // read-only for older segments, read-write for the current one
-  std::shared_ptr<const SegmentFile> file;  // owns fd
   uint64_t size = 0;
   // Highest seq of a data record that may be in it: it can be deleted once
   // the watermark reaches this.
@@ -625,37 +115,6 @@ void Journal::Preallocate(Segment& seg, uint64_t end) {
     return;
   }
   seg.preallocated += want;
-}
-
-std::string ReplayReport::ToString() const {
-  std::string s = "journal replay: " + std::to_string(segments) + " segments, " +
-                  std::to_string(records) + " records, " + std::to_string(pending) + " pending (" +
-                  std::to_string(pending_bytes) + " bytes of writes)";
-  if (torn_tail) s += ", torn tail of " + std::to_string(torn_bytes) + " bytes";
-  if (stale_dropped > 0) {
-    s.append(", ").append(std::to_string(stale_dropped));
-    s.append(
-        " unsynced records from before a reboot dropped (they may be older than what the "
-        "remote has)");
-  }
-  if (!damage.empty()) {
-    uint64_t dropped = 0;
-    for (const JournalDamage& d : damage) dropped += d.bytes;
-    s += ", " + std::to_string(damage.size()) + " damaged regions (" + std::to_string(dropped) +
-         " bytes dropped):";
-    const size_t shown = std::min<size_t>(damage.size(), 3);
-    for (size_t i = 0; i < shown; ++i) {
-      const JournalDamage& d = damage[i];
-      // Appended piece by piece: gcc 12 at -O3 reports a false -Wrestrict
-      // for `" " + std::string` here.
-      s.append(" ").append(SegmentName(d.segment)).append(" offset ");
-      s.append(std::to_string(d.offset)).append(" +").append(std::to_string(d.bytes));
-      s.append(" (").append(d.reason).append(")");
-      if (i + 1 < shown) s += ";";
-    }
-    if (damage.size() > shown) s += " and " + std::to_string(damage.size() - shown) + " more";
-  }
-  return s;
 }
 
 Journal::Journal(JournalConfig config, JournalDiskHeader header, std::string disk_dir)
@@ -734,13 +193,11 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
 
   const uint64_t last = std::max(scan.max_seq, scan.watermark);
   j->retired_seq_ = scan.watermark;
-  j->retired_in_file_ = scan.watermark;
   j->next_seq_ = last + 1;
   // What replay read is durable only once synced: it may sit in the page
   // cache of a daemon that was killed. The replayed segments count as
   // written, so the next group commit covers them.
   j->durable_seq_ = scan.watermark;
-  j->written_seq_ = last;
   for (const ScannedSegment& s : scan.segments) {
     auto seg = std::make_unique<Segment>();
     seg->number = s.number;
@@ -753,7 +210,6 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
     seg->fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     seg->dirty = true;  // fdatasync works on a read-only descriptor
     if (seg->fd < 0) return Status::FromErrno(errno, "journal: opening " + s.path);
-    seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
     j->bytes_on_disk_ += s.size;
     j->segments_.emplace(s.number, std::move(seg));
   }
@@ -766,33 +222,16 @@ Result<std::unique_ptr<Journal>> Journal::OpenDisk(const JournalConfig& config,
     rep.torn_bytes = scan.segments.back().torn_bytes;
     rep.torn_tail = rep.torn_bytes > 0;
   }
-  for (const ScannedRecord& r : scan.records) {
-    if (r.kind == RecKind::kHeader || r.kind == RecKind::kRetire || r.seq <= scan.watermark)
-      continue;
-    if (r.kind != RecKind::kFlush && r.disk_offset + r.length > header.size) {
-      // Well-formed but outside this disk: sending it could only fail.
-      const std::string reason = std::string(KindName(r.kind)) + " at " +
-                                 std::to_string(r.disk_offset) + "+" + std::to_string(r.length) +
-                                 " beyond the disk's end " + std::to_string(header.size);
-      if (config.strict)
-        return Status::Corruption(
-            "journal: " + At(disk_dir + "/" + SegmentName(r.segment), r.offset) + ": " + reason);
-      rep.damage.push_back(JournalDamage{r.segment, r.offset, r.framed_length, reason});
-      j->segments_[r.segment]->last_seq = last;
-      continue;
-    }
-    JournalPending p;
-    p.seq = r.seq;
-    p.kind = r.kind == RecKind::kWrite  ? JournalRecordKind::kWrite
-             : r.kind == RecKind::kTrim ? JournalRecordKind::kTrim
-                                        : JournalRecordKind::kFlush;
-    p.offset = r.kind == RecKind::kFlush ? 0 : r.disk_offset;
-    p.length = r.kind == RecKind::kFlush ? 0 : r.length;
-    p.loc = JournalLocation{r.segment, r.offset, r.framed_length};
+  Replayed replayed;
+  if (Status st = ReplayPending(scan, header, config.strict, disk_dir, &replayed); !st.ok())
+    return st;
+  rep.damage.insert(rep.damage.end(), replayed.damage.begin(), replayed.damage.end());
+  for (uint64_t n : replayed.keep_segments) j->segments_[n]->last_seq = last;
+  for (const JournalPending& p : replayed.pending) {
     j->pending_.push_back(p);
     if (p.kind == JournalRecordKind::kWrite) j->pending_bytes_ += p.length;
     if (p.kind != JournalRecordKind::kFlush)
-      j->IndexInsert(p.offset, p.offset + p.length, p.seq, p.kind == JournalRecordKind::kTrim);
+      j->index_.Insert(p.offset, p.offset + p.length, p.seq, p.kind == JournalRecordKind::kTrim);
   }
   rep.pending = j->pending_.size();
   rep.pending_bytes = j->pending_bytes_;
@@ -859,31 +298,6 @@ Result<std::vector<std::string>> Journal::ListDisks(const std::string& dir) {
   return out;
 }
 
-Status Journal::Dump(const std::string& dir, std::string* out) {
-  out->clear();
-  struct stat st;
-  if (stat(dir.c_str(), &st) != 0) {
-    if (errno == ENOENT) return Status::NotFound("journal dump: no directory " + dir);
-    return Status::FromErrno(errno, "journal dump: " + dir);
-  }
-  if (!S_ISDIR(st.st_mode))
-    return Status::InvalidArgument("journal dump: " + dir + " is not a directory");
-  auto segments = ListSegments(dir);
-  if (!segments.ok()) return segments.status();
-  if (!segments->empty()) return DumpDisk(dir, out);
-  auto disks = ListDisks(dir);
-  if (!disks.ok()) return disks.status();
-  if (disks->empty()) {
-    *out += "no journals in " + dir + "\n";
-    return Status::Ok();
-  }
-  for (const std::string& serial : *disks) {
-    if (Status s = DumpDisk(dir + "/" + serial, out); !s.ok())
-      *out += "journal " + dir + "/" + serial + ": " + s.ToString() + "\n";
-  }
-  return Status::Ok();
-}
-
 Status Journal::StartSegment() {
   const uint64_t number = segments_.empty() ? 1 : segments_.rbegin()->first + 1;
   auto seg = std::make_unique<Segment>();
@@ -896,7 +310,6 @@ Status Journal::StartSegment() {
     failure_ = st.message();
     return st;
   }
-  seg->file = std::make_shared<const SegmentFile>(seg->fd, seg->path);
   segments_.emplace(number, std::move(seg));
   dir_dirty_ = true;
 
@@ -913,26 +326,18 @@ Status Journal::StartSegment() {
   // a reboot.
   if (!config_.synced) h->set_boot_id(CurrentBootId());
   h->set_synced(config_.synced);
-  // Written now even with deferred writes: Retire() may delete the older
-  // segments before a queued header would land, and a journal left with
-  // an empty newest segment has no header to open by. (A new file: no
-  // queued record goes before them.)
   std::string encoded = rec.SerializeAsString();
   std::span<const uint8_t> piece[1] = {Bytes(encoded)};
-  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
-    return st;
+  if (Status st = AppendPayload(piece, false, false, nullptr); !st.ok()) return st;
   rec.Clear();
   rec.mutable_retire()->set_upto(retired_seq_);
   encoded = rec.SerializeAsString();
   piece[0] = Bytes(encoded);
-  if (Status st = AppendPayload(piece, false, false, nullptr, Deferral::kNever); !st.ok())
-    return st;
-  retired_in_file_ = std::max(retired_in_file_, retired_seq_);
-  return Status::Ok();
+  return AppendPayload(piece, false, false, nullptr);
 }
 
 Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                              bool even_if_failed, JournalLocation* loc, Deferral deferral) {
+                              bool even_if_failed, JournalLocation* loc) {
   if (failed_ && !even_if_failed)
     return Status::FromErrno(EIO,
                              "journal " + disk_dir_ + " is off after an error (" + failure_ + ")");
@@ -946,27 +351,6 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
   for (const auto& p : pieces) total += p.size();
   const size_t n = journal_log::AppendedBytes(seg.size, total);
   Preallocate(seg, seg.size + n);
-  if (config_.deferred_writes && deferral != Deferral::kNever) {
-    const bool borrow_last = deferral == Deferral::kBorrowed;
-    // Placed now, framed and written by RunWrites(). The caller's data is
-    // referenced (it outlives the write, see the header); the small rest
-    // is copied, as encode_buf_ and the callers' prefixes are reused.
-    QueuedWrite w;
-    w.file = seg.file;
-    w.at = seg.size;
-    const size_t copied = pieces.size() - (borrow_last && !pieces.empty() ? 1 : 0);
-    for (size_t i = 0; i < copied; ++i)
-      w.owned.insert(w.owned.end(), pieces[i].begin(), pieces[i].end());
-    if (copied < pieces.size()) w.borrowed = pieces.back();
-    queued_bytes_ += total;
-    queued_.push_back(std::move(w));
-    const journal_log::Framed framed = journal_log::PlaceRecord(seg.size, total);
-    seg.size += n;
-    bytes_on_disk_ += n;
-    seg.dirty = true;
-    if (loc != nullptr) *loc = JournalLocation{seg.number, framed.offset, framed.framed_length};
-    return Status::Ok();
-  }
   // The payload goes from the caller's buffers to the file with one
   // writev: no copy in between (1 MiB writes made that copy a tenth of
   // the importer's CPU time).
@@ -995,18 +379,16 @@ Status Journal::AppendPayload(std::span<const std::span<const uint8_t>> pieces, 
 }
 
 Result<uint64_t> Journal::AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
-                                     std::span<const std::span<const uint8_t>> payload,
-                                     Deferral deferral) {
+                                     std::span<const std::span<const uint8_t>> payload) {
   const uint64_t seq = next_seq_;
   JournalLocation loc;
-  if (Status st = AppendPayload(payload, true, false, &loc, deferral); !st.ok()) return st;
+  if (Status st = AppendPayload(payload, true, false, &loc); !st.ok()) return st;
   ++next_seq_;
-  (config_.deferred_writes ? queued_upto_ : written_seq_) = seq;
   pending_.push_back(JournalPending{seq, kind, offset, length, loc});
   segments_.rbegin()->second->last_seq = seq;
   if (kind == JournalRecordKind::kWrite) pending_bytes_ += length;
   if (kind != JournalRecordKind::kFlush)
-    IndexInsert(offset, offset + length, seq, kind == JournalRecordKind::kTrim);
+    index_.Insert(offset, offset + length, seq, kind == JournalRecordKind::kTrim);
   return seq;
 }
 
@@ -1021,7 +403,7 @@ Result<uint64_t> Journal::AppendWrite(uint64_t offset, std::span<const uint8_t> 
   uint8_t prefix[kWritePrefixMax];
   const size_t n = EncodeWritePrefix(next_seq_, offset, data.size(), prefix);
   const std::span<const uint8_t> pieces[2] = {std::span<const uint8_t>(prefix, n), data};
-  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces, Deferral::kBorrowed);
+  return AppendData(JournalRecordKind::kWrite, offset, data.size(), pieces);
 }
 
 Result<uint64_t> Journal::AppendTrim(uint64_t offset, uint64_t length) {
@@ -1056,16 +438,8 @@ Status Journal::Retire(uint64_t upto) {
   rec.SerializeToString(&encode_buf_);
   const std::span<const uint8_t> piece[1] = {Bytes(encode_buf_)};
   const bool was_failed = failed_;
-  const size_t queued_before = queued_.size();
   Status st = AppendPayload(piece, !was_failed, true, nullptr);
   if (!st.ok() && !was_failed) result = st;
-  if (st.ok()) {
-    // Queued (deferred writes): segments go once it is in the file.
-    if (queued_.size() > queued_before)
-      queued_.back().retire_upto = upto;
-    else
-      retired_in_file_ = upto;
-  }
 
   // Whether or not the record made it to disk, the caller is done with
   // these records. If it did not, a replay brings them back as pending
@@ -1073,7 +447,7 @@ Status Journal::Retire(uint64_t upto) {
   retired_seq_ = upto;
   while (!pending_.empty() && pending_.front().seq <= upto) {
     const JournalPending& p = pending_.front();
-    if (p.kind != JournalRecordKind::kFlush) IndexRemove(p.offset, p.offset + p.length, p.seq);
+    if (p.kind != JournalRecordKind::kFlush) index_.Remove(p.offset, p.offset + p.length, p.seq);
     if (p.kind == JournalRecordKind::kWrite) pending_bytes_ -= p.length;
     pending_.pop_front();
   }
@@ -1099,15 +473,12 @@ Status Journal::DeleteRetiredSegments() {
   // is no different from the others; once nothing is pending it all goes,
   // and a later start finds no stale records to resend.
   const bool everything = failed_ && pending_.empty();
-  // With deferred writes a segment goes only once a retire record covering
-  // it is in a file: a kill before a queued one lands must not leave the
-  // journal without the records (and seqs) it retired. Synchronous
-  // appends delete at once, whether or not the retire record made it.
-  const uint64_t deletable = config_.deferred_writes ? retired_in_file_ : retired_seq_;
+  // Segments go at once, whether or not the retire record made it to the
+  // file (Retire() explains why that is harmless).
   Status result;
   for (auto it = segments_.begin(); it != segments_.end();) {
     Segment& seg = *it->second;
-    if (!everything && (it->first == current || seg.last_seq > deletable)) {
+    if (!everything && (it->first == current || seg.last_seq > retired_seq_)) {
       ++it;
       continue;
     }
@@ -1141,8 +512,6 @@ Status Journal::RemoveIfEmpty() {
       result = Status::FromErrno(errno, "journal: deleting " + seg->path);
   }
   segments_.clear();
-  queued_.clear();
-  queued_bytes_ = 0;
   bytes_on_disk_ = 0;
   if (dir_fd_ >= 0) close(dir_fd_);
   dir_fd_ = -1;
@@ -1152,92 +521,6 @@ Status Journal::RemoveIfEmpty() {
   failed_ = true;
   failure_ = "the journal was removed";
   return result;
-}
-
-Journal::WriteBatch Journal::PrepareWrites() {
-  WriteBatch batch;
-  batch.writes = std::move(queued_);
-  batch.bytes = queued_bytes_;
-  queued_.clear();
-  queued_bytes_ = 0;
-  batch.upto_seq = std::max(written_seq_, queued_upto_);
-  return batch;
-}
-
-void Journal::RunWrites(WriteBatch* batch) {
-  // Records that follow each other in one file (a run) go out in one
-  // pwritev. headers[k] holds the framing of the run's k-th record; the
-  // gather list points into it (moving the outer vector keeps those
-  // buffers in place).
-  std::vector<std::vector<uint8_t>> headers;
-  std::vector<std::span<const uint8_t>> one, run;
-  std::vector<uint64_t> ends;  // where each record of the run ends
-  const std::vector<QueuedWrite>& writes = batch->writes;
-  size_t i = 0;
-  while (i < writes.size()) {
-    const QueuedWrite& first = writes[i];
-    run.clear();
-    ends.clear();
-    uint64_t end = first.at;
-    size_t j = i;
-    for (; j < writes.size() && writes[j].file == first.file && writes[j].at == end; ++j) {
-      const QueuedWrite& w = writes[j];
-      if (headers.size() <= j - i) headers.emplace_back();
-      const std::span<const uint8_t> pieces[2] = {w.owned, w.borrowed};
-      journal_log::GatherRecord(w.at, pieces, &headers[j - i], &one);
-      run.insert(run.end(), one.begin(), one.end());
-      end = w.at + journal_log::AppendedBytes(w.at, w.owned.size() + w.borrowed.size());
-      ends.push_back(end);
-    }
-    uint64_t done = 0;
-    Status st = PwritevAll(first.file->fd, run, first.file->path, first.at, &done);
-    if (!st.ok()) {
-      // As in a synchronous append: cut back to the last whole record, and
-      // nothing after it is written (no hole before a later record).
-      size_t whole = 0;
-      while (whole < ends.size() && ends[whole] <= first.at + done) ++whole;
-      const uint64_t cut = whole == 0 ? first.at : ends[whole - 1];
-      (void)ftruncate(first.file->fd, static_cast<off_t>(cut));
-      batch->written += whole;
-      batch->status = st;
-      return;
-    }
-    batch->written += j - i;
-    i = j;
-  }
-}
-
-Status Journal::WritesDone(WriteBatch* batch) {
-  Status st = batch->status;
-  if (st.ok()) {
-    written_seq_ = std::max(written_seq_, batch->upto_seq);
-    const uint64_t in_file = retired_in_file_;
-    for (const QueuedWrite& w : batch->writes)
-      retired_in_file_ = std::max(retired_in_file_, w.retire_upto);
-    if (retired_in_file_ > in_file) {
-      // A failure here is retried at the next Retire().
-      (void)DeleteRetiredSegments();
-    }
-  } else {
-    if (!failed_) {
-      failed_ = true;
-      failure_ = st.message();
-    }
-    queued_.clear();
-    queued_bytes_ = 0;
-    written_seq_ = last_seq();
-    // The failed record's segment was cut back where it began, and what
-    // followed it never reached the files: sizes are what the files say.
-    bytes_on_disk_ = 0;
-    for (auto& [number, seg] : segments_) {
-      struct stat sb;
-      if (fstat(seg->fd, &sb) == 0) seg->size = static_cast<uint64_t>(sb.st_size);
-      bytes_on_disk_ += seg->size;
-    }
-  }
-  // Releases the files: a segment deleted meanwhile is closed here.
-  batch->writes.clear();
-  return st;
 }
 
 Journal::SyncBatch Journal::PrepareSync() {
@@ -1315,9 +598,6 @@ const JournalPending* Journal::FindPending(uint64_t seq) const {
 }
 
 Result<std::vector<uint8_t>> Journal::ReadWriteData(const JournalPending& rec) {
-  if (rec.seq > written_seq_)
-    return Status::FromErrno(EAGAIN, "journal: record " + std::to_string(rec.seq) +
-                                         " is not written yet (deferred writes)");
   auto it = segments_.find(rec.loc.segment);
   if (it == segments_.end())
     return Status::NotFound("journal: record " + std::to_string(rec.seq) + ": segment " +
@@ -1330,101 +610,33 @@ Result<std::vector<uint8_t>> Journal::ReadWriteData(const JournalPending& rec) {
   return std::vector<uint8_t>(d.begin(), d.end());
 }
 
-// ---- The read-your-writes index ----
-//
-// index_ maps start -> {end, seq, trim}; pieces never overlap. A new record
-// carves its range out of whatever is there (newest wins), so every piece
-// belongs to the newest pending record covering it. Retiring a record
-// removes only the pieces it still owns: a newer record's pieces stay.
-
-void Journal::IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim) {
-  if (start >= end) return;
-  auto it = index_.lower_bound(start);
-  if (it != index_.begin()) {
-    auto prev = std::prev(it);
-    if (prev->second.end > start) {
-      // A piece that starts before `start` and reaches into the new range:
-      // keep its head, and its tail if it also reaches past `end`.
-      const Extent old = prev->second;
-      prev->second.end = start;
-      if (old.end > end) index_.emplace(end, Extent{old.end, old.seq, old.trim});
-    }
-  }
-  while (it != index_.end() && it->first < end) {
-    if (it->second.end > end) {
-      const Extent tail = it->second;
-      index_.erase(it);
-      index_.emplace(end, tail);
-      break;
-    }
-    it = index_.erase(it);
-  }
-  index_.emplace(start, Extent{end, seq, trim});
-}
-
-void Journal::IndexRemove(uint64_t start, uint64_t end, uint64_t seq) {
-  if (start >= end) return;
-  auto it = index_.upper_bound(start);
-  if (it != index_.begin() && std::prev(it)->second.end > start) --it;
-  while (it != index_.end() && it->first < end) {
-    if (it->second.seq == seq) {
-      it = index_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
-
 uint64_t Journal::Covered(uint64_t offset, uint64_t length) const {
-  if (length == 0) return 0;
-  const uint64_t end = length > UINT64_MAX - offset ? UINT64_MAX : offset + length;
-  auto it = index_.upper_bound(offset);
-  if (it != index_.begin() && std::prev(it)->second.end > offset) --it;
-  uint64_t covered = 0;
-  for (; it != index_.end() && it->first < end; ++it)
-    covered += std::min(it->second.end, end) - std::max(it->first, offset);
-  return covered;
+  return index_.Covered(offset, length);
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> Journal::CoveredRanges(uint64_t offset,
                                                                   uint64_t length) const {
-  std::vector<std::pair<uint64_t, uint64_t>> out;
-  if (length == 0) return out;
-  const uint64_t end = length > UINT64_MAX - offset ? UINT64_MAX : offset + length;
-  auto it = index_.upper_bound(offset);
-  if (it != index_.begin() && std::prev(it)->second.end > offset) --it;
-  for (; it != index_.end() && it->first < end; ++it) {
-    const uint64_t s = std::max(it->first, offset);
-    const uint64_t e = std::min(it->second.end, end);
-    if (!out.empty() && out.back().second == s)
-      out.back().second = e;
-    else
-      out.emplace_back(s, e);
-  }
-  return out;
+  return index_.CoveredRanges(offset, length);
 }
 
 Status Journal::Overlay(uint64_t offset, std::span<uint8_t> buf) {
   if (buf.empty()) return Status::Ok();
   if (buf.size() > UINT64_MAX - offset)
     return Status::InvalidArgument("journal: read at " + std::to_string(offset) + " wraps around");
-  const uint64_t end = offset + buf.size();
-  auto it = index_.upper_bound(offset);
-  if (it != index_.begin() && std::prev(it)->second.end > offset) --it;
   // Pieces of one record are usually adjacent: its data is read once.
   const JournalPending* loaded = nullptr;
   jpb::JournalRecord msg;
-  for (; it != index_.end() && it->first < end; ++it) {
-    const uint64_t s = std::max(it->first, offset);
-    const uint64_t e = std::min(it->second.end, end);
+  for (const RangeIndex::Piece& piece : index_.Pieces(offset, buf.size())) {
+    const uint64_t s = piece.start;
+    const uint64_t e = piece.end;
     uint8_t* dst = buf.data() + (s - offset);
-    if (it->second.trim) {
+    if (piece.trim) {
       std::memset(dst, 0, e - s);
       continue;
     }
-    const JournalPending* rec = FindPending(it->second.seq);
+    const JournalPending* rec = FindPending(piece.seq);
     if (rec == nullptr)
-      return Status::Corruption("journal: index names seq " + std::to_string(it->second.seq) +
+      return Status::Corruption("journal: index names seq " + std::to_string(piece.seq) +
                                 ", which is not pending");
     if (rec != loaded) {
       auto seg = segments_.find(rec->loc.segment);

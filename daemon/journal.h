@@ -24,23 +24,15 @@
 // deleted meanwhile cannot pull a descriptor from under a running sync.
 //
 // Read-your-writes: the journal keeps an index of the disk ranges that
-// pending writes and trims cover (newest wins). Covered() and Overlay()
-// answer reads from it; write data is read back from the segment files.
+// pending writes and trims cover (newest wins, daemon/range_index.h).
+// Covered() and Overlay() answer reads from it; write data is read back
+// from the segment files.
 //
 // Damage: replay (Open) treats a torn final record as a clean end; a
 // damaged region in the middle is skipped to the next block and reported in
 // ReplayReport, or makes Open fail with Status::Corruption if strict.
 //
-// Deferred writes (JournalConfig::deferred_writes, for --sync=remote): an
-// append updates everything in memory (seq, pending, index, segment sizes)
-// at once but only queues its bytes; PrepareWrites() (loop thread) hands
-// the queue out, RunWrites() (any thread) frames the records, computing
-// their CRCs, and writes them with pwritev at their places, in order, and
-// WritesDone() (loop thread) advances written_seq(). The request and its
-// record then travel side by side instead of one after the other.
-//
-// Threading: one thread (the loop) for everything except RunSync() and
-// RunWrites().
+// Threading: one thread (the loop) for everything except RunSync().
 #pragma once
 
 #include <cstdint>
@@ -52,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "daemon/range_index.h"
 #include "proto/status.h"
 
 namespace xdisk {
@@ -67,10 +60,6 @@ struct JournalConfig {
   // newer one, so Open() drops what such segments left pending instead of
   // letting it be resent over newer data (ReplayReport::stale_dropped).
   bool synced = false;
-  // Appends queue their bytes for RunWrites() (see the file comment).
-  // REQUIRES !synced. A record not yet written cannot be read back
-  // (ReadWriteData, Overlay): only replayed records are.
-  bool deferred_writes = false;
 };
 
 struct JournalDiskHeader {
@@ -165,8 +154,8 @@ class Journal {
   Result<uint64_t> AppendWrite(uint64_t offset, std::span<const uint8_t> data);
   Result<uint64_t> AppendTrim(uint64_t offset, uint64_t length);
   Result<uint64_t> AppendFlush();
-  // Appends are refused after a failed append, write batch or new
-  // segment, or Fail(); failure() says why.
+  // Appends are refused after a failed append or new segment, or Fail();
+  // failure() says why.
   bool failed() const { return failed_; }
   const std::string& failure() const { return failure_; }
   // Refuses appends from now on (the daemon no longer trusts the journal,
@@ -212,32 +201,6 @@ class Journal {
   void SyncDone(const SyncBatch& batch);
   uint64_t durable_seq() const { return durable_seq_; }
 
-  // Deferred writes. AppendWrite() then refers to the caller's data instead
-  // of copying it: the data must stay unchanged until written_seq() reaches
-  // the record's seq. Everything else is copied into the queue. One batch
-  // at a time: PrepareWrites() only after the previous WritesDone().
-  struct QueuedWrite;  // journal.cc
-  struct WriteBatch {
-    std::vector<QueuedWrite> writes;
-    uint64_t upto_seq = 0;  // every data record <= this is written when it succeeds
-    uint64_t bytes = 0;     // payload bytes in it
-    Status status;          // RunWrites()'s outcome
-    size_t written = 0;     // writes completed before a failure
-    WriteBatch();
-    ~WriteBatch();
-    WriteBatch(WriteBatch&&) noexcept;
-    WriteBatch& operator=(WriteBatch&&) noexcept;
-  };
-  bool has_queued_writes() const { return !queued_.empty(); }
-  uint64_t queued_bytes() const { return queued_bytes_; }  // payload bytes queued
-  WriteBatch PrepareWrites();
-  static void RunWrites(WriteBatch* batch);
-  // Returns the batch's status. After a failure the journal refuses
-  // appends (like a failed synchronous append), the rest of the queue is
-  // dropped, and written_seq() jumps to last_seq(): nothing refers to the
-  // callers' data any more.
-  Status WritesDone(WriteBatch* batch);
-  uint64_t written_seq() const { return written_seq_; }
   uint64_t last_seq() const { return next_seq_ - 1; }
   uint64_t retired_seq() const { return retired_seq_; }
 
@@ -266,14 +229,6 @@ class Journal {
 
  private:
   struct Segment;  // one open segment file (journal.cc)
-  // A piece of the read-your-writes index: [start, end) of the disk, where
-  // start is the map key, belongs to pending record `seq` (a trim if `trim`,
-  // else a write whose data for `start` is at start - record offset).
-  struct Extent {
-    uint64_t end = 0;
-    uint64_t seq = 0;
-    bool trim = false;
-  };
 
   Journal(JournalConfig config, JournalDiskHeader header, std::string disk_dir);
   // Open() and OpenExisting(): `expected` is the caller's header, or null to
@@ -290,21 +245,11 @@ class Journal {
   // current segment, rolling to a new one first if `may_roll` and the
   // current one is past segment_bytes. `even_if_failed`: try although an
   // earlier append failed (best-effort retire records).
-  // How AppendPayload() may write a record with deferred writes on.
-  enum class Deferral {
-    kQueued,    // queued for RunWrites()
-    kBorrowed,  // queued, the last piece referenced until written
-    kNever,     // written now (a new segment's first records)
-  };
   Status AppendPayload(std::span<const std::span<const uint8_t>> pieces, bool may_roll,
-                       bool even_if_failed, JournalLocation* loc,
-                       Deferral deferral = Deferral::kQueued);
+                       bool even_if_failed, JournalLocation* loc);
   // Appends a data record (write, trim, flush) and indexes it.
   Result<uint64_t> AppendData(JournalRecordKind kind, uint64_t offset, uint64_t length,
-                              std::span<const std::span<const uint8_t>> payload,
-                              Deferral deferral = Deferral::kQueued);
-  void IndexInsert(uint64_t start, uint64_t end, uint64_t seq, bool trim);
-  void IndexRemove(uint64_t start, uint64_t end, uint64_t seq);
+                              std::span<const std::span<const uint8_t>> payload);
   // Deletes the non-current segments whose records are all retired (every
   // segment once a failed journal has nothing pending).
   Status DeleteRetiredSegments();
@@ -316,7 +261,9 @@ class Journal {
   int dir_fd_ = -1;  // disk_dir_, for fsync after creating or deleting segments
   std::map<uint64_t, std::unique_ptr<Segment>> segments_;  // by number; last is current
   std::deque<JournalPending> pending_;
-  std::map<uint64_t, Extent> index_;  // by start offset, non-overlapping
+  // Pending writes and trims by disk range; a write's data for a piece
+  // starting at `start` is at start - its record's offset.
+  RangeIndex index_;
   uint64_t next_seq_ = 1;
   uint64_t retired_seq_ = 0;
   uint64_t durable_seq_ = 0;
@@ -325,14 +272,6 @@ class Journal {
   bool failed_ = false;
   std::string failure_;  // why appends are refused
   bool dir_dirty_ = false;
-  // Deferred writes not yet handed to a batch, in file order, and the
-  // highest data seq among them.
-  std::vector<QueuedWrite> queued_;
-  uint64_t queued_upto_ = 0;
-  uint64_t queued_bytes_ = 0;
-  // The highest retire watermark in a file (see DeleteRetiredSegments).
-  uint64_t retired_in_file_ = 0;
-  uint64_t written_seq_ = 0;
   // Batches handed out by PrepareSync() and not yet all done, in order:
   // (upto_seq, done).
   std::deque<std::pair<uint64_t, bool>> syncs_;

@@ -38,14 +38,6 @@ uint64_t AppendedBytes(uint64_t segment_length, uint64_t payload_size) {
   return pos - segment_length;
 }
 
-Framed PlaceRecord(uint64_t segment_length, uint64_t payload_size) {
-  Framed framed;
-  const uint64_t pad = LeftInBlock(segment_length) < kHeaderSize ? LeftInBlock(segment_length) : 0;
-  framed.offset = segment_length + pad;
-  framed.framed_length = AppendedBytes(segment_length, payload_size) - pad;
-  return framed;
-}
-
 Framed AppendRecord(uint64_t segment_length, std::span<const std::span<const uint8_t>> pieces,
                     std::vector<uint8_t>* out) {
   // One framing loop (GatherRecord); this variant joins its gather list.

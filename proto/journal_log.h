@@ -65,10 +65,6 @@ struct Framed {
 // current block) plus the framed length.
 uint64_t AppendedBytes(uint64_t segment_length, uint64_t payload_size);
 
-// Where AppendRecord() would put such a record, without touching bytes (so
-// without its CRCs): for a caller that frames the record later, elsewhere.
-Framed PlaceRecord(uint64_t segment_length, uint64_t payload_size);
-
 // Appends to *out the bytes that add one record to the end of a segment that
 // is `segment_length` bytes long; the payload is the concatenation of
 // `pieces` (a gather list, so a caller can frame a small encoded prefix and

@@ -179,19 +179,6 @@ TEST_CASE("a gather list frames exactly like the joined payload", "[journal_log]
   }
 }
 
-TEST_CASE("PlaceRecord says where AppendRecord puts a record", "[journal_log]") {
-  for (uint64_t start : {uint64_t{0}, uint64_t{7}, B - 8, B - 7, B - 6, B - 1, 5 * B + 123}) {
-    for (size_t size : {size_t{0}, size_t{1}, B - 14, B - 7, B, 2 * B + 3, size_t(1) << 20}) {
-      Bytes out;
-      const Framed a = AppendRecord(start, Payload(size, 3), &out);
-      const Framed b = PlaceRecord(start, size);
-      INFO("start " << start << " size " << size);
-      CHECK(a.offset == b.offset);
-      CHECK(a.framed_length == b.framed_length);
-    }
-  }
-}
-
 TEST_CASE("one record reads back from the middle of a segment", "[journal_log]") {
   Segment seg;
   for (size_t n : {100, 40000, 5, 70000, 17}) seg.Add(Payload(n, static_cast<uint32_t>(n)));

@@ -22,31 +22,16 @@
 
 #include "proto/journal.pb.h"
 #include "proto/journal_log.h"
+#include "test/unit/temp_dir.h"
 
 using namespace xdisk;
+using xdisk::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-// A directory under /tmp, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/journal_test.XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 JournalDiskHeader Header(uint64_t size = 1 << 20) {
   JournalDiskHeader h;
@@ -932,161 +917,4 @@ TEST_CASE("the worked example of docs/journal-format.md is what the journal writ
   }
   INFO("written: " << hex);
   CHECK(got == want);
-}
-
-// ---- deferred writes (--sync=remote) ----
-
-JournalConfig DeferredConfig(const TempDir& t, uint64_t segment_bytes = 64ull << 20) {
-  JournalConfig c = Config(t, segment_bytes);
-  c.deferred_writes = true;
-  return c;
-}
-
-// One batch: what is queued now, written here.
-Status WriteQueued(Journal& j) {
-  Journal::WriteBatch b = j.PrepareWrites();
-  Journal::RunWrites(&b);
-  return j.WritesDone(&b);
-}
-
-TEST_CASE("deferred writes reach the file only through a batch, in order", "[journal]") {
-  TempDir t;
-  // Small segments, so records roll mid-batch.
-  JournalConfig c = DeferredConfig(t, 64 << 10);
-  const JournalDiskHeader h = Header(8 << 20);
-  const std::string dir = DiskDir(c, h);
-  std::vector<Bytes> data;
-  for (uint32_t i = 0; i < 12; ++i) data.push_back(Pattern(20000 + i * 111, i + 1));
-  {
-    auto j = OpenOk(c, h);
-    CHECK(j->written_seq() == 0);
-    std::vector<uint64_t> seqs;
-    for (uint32_t i = 0; i < 6; ++i) seqs.push_back(AppendW(*j, i * 65536, data[i]));
-    CHECK(j->has_queued_writes());
-    CHECK(j->written_seq() == 0);
-    // Only the segments' first records are in the files yet (they are
-    // never queued); the sizes are already accounted.
-    CHECK(FilesBytes(dir) < 20000);
-    CHECK(j->bytes_on_disk() > 6 * 20000);
-    CHECK_FALSE(j->ReadWriteData(j->pending().front()).ok());
-
-    Journal::WriteBatch b = j->PrepareWrites();
-    CHECK_FALSE(j->has_queued_writes());
-    CHECK(b.upto_seq == seqs.back());
-    // Appends while a batch is out queue behind it.
-    seqs.push_back(AppendW(*j, 6 * 65536, data[6]));
-    Journal::RunWrites(&b);
-    REQUIRE(b.status.ok());
-    REQUIRE(j->WritesDone(&b).ok());
-    CHECK(j->written_seq() == seqs[5]);
-    auto first = j->ReadWriteData(j->pending().front());
-    REQUIRE(first.ok());
-    CHECK(*first == data[0]);
-
-    REQUIRE(WriteQueued(*j).ok());
-    CHECK(j->written_seq() == seqs[6]);
-    CHECK(FilesBytes(dir) == j->bytes_on_disk());
-
-    // A retire record is queued too; the segments it retires go once it
-    // is written (WritesDone), the batch holding their descriptors.
-    const size_t before = SegmentFiles(dir).size();
-    REQUIRE(j->Retire(seqs[3]).ok());
-    CHECK(j->has_queued_writes());
-    CHECK(SegmentFiles(dir).size() == before);
-    REQUIRE(WriteQueued(*j).ok());
-    CHECK(SegmentFiles(dir).size() < before);
-  }
-  // Everything written replays: the three unretired writes, byte for byte.
-  c.deferred_writes = false;
-  ReplayReport rep;
-  auto j = OpenOk(c, h, &rep);
-  CHECK(rep.damage.empty());
-  CHECK_FALSE(rep.torn_tail);
-  REQUIRE(j->pending().size() == 3);
-  for (size_t k = 0; k < 3; ++k) {
-    auto d = j->ReadWriteData(j->pending()[k]);
-    REQUIRE(d.ok());
-    CHECK(*d == data[4 + k]);
-  }
-}
-
-TEST_CASE("a deferred write that fails cuts the segment and switches the journal off",
-          "[journal]") {
-  TempDir t;
-  JournalConfig c = DeferredConfig(t);
-  const JournalDiskHeader h = Header(64 << 20);
-  const std::string dir = DiskDir(c, h);
-  auto j = OpenOk(c, h);
-  const Bytes small = Pattern(1000, 1);
-  const uint64_t s1 = AppendW(*j, 0, small);
-  REQUIRE(WriteQueued(*j).ok());
-  // Ten 40 KiB records against a 200 KiB file size limit: the fifth fails.
-  const Bytes big = Pattern(40000, 2);
-  for (int i = 0; i < 10; ++i) AppendW(*j, 0, big);
-  Journal::WriteBatch b2 = j->PrepareWrites();
-  WithFileSizeLimit(200 << 10, [&] { Journal::RunWrites(&b2); });
-  CHECK(b2.written > 0);
-  CHECK(b2.written < 10);
-  Status st = j->WritesDone(&b2);
-  REQUIRE_FALSE(st.ok());
-  CHECK(st.kind() == Status::Kind::kIoError);
-  // Nobody waits any more; appends are refused; sizes match the files.
-  CHECK(j->written_seq() == j->last_seq());
-  CHECK_FALSE(j->AppendFlush().ok());
-  CHECK(j->bytes_on_disk() == FilesBytes(dir));
-  CleanDump(dir);
-  // What made it replays: the small write and the big ones before the failure.
-  j.reset();
-  c.deferred_writes = false;
-  ReplayReport rep;
-  auto r = OpenOk(c, h, &rep);
-  CHECK(rep.damage.empty());
-  REQUIRE(r->pending().size() == 1 + b2.written);
-  CHECK(r->pending().front().seq == s1);
-}
-
-TEST_CASE("a segment rolled while a batch is out opens after a kill, whatever was deleted",
-          "[journal]") {
-  TempDir t;
-  // 64 KiB segments.
-  JournalConfig c = DeferredConfig(t, 64 << 10);
-  const JournalDiskHeader h = Header(8 << 20);
-  const Bytes d = Pattern(40000, 7);
-  auto j = OpenOk(c, h);
-  const uint64_t s1 = AppendW(*j, 0, d);
-  const uint64_t s2 = AppendW(*j, 65536, d);  // past 64 KiB: the next append rolls
-  REQUIRE(WriteQueued(*j).ok());
-  Journal::WriteBatch out = j->PrepareWrites();  // empty: nothing queued
-  const uint64_t s3 = AppendW(*j, 131072, d);    // rolls to 000002.log, queued
-  REQUIRE(SegmentFiles(DiskDir(c, h)).size() == 2);
-  // s1 and s2 are done. Their retire record queues behind s3, so
-  // 000001.log stays until it is in a file.
-  REQUIRE(j->Retire(s2).ok());
-  CHECK(SegmentFiles(DiskDir(c, h)).size() == 2);
-  SECTION("killed before the queue is written") {
-    // The newest segment has its header (written at the roll), so the
-    // journal opens; s1 and s2 come back pending (resent, harmless), s3
-    // (never acknowledged) is not there, and seqs go on from s2.
-    j.reset();
-    ReplayReport rep;
-    auto r = Journal::OpenExisting(Config(t, 64 << 10), h.serial, &rep);
-    INFO(r.status().ToString());
-    REQUIRE(r.ok());
-    REQUIRE((*r)->pending().size() == 2);
-    CHECK((*r)->pending()[0].seq == s1);
-    CHECK((*r)->last_seq() == s2);
-  }
-  SECTION("the queue written") {
-    (void)out;
-    Status done = j->WritesDone(&out);  // the empty batch that was out
-    REQUIRE(done.ok());
-    REQUIRE(WriteQueued(*j).ok());
-    CHECK(SegmentFiles(DiskDir(c, h)) == std::vector<std::string>{"000002.log"});
-    j.reset();
-    ReplayReport rep;
-    auto r = Journal::OpenExisting(Config(t, 64 << 10), h.serial, &rep);
-    REQUIRE(r.ok());
-    REQUIRE((*r)->pending().size() == 1);
-    CHECK((*r)->pending()[0].seq == s3);
-  }
 }
