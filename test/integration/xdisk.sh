@@ -6,6 +6,9 @@
 #   free_port             an unused TCP port on 127.0.0.1
 #   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
 #   start_importer VAR NAME MNT KEYS CONNECT... [-- EXTRA ARGS]
+#   start_relay VAR NAME PORT KEYS CONNECT... [-- EXTRA ARGS]
+#                         a daemon that only listens on PORT and connects
+#                         (a relay), control socket $WORK_DIR/NAME.sock
 #   wait_listening PORT   until something accepts on 127.0.0.1:PORT
 #   wait_disk MNT SERIAL  until MNT/serno/SERIAL exists
 #   start_pair [-- IMPORTER ARGS]  exporter of $IMG as $SERIAL on a free port
@@ -81,6 +84,21 @@ start_importer() {
   mount_fuse_cleanup "$mnt"
   start_daemon "$var" "$name" "$XDISK" "${args[@]}" "$@" "$mnt"
   wait_for "mountpoint -q '$mnt'" 10 || fail "$name did not mount $mnt"
+}
+
+# start_relay VAR NAME PORT KEYS HOST:PORT... [-- EXTRA]
+start_relay() {
+  local var=$1 name=$2 port=$3 keys=$4
+  shift 4
+  local args=(--listen "127.0.0.1:$port" --keys "$keys" --state-dir "$WORK_DIR/state-$name"
+    --control "$WORK_DIR/$name.sock")
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    args+=(--connect "$1")
+    shift
+  done
+  [ "${1:-}" = "--" ] && shift
+  start_daemon "$var" "$name" "$XDISK" "${args[@]}" "$@"
+  wait_listening "$port" || fail "$name is not listening on $port"
 }
 
 wait_disk() {
