@@ -39,18 +39,7 @@ void Relay::OnLinkDown(Link& link) {
     }
   }
   // Links paused for this one read again; this one waits for nothing.
-  if (auto it = paused_for_.find(&link); it != paused_for_.end()) {
-    std::set<Link*> waiting = std::move(it->second);
-    paused_for_.erase(it);
-    for (Link* w : waiting) {
-      auto& targets = paused_by_[w];
-      targets.erase(&link);
-      if (targets.empty()) {
-        paused_by_.erase(w);
-        w->SetReadPaused(false, Link::kPauseRelay);
-      }
-    }
-  }
+  ReleaseWaiters(link);
   if (auto it = paused_by_.find(&link); it != paused_by_.end()) {
     for (Link* target : it->second) paused_for_[target].erase(&link);
     paused_by_.erase(it);
@@ -216,8 +205,12 @@ void Relay::Throttle(Link& from, Link& to) {
 }
 
 void Relay::OnWritten(Link& to) {
+  if (to.write_queue_bytes() < kLowWaterBytes) ReleaseWaiters(to);
+}
+
+void Relay::ReleaseWaiters(Link& to) {
   auto it = paused_for_.find(&to);
-  if (it == paused_for_.end() || to.write_queue_bytes() >= kLowWaterBytes) return;
+  if (it == paused_for_.end()) return;
   std::set<Link*> waiting = std::move(it->second);
   paused_for_.erase(it);
   for (Link* w : waiting) {

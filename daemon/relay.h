@@ -107,6 +107,8 @@ class Relay : public SpanObserver, public TransactionHandler {
   // After passing a message from `from` to `to`: pause `from` if `to` is full.
   void Throttle(Link& from, Link& to);
   void OnWritten(Link& to);
+  // Resumes the links paused for `to` that wait for nothing else.
+  void ReleaseWaiters(Link& to);
   static uint64_t Id(const Link* l) { return reinterpret_cast<uintptr_t>(l); }
 
   SpanRelay table_;

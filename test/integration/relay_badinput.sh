@@ -104,8 +104,6 @@ require_alive "$RELAY" "after the flooder left"
 n=$(CTL=$WORK_DIR/b.sock ctl --json spans | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["relayed"]))')
 [ "$n" = 0 ] || fail "xdiskctl spans still lists $n copies"
 
-rc=0
-stop_daemon "$RELAY" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "B: exit status $rc after SIGTERM"
+stop_all "$RELAY"
 scan_logs ""
 log "PASS"

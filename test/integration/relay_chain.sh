@@ -23,9 +23,7 @@ FS=$WORK_DIR/fs
 truncate -s $((512 * MIB)) "$IMG"
 mkdir -p "$FS"
 make_keys "$WORK_DIR/keys" 127.0.0.1
-PA=$(free_port)
-PB=$(free_port)
-while [ "$PB" = "$PA" ]; do PB=$(free_port); done
+read -r PA PB <<<"$(free_ports 2)"
 
 start_exporter EXP a "$PA" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
 start_relay RELAY b "$PB" "$WORK_DIR/keys" "127.0.0.1:$PA"
@@ -93,11 +91,7 @@ print("relayed transactions", txns, "bytes", data, file=sys.stderr)
 sys.exit(0 if txns > 10000 and data > 512 * 1048576 else 1)' || fail "B's relay counters are too low"
 
 log "SIGTERM: C, B and A exit 0"
-for pid in "$IMP" "$RELAY" "$EXP"; do
-  rc=0
-  stop_daemon "$pid" 15 TERM || rc=$?
-  [ "$rc" = 0 ] || fail "pid $pid: exit status $rc after SIGTERM"
-done
+stop_all "$IMP" "$RELAY" "$EXP"
 ! mountpoint -q "$MNT" || fail "still mounted after C's SIGTERM"
 
 scan_logs ""

@@ -17,11 +17,7 @@ MIB=1048576
 make_keys "$WORK_DIR/keys" 127.0.0.1
 truncate -s $((64 * MIB)) "$WORK_DIR/py.img"
 truncate -s $((64 * MIB)) "$WORK_DIR/exp.img"
-PS=$(free_port)
-PA=$(free_port)
-PB=$(free_port)
-while [ "$PA" = "$PS" ]; do PA=$(free_port); done
-while [ "$PB" = "$PS" ] || [ "$PB" = "$PA" ]; do PB=$(free_port); done
+read -r PS PA PB <<<"$(free_ports 3)"
 
 python3 "$PEER" server --listen "127.0.0.1:$PS" --image "$WORK_DIR/py.img" --serial pysrv1 \
   --label pyhost/pydisk --fail-on-violation >"$WORK_DIR/pysrv.log" 2>&1 &
@@ -45,10 +41,6 @@ done
 # --fail-on-violation: the server exits on the first one.
 kill -0 "$SRV" 2>/dev/null || fail "the python server stopped: $(tail -n 5 "$WORK_DIR/pysrv.log")"
 
-for pid in "$RELAY" "$EXP"; do
-  rc=0
-  stop_daemon "$pid" 15 TERM || rc=$?
-  [ "$rc" = 0 ] || fail "pid $pid: exit status $rc after SIGTERM"
-done
+stop_all "$RELAY" "$EXP"
 scan_logs ""
 log "PASS"

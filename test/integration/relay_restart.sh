@@ -21,9 +21,7 @@ MNT=$WORK_DIR/mnt
 ILOG=$WORK_DIR/c.log
 truncate -s $((512 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
-PA=$(free_port)
-PB=$(free_port)
-while [ "$PB" = "$PA" ]; do PB=$(free_port); done
+read -r PA PB <<<"$(free_ports 2)"
 
 start_exporter EXP a "$PA" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
 start_relay RELAY b "$PB" "$WORK_DIR/keys" "127.0.0.1:$PA"
@@ -77,11 +75,7 @@ fi
 log "fio: exit 0, err=0"
 
 log "SIGTERM: C, B and A exit 0"
-for pid in "$IMP" "$RELAY" "$EXP"; do
-  rc=0
-  stop_daemon "$pid" 15 TERM || rc=$?
-  [ "$rc" = 0 ] || fail "pid $pid: exit status $rc after SIGTERM"
-done
+stop_all "$IMP" "$RELAY" "$EXP"
 
 # Each kill drops B's links at A and at C, leaves C without a path and its
 # reconnects refused until B is back.

@@ -21,12 +21,7 @@ truncate -s $((64 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 
 declare -A PORT PID
-used=" "
-for n in a r1 r2 r3; do
-  PORT[$n]=$(free_port)
-  while [[ "$used" == *" ${PORT[$n]} "* ]]; do PORT[$n]=$(free_port); done
-  used="$used${PORT[$n]} "
-done
+read -r PORT[a] PORT[r1] PORT[r2] PORT[r3] <<<"$(free_ports 4)"
 
 start_exporter EXP a "${PORT[a]}" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
 for r in r1 r2 r3; do
@@ -76,9 +71,7 @@ dd if="$MNT/xa0" of="$WORK_DIR/back" bs=1M count=8 iflag=direct status=none
 cmp -s "$WORK_DIR/data" "$WORK_DIR/back" || fail "read back differs"
 
 log "A stops: the withdrawal reaches every relay and C"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "A: exit status $rc after SIGTERM"
+stop_all "$EXP"
 wait_for '[ -z "$(all_spans)" ]' 10 || {
   all_spans >&2
   fail "relayed spans remain after A stopped"
@@ -96,11 +89,7 @@ sleep 2
 log "$copies copies relayed in all, none left"
 
 log "SIGTERM: C and the relays exit 0"
-for pid in "$IMP" "${PID[r1]}" "${PID[r2]}" "${PID[r3]}"; do
-  rc=0
-  stop_daemon "$pid" 15 TERM || rc=$?
-  [ "$rc" = 0 ] || fail "pid $pid: exit status $rc after SIGTERM"
-done
+stop_all "$IMP" "${PID[r1]}" "${PID[r2]}" "${PID[r3]}"
 # A's stop leaves C without a path and R1 retrying A; R3 retries R1 once
 # R1 stopped.
 scan_logs "(link 127\.0\.0\.1:(${PORT[a]}|${PORT[r1]}): cannot connect: connection refused \(will retry\)|disk $SERIAL: no path left: I/O blocks until the disk returns \(0 queued\))$"

@@ -12,6 +12,10 @@ namespace {
 constexpr uint32_t kR = 1000;  // the test's per-process rnss constant
 
 SpanRelay::LinkView Router() { return {dmsg::kPeerRouter, ~0ull, {}}; }
+// Links that asked for every span type.
+void AddRouters(SpanRelay& r, std::initializer_list<uint64_t> links) {
+  for (uint64_t l : links) r.AddLink(l, Router());
+}
 SpanRelay::LinkView Client(dmsg::Uuid peer_id = {}) {
   return {dmsg::kPeerClient, 1ull << dmsg::kPeerBlock, peer_id};
 }
@@ -67,9 +71,7 @@ TEST_CASE("relay: a span goes to every other admitting link with dist+1 and rnss
 
 TEST_CASE("relay: only the single best span of a node per link, by dist then rnss", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
-  r.AddLink(3, Router());
+  AddRouters(r, {1, 2, 3});
   r.AddSpan(100, 1, Disk("s1", 3));
   // A better path on link 2: link 3 switches, advertising first, then
   // withdrawing; link 1 now gets the copy of the link-2 span; link 2 keeps
@@ -98,9 +100,7 @@ TEST_CASE("relay: only the single best span of a node per link, by dist then rns
 
 TEST_CASE("relay: equal dist is decided by rnss, a worse span changes nothing", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
-  r.AddLink(9, Router());
+  AddRouters(r, {1, 2, 9});
   r.AddSpan(100, 1, Disk("s1", 1, 50));
   CHECK(r.AddSpan(200, 2, Disk("s1", 1, 60)).size() == 1);  // only link 1 gains a copy
   auto ch = r.AddSpan(300, 2, Disk("s1", 1, 40));
@@ -114,9 +114,7 @@ TEST_CASE("relay: equal dist is decided by rnss, a worse span changes nothing", 
 
 TEST_CASE("relay: withdrawal re-advertises the next best, and the last one goes", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
-  r.AddLink(3, Router());
+  AddRouters(r, {1, 2, 3});
   r.AddSpan(100, 1, Disk("s1", 0));
   r.AddSpan(200, 2, Disk("s1", 2));
   auto ch = r.RemoveSpan(100);
@@ -137,8 +135,7 @@ TEST_CASE("relay: withdrawal re-advertises the next best, and the last one goes"
 
 TEST_CASE("relay: no copy carries a dist above 16", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
+  AddRouters(r, {1, 2});
   auto ch = r.AddSpan(100, 1, Disk("s1", 15));
   REQUIRE(ch.size() == 1);
   CHECK(ch[0].info.dist == 16);
@@ -174,8 +171,7 @@ TEST_CASE("relay: peer_mask, client isolation and the client's peer_id filter", 
 
 TEST_CASE("relay: nodes differ by cluster and node key, each relayed once", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
+  AddRouters(r, {1, 2});
   dmsg::LnkSpan a = Disk("s1");
   dmsg::LnkSpan b = Disk("s1");
   b.pfs_id[0] = 10;  // same serial, other node
@@ -189,8 +185,7 @@ TEST_CASE("relay: nodes differ by cluster and node key, each relayed once", "[re
 
 TEST_CASE("relay: a node we export ourselves is not relayed", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
+  AddRouters(r, {1, 2});
   r.AddSpan(100, 1, Disk("s1", 2));
   auto ch = r.AddLocalNode(Disk("s1"));
   REQUIRE(ch.size() == 1);
@@ -202,9 +197,7 @@ TEST_CASE("relay: a node we export ourselves is not relayed", "[relay]") {
 
 TEST_CASE("relay: a link going away forgets its copies and re-homes its spans", "[relay]") {
   SpanRelay r(kR);
-  r.AddLink(1, Router());
-  r.AddLink(2, Router());
-  r.AddLink(3, Router());
+  AddRouters(r, {1, 2, 3});
   r.AddSpan(100, 1, Disk("s1", 0));
   r.AddSpan(200, 2, Disk("s1", 3));
   // Link 2 goes; its span is removed first (as the link does).
