@@ -234,9 +234,8 @@ std::vector<Relay::RelayedSpan> Relay::relayed() const {
     auto to = links_.find(r.link);
     auto from = links_.find(r.source_link);
     if (to == links_.end() || !copies_.count({to->second, r.source})) continue;
-    out.push_back(RelayedSpan{to->second->peer(),
-                              from == links_.end() ? "?" : from->second->peer(), r.dist,
-                              r.pfs_label, r.peer_label});
+    out.push_back(RelayedSpan{to->second->peer(), from == links_.end() ? "?" : from->second->peer(),
+                              r.dist, r.pfs_label, r.peer_label});
   }
   return out;
 }

@@ -94,9 +94,9 @@ class Relay : public SpanObserver, public TransactionHandler {
 
  private:
   struct Pair {
-    Link* a;           // the side that opened the transaction
+    Link* a;  // the side that opened the transaction
     Transaction* ta;
-    Link* b;           // the side we open its mirror on
+    Link* b;                // the side we open its mirror on
     Transaction* b_parent;  // where to open it; valid only until the CREATE is passed on
     Transaction* tb = nullptr;
     bool opened = false;
@@ -113,8 +113,8 @@ class Relay : public SpanObserver, public TransactionHandler {
 
   SpanRelay table_;
   bool shut_down_ = false;
-  std::map<uint64_t, Link*> links_;           // up links by Id()
-  std::map<uint64_t, RemoteSpan> sources_;    // received spans by registry id
+  std::map<uint64_t, Link*> links_;                            // up links by Id()
+  std::map<uint64_t, RemoteSpan> sources_;                     // received spans by registry id
   std::map<std::pair<Link*, uint64_t>, Transaction*> copies_;  // (link, source) -> our span
   std::map<Transaction*, std::pair<Link*, uint64_t>> copy_of_;
   std::map<const Link*, Counters> counters_;

@@ -132,8 +132,8 @@ std::vector<SpanRelay::Relayed> SpanRelay::relayed() const {
   std::vector<Relayed> out;
   for (auto& [key, source] : relayed_) {
     const Span& s = spans_.at(source);
-    out.push_back(Relayed{key.first, source, s.link, s.info.dist + 1, s.info.pfs_label,
-                          s.info.peer_label});
+    out.push_back(
+        Relayed{key.first, source, s.link, s.info.dist + 1, s.info.pfs_label, s.info.peer_label});
   }
   return out;
 }

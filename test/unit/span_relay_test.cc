@@ -123,7 +123,7 @@ TEST_CASE("relay: withdrawal re-advertises the next best, and the last one goes"
   CHECK(adv->source == 200);
   CHECK(adv->info.dist == 3);
   CHECK(Find(ch, Kind::kWithdraw, 3) != nullptr);
-  CHECK(Find(ch, Kind::kWithdraw, 2) != nullptr);  // link 2 had span 100's copy; none left for it
+  CHECK(Find(ch, Kind::kWithdraw, 2) != nullptr);   // link 2 had span 100's copy; none left for it
   CHECK(Find(ch, Kind::kAdvertise, 1) == nullptr);  // it already has span 200's copy
   ch = r.RemoveSpan(200);
   CHECK(Count(ch, Kind::kWithdraw, 1) == 1);
