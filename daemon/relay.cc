@@ -44,7 +44,10 @@ void Relay::OnLinkDown(Link& link) {
     for (Link* target : it->second) paused_for_[target].erase(&link);
     paused_by_.erase(it);
   }
-  Apply(table_.RemoveLink(Id(&link)));
+  // While shutting down nothing is advertised any more, not even the next
+  // best copy of a span that went with this link.
+  std::vector<SpanRelay::Change> changes = table_.RemoveLink(Id(&link));
+  if (!shut_down_) Apply(changes);
 }
 
 void Relay::OnLocalSpanAdded(const LnkSpan& info) {
