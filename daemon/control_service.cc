@@ -124,6 +124,7 @@ Response ControlService::Handle(const Request& req) {
     case Request::kLinks: {
       LinksReply* l = resp.mutable_links();
       for (auto& x : backend_->Links()) *l->add_links() = std::move(x);
+      for (auto& x : backend_->RelayedSpans()) *l->add_relayed() = std::move(x);
       return resp;
     }
     case Request::kDisks: {
@@ -135,6 +136,7 @@ Response ControlService::Handle(const Request& req) {
     case Request::kStats: {
       StatsReply* st = resp.mutable_stats();
       for (auto& x : backend_->Stats()) *st->add_disks() = std::move(x);
+      for (auto& x : backend_->Links()) *st->add_links() = std::move(x);
       return resp;
     }
     case Request::kExportAdd: {

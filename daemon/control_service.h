@@ -41,6 +41,8 @@ class ControlBackend {
   virtual std::vector<DiskInfo> Disks() const = 0;
   virtual std::vector<ExportInfo> Exports() const = 0;
   virtual std::vector<DiskStats> Stats() const = 0;
+  // The spans relayed now (none with --no-relay).
+  virtual std::vector<RelayedSpanInfo> RelayedSpans() const { return {}; }
 
   // `raw` is the spec as the operator wrote it, `spec` its parse.
   virtual Result<ExportInfo> AddExport(const std::string& raw, const ExportSpec& spec) = 0;

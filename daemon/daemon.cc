@@ -24,6 +24,7 @@
 #include "daemon/mount_state.h"
 #include "daemon/own_mount.h"
 #include "daemon/peer_policy.h"
+#include "daemon/relay.h"
 #include "daemon/span_registry.h"
 #include "fusedev/disk_tree.h"
 #include "fusedev/fuse_server.h"
@@ -139,6 +140,8 @@ struct Daemon::Impl {
   uv_signal_t sigint, sigterm;
   PeerPolicy policy;
   SpanRegistry registry;
+  // Declared before the table: it must outlive every link (daemon/relay.h).
+  std::unique_ptr<Relay> relay;  // null with --no-relay
   std::unique_ptr<LinkTable> table;
   std::unique_ptr<Exporter> exporter;
   std::unique_ptr<fusedev::DiskTree> tree;
@@ -229,6 +232,7 @@ struct Daemon::Impl {
     if (fuse && leave_mount) fuse->Detach();
     if (importer) importer->Shutdown();
     if (fuse && !leave_mount) fuse->Stop();
+    if (relay) relay->Shutdown();
     registry.RemoveAllLocalSpans();
     table->Shutdown([this] {
       uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
@@ -453,6 +457,7 @@ struct Daemon::Impl {
     parts.exporter = exporter.get();
     parts.importer = importer.get();
     parts.tree = tree.get();
+    parts.relay = relay.get();
     parts.mount_real = mount_real;
     parts.describe_survival = [this](control::DaemonInfo* d) {
       if (!fuse) return;
@@ -581,6 +586,10 @@ struct Daemon::Impl {
     config.peer_id = host_uuid;
     config.ping_interval_ms = opts.ping_interval_ms;
     config.dead_timeout_ms = opts.link_timeout_ms;
+    if (!opts.no_relay) {
+      relay = std::make_unique<Relay>(Relay::RandomRnss());
+      registry.SetRelay(relay.get());
+    }
     table = std::make_unique<LinkTable>(&loop, config, &policy, &registry);
 
     for (const HostPort& hp : opts.listen) {

@@ -13,6 +13,7 @@
 #include "daemon/link_table.h"
 #include "daemon/log.h"
 #include "daemon/own_mount.h"
+#include "daemon/relay.h"
 #include "fusedev/disk_tree.h"
 
 namespace xdisk {
@@ -182,6 +183,11 @@ std::vector<control::LinkInfo> DaemonControl::Links() const {
     li.set_bytes_out(l->bytes_out());
     li.set_encryption(l->encryption());
     if (l->up()) li.set_peer_label(l->peer_conn().peer_label);
+    if (parts_.relay != nullptr) {
+      const Relay::Counters c = parts_.relay->counters(l);
+      li.set_relayed_txns(c.txns);
+      li.set_relayed_bytes(c.bytes);
+    }
     out.push_back(std::move(li));
   }
   // Connect targets between attempts have no link: show them too, or an
@@ -275,6 +281,21 @@ std::vector<control::DiskStats> DaemonControl::Stats() const {
     ds.set_resent(s.resent);
     ds.set_reopens(s.reopens);
     out.push_back(std::move(ds));
+  }
+  return out;
+}
+
+std::vector<control::RelayedSpanInfo> DaemonControl::RelayedSpans() const {
+  std::vector<control::RelayedSpanInfo> out;
+  if (parts_.relay == nullptr) return out;
+  for (const Relay::RelayedSpan& r : parts_.relay->relayed()) {
+    control::RelayedSpanInfo info;
+    info.set_to(r.to);
+    info.set_from(r.from);
+    info.set_dist(r.dist);
+    info.set_serial(r.serial);
+    info.set_label(r.label);
+    out.push_back(std::move(info));
   }
   return out;
 }

@@ -47,6 +47,7 @@ namespace xdisk {
 class Exporter;
 class Importer;
 class LinkTable;
+class Relay;
 namespace fusedev {
 class DiskTree;
 }
@@ -81,6 +82,7 @@ class DaemonControl : public control::ControlBackend {
     Exporter* exporter = nullptr;
     const Importer* importer = nullptr;       // null without MOUNTPOINT
     const fusedev::DiskTree* tree = nullptr;  // null without MOUNTPOINT
+    const Relay* relay = nullptr;             // null with --no-relay
     // The mountpoint as realpath(3) gave it before mounting (how
     // /proc/self/mountinfo names it); empty without MOUNTPOINT.
     std::string mount_real;
@@ -104,6 +106,7 @@ class DaemonControl : public control::ControlBackend {
   std::vector<control::DiskInfo> Disks() const override;
   std::vector<control::ExportInfo> Exports() const override;
   std::vector<control::DiskStats> Stats() const override;
+  std::vector<control::RelayedSpanInfo> RelayedSpans() const override;
   Result<control::ExportInfo> AddExport(const std::string& raw, const ExportSpec& spec) override;
   Result<std::string> RemoveExport(const std::string& serial) override;
   Result<std::string> Connect(const HostPort& addr) override;

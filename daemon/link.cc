@@ -399,6 +399,31 @@ bool Link::SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<c
   return ok;
 }
 
+Transaction* Link::OpenRelayed(Transaction* parent, TransactionHandler* handler, Frame& f) {
+  if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
+  for (Transaction* a = parent; a != nullptr; a = a->parent)
+    if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
+  Transaction* t = txns_.OpenLocal(BaseCmd(f.hdr.cmd), parent);
+  t->handler = handler;
+  SendRelayed(t, f);
+  return t;
+}
+
+bool Link::SendRelayed(Transaction* t, Frame& f) {
+  Header h;
+  h.cmd = BaseCmd(f.hdr.cmd);
+  h.error = f.hdr.error;
+  // Pass-through fields (§6.3 "Child transactions"): meaningless to us,
+  // copied as the relay in libdmsg copies them.
+  h.reserved02 = f.hdr.reserved02;
+  h.link_verifier = f.hdr.link_verifier;
+  bool live = state_ == State::kHandshake || state_ == State::kUp;
+  bool ok = txns_.PrepareSend(t, f.hdr.cmd & (kFlagDelete | kFlagAbort), &h) && live;
+  if (ok) ok = Enqueue(h, f.ext, f.aux, &f.aux);
+  if (!t->dying) FreeIfClosed(t);
+  return ok;
+}
+
 void Link::FreeIfClosed(Transaction* t) {
   if (t->busy || !t->rx_delete || !t->tx_delete) return;
   if (t->handler) t->handler->OnFreed(*this, *t);
@@ -603,10 +628,13 @@ void Link::OnWrite(uv_write_t* req, int status) {
   if (self->state_ == State::kHandshake || self->state_ == State::kUp) {
     self->FlushWrites();
     if (self->graceful_ && !self->write_inflight_) self->HalfClose();
+    if (self->on_written_) self->on_written_(*self);
   }
 }
 
-void Link::SetReadPaused(bool paused) {
+void Link::SetReadPaused(bool paused, uint32_t reason) {
+  pause_reasons_ = paused ? (pause_reasons_ | reason) : (pause_reasons_ & ~reason);
+  paused = pause_reasons_ != 0;
   if (paused == read_paused_) return;
   read_paused_ = paused;
   if (state_ != State::kHandshake && state_ != State::kUp) return;

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -140,8 +141,27 @@ class Link : public TransactionHandler {
     return Send(t, dmsg::kLnkError, close ? dmsg::kFlagDelete : 0, {}, {}, error);
   }
 
-  // Backpressure: stop or resume reading from the socket.
-  void SetReadPaused(bool paused);
+  // Backpressure: stop or resume reading from the socket. Each owner of a
+  // pause passes its own reason bit; reading resumes once no reason holds.
+  static constexpr uint32_t kPauseDisk = 1;   // the exporter's I/O budget
+  static constexpr uint32_t kPauseRelay = 2;  // a relay target's write queue (daemon/relay.h)
+  void SetReadPaused(bool paused, uint32_t reason = kPauseDisk);
+
+  // The relay's forwarding (daemon/relay.h): `f` is a message received on
+  // another link, sent on `t` (or on a new transaction of ours under
+  // `parent`) with its base command, DELETE and ABORT, error, extended
+  // header bytes, reserved02 and the 0x18 field as received; CREATE, REPLY
+  // and the direction bits are this link's own. f.aux is moved, not copied.
+  // OpenRelayed returns nullptr if the link or `parent` is closing;
+  // SendRelayed false if the message was discarded.
+  Transaction* OpenRelayed(Transaction* parent, TransactionHandler* handler, dmsg::Frame& f);
+  bool SendRelayed(Transaction* t, dmsg::Frame& f);
+
+  // Called (on the loop thread) after each completed socket write, when
+  // write_queue_bytes() may have dropped: the relay resumes the links it
+  // paused for this one. Set once by the relay; the callback must not close
+  // this link.
+  void SetOnWritten(std::function<void(Link&)> cb) { on_written_ = std::move(cb); }
 
   State state() const { return state_; }
   bool up() const { return state_ == State::kUp; }
@@ -289,6 +309,8 @@ class Link : public TransactionHandler {
   dmsg::LnkConn peer_conn_;
 
   bool read_paused_ = false;
+  uint32_t pause_reasons_ = 0;
+  std::function<void(Link&)> on_written_;
   bool reading_ = false;
   int dispatch_depth_ = 0;
   std::string pending_close_;

@@ -131,6 +131,8 @@ std::string UsageText() {
          "                           DIR/remote/ADDR.none allows a plaintext link\n"
          "  --ping-interval MS       PING after MS of silence (default 1000)\n"
          "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"
+         "  --no-relay               pass no spans or transactions between links\n"
+         "                           (default: relay, as DragonFly's daemon does)\n"
          "\n"
          "Exports:\n"
          "  --export PATH[,serno=S][,label=L][,uuid=U][,ro][,blksize=N]\n"
@@ -217,6 +219,11 @@ Result<ParseOutcome> ParseArgs(int argc, const char* const* argv, DaemonOptions*
     if (name == "--journal-strict") {
       if (Status st = no_value(); !st.ok()) return st;
       opts->journal_strict = true;
+      continue;
+    }
+    if (name == "--no-relay") {
+      if (Status st = no_value(); !st.ok()) return st;
+      opts->no_relay = true;
       continue;
     }
     if (name == "--no-keeper") {

@@ -54,6 +54,9 @@ struct DaemonOptions {
   // --no-keeper: with MOUNTPOINT and no service manager, run without the
   // keeper process (daemon/keeper.h); a crash then ends the mount.
   bool no_keeper = false;
+  // --no-relay: relay no spans and no transactions between our links
+  // (daemon/relay.h); our own exports and imports work as before.
+  bool no_relay = false;
   std::string journal_dump;  // --journal-dump DIR: print and exit
 
   // The journal directory in effect ("" when journaling is off).

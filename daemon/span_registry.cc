@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "daemon/log.h"
+#include "daemon/relay.h"
 
 namespace xdisk {
 
@@ -13,6 +14,11 @@ bool SpanRegistry::Admits(const Link& link, uint8_t peer_type) {
   return peer_type < 64 && ((link.peer_conn().peer_mask >> peer_type) & 1);
 }
 
+void SpanRegistry::SetRelay(Relay* relay) {
+  relay_ = relay;
+  AddObserver(relay);
+}
+
 uint64_t SpanRegistry::AddLocalSpan(const LnkSpan& info, TransactionHandler* service) {
   uint64_t id = next_id_++;
   LocalSpan& s = local_[id];
@@ -20,6 +26,7 @@ uint64_t SpanRegistry::AddLocalSpan(const LnkSpan& info, TransactionHandler* ser
   s.info = info;
   s.service = service;
   for (Link* l : links_) Advertise(s, *l);
+  if (relay_) relay_->OnLocalSpanAdded(info);
   return id;
 }
 
@@ -40,7 +47,9 @@ void SpanRegistry::RemoveLocalSpan(uint64_t id) {
   // Withdraw on every link. The transactions stay in the link's table until
   // the peer answers our DELETE; OnFreed then drops the tags.
   auto open_on = it->second.open_on;
+  const LnkSpan info = it->second.info;
   local_.erase(it);
+  if (relay_) relay_->OnLocalSpanRemoved(info);
   for (auto& [link, t] : open_on) {
     tags_.erase(t);
     // The peer treats everything stacked under the span as gone once our
@@ -60,6 +69,7 @@ void SpanRegistry::RemoveAllLocalSpans() {
 void SpanRegistry::OnLinkUp(Link& link) {
   links_.push_back(&link);
   for (auto& [id, s] : local_) Advertise(s, link);
+  if (relay_) relay_->OnLinkUp(link);
 }
 
 TransactionHandler* SpanRegistry::OnTopLevelCreate(Link& link, Transaction& t, const Frame& f) {
@@ -72,6 +82,7 @@ void SpanRegistry::OnLinkDown(Link& link, const std::string&) {
   // Every span transaction was terminated (LOSTLINK) before this call.
   links_.erase(std::remove(links_.begin(), links_.end(), &link), links_.end());
   for (auto& [id, s] : local_) s.open_on.erase(&link);
+  if (relay_) relay_->OnLinkDown(link);
 }
 
 void SpanRegistry::OnMessage(Link& link, Transaction& t, Frame& f) {

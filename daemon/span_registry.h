@@ -26,6 +26,8 @@
 
 namespace xdisk {
 
+class Relay;
+
 struct RemoteSpan {
   uint64_t id = 0;       // registry-unique, never reused
   Link* link = nullptr;  // valid until OnSpanRemoved returns
@@ -50,6 +52,10 @@ class SpanRegistry : public LinkObserver, public TransactionHandler {
 
   // Observers are called in registration order; they must outlive the registry.
   void AddObserver(SpanObserver* o) { observers_.push_back(o); }
+  // The span relay (daemon/relay.h), if relaying is on: told of links going
+  // up and down and of our own spans, and registered as an observer. Must
+  // outlive the registry's links.
+  void SetRelay(Relay* relay);
 
   // Advertises `info` on every admitted link. `service` gets the
   // transactions stacked under it (OnChildCreate) and must outlive the span.
@@ -92,6 +98,7 @@ class SpanRegistry : public LinkObserver, public TransactionHandler {
   static bool Admits(const Link& link, uint8_t peer_type);
 
   std::vector<SpanObserver*> observers_;
+  Relay* relay_ = nullptr;
   std::map<uint64_t, RemoteSpan> remote_;
   std::map<uint64_t, LocalSpan> local_;
   std::map<Transaction*, SpanTag> tags_;

@@ -32,7 +32,9 @@ std::string CtlUsage() {
          "                           recently refused addresses: why, when, how often\n"
          "  disks                    imported disks: state, blocked since, in flight,\n"
          "                           queued, journal, names, paths; and exports\n"
-         "  stats                    per disk: ops and bytes by type, latencies\n"
+         "  stats                    per disk: ops and bytes by type, latencies;\n"
+         "                           per link: transactions and bytes relayed to it\n"
+         "  spans                    the spans this daemon relays: to, from, dist\n"
          "  export add PATH[,serno=S][,label=L][,uuid=U][,ro][,blksize=N]\n"
          "                           export a block device or file now\n"
          "  export remove SERIAL     withdraw an export\n"
@@ -114,8 +116,10 @@ Result<CtlOutcome> ParseCtlArgs(int argc, const char* const* argv, CtlArgs* out)
   };
   Request& r = out->request;
   r.set_version(control::kControlVersion);
-  if (cmd == "status" || cmd == "links" || cmd == "disks" || cmd == "stats" || cmd == "restart") {
+  if (cmd == "status" || cmd == "links" || cmd == "disks" || cmd == "stats" || cmd == "restart" ||
+      cmd == "spans") {
     if (Status s = arity(0, ""); !s.ok()) return s;
+    if (cmd == "spans") r.mutable_links()->set_spans(true);
     if (cmd == "restart") r.mutable_restart();
     if (cmd == "status") r.mutable_status();
     if (cmd == "links") r.mutable_links();
@@ -379,6 +383,18 @@ std::string LinkJson(const control::LinkInfo& l) {
       .Str("last_error", l.last_error())
       .Str("refusal_kind", l.refusal_kind())
       .Num("refusals", l.refusals())
+      .Num("relayed_txns", l.relayed_txns())
+      .Num("relayed_bytes", l.relayed_bytes())
+      .Done();
+}
+
+std::string RelayedSpanJson(const control::RelayedSpanInfo& r) {
+  return JsonObject()
+      .Str("to", r.to())
+      .Str("from", r.from())
+      .Num("dist", r.dist())
+      .Str("serial", r.serial())
+      .Str("label", r.label())
       .Done();
 }
 
@@ -639,8 +655,30 @@ std::string StatusText(const control::StatusReply& s, uint64_t now_ms) {
   return out;
 }
 
+std::string SpansTable(const google::protobuf::RepeatedPtrField<control::RelayedSpanInfo>& spans) {
+  if (spans.empty()) return "no relayed spans\n";
+  Table t({"SERIAL", "TO", "FROM", "DIST", "LABEL"});
+  for (const auto& r : spans)
+    t.Add({r.serial(), r.to(), r.from(), std::to_string(r.dist()), r.label()});
+  return t.Render();
+}
+
+// Per link, what the relay passed on to it.
+std::string RelayStatsTable(const google::protobuf::RepeatedPtrField<control::LinkInfo>& links) {
+  Table t({"LINK", "RELAYED-TXNS", "RELAYED-BYTES"});
+  bool any = false;
+  for (const auto& l : links) {
+    if (l.state() == "retrying" || l.state() == "resolving") continue;
+    any = true;
+    t.Add({l.peer(), std::to_string(l.relayed_txns()), HumanBytes(l.relayed_bytes())});
+  }
+  return any ? t.Render() : "";
+}
+
 std::string StatsText(const control::StatsReply& s) {
-  if (s.disks().empty()) return "no imported disks\n";
+  std::string relay = RelayStatsTable(s.links());
+  if (!relay.empty()) relay = "\nrelayed, per link:\n" + relay;
+  if (s.disks().empty()) return "no imported disks\n" + relay;
   Table t({"SERIAL", "OP", "OPS", "BYTES", "DONE", "MEAN", "P50", "P90", "P99", "P99.9"});
   Table e({"SERIAL", "ERRORS", "RESENT", "REOPENS"});
   for (const auto& d : s.disks()) {
@@ -658,7 +696,7 @@ std::string StatsText(const control::StatsReply& s) {
     e.Add({d.serial(), std::to_string(d.errors()), std::to_string(d.resent()),
            std::to_string(d.reopens())});
   }
-  return t.Render() + "\n" + e.Render();
+  return t.Render() + "\n" + e.Render() + relay;
 }
 
 std::string ExportAddedText(const control::ExportInfo& e) {
@@ -677,6 +715,7 @@ std::string FormatHuman(const Request& req, const Response& resp, uint64_t now_m
     case Request::kStatus:
       return StatusText(resp.status(), now_ms);
     case Request::kLinks:
+      if (req.links().spans()) return SpansTable(resp.links().relayed());
       return LinksTable(resp.links().links(), now_ms);
     case Request::kDisks: {
       const control::DisksReply& d = resp.disks();
@@ -741,14 +780,16 @@ std::string FormatJson(const Request& req, const Response& resp, uint64_t now_ms
       break;
     }
     case Request::kLinks:
-      o.Raw("links", JsonArray(resp.links().links(), LinkJson));
+      o.Raw("links", JsonArray(resp.links().links(), LinkJson))
+          .Raw("relayed", JsonArray(resp.links().relayed(), RelayedSpanJson));
       break;
     case Request::kDisks:
       o.Raw("disks", disks(resp.disks().disks()))
           .Raw("exports", JsonArray(resp.disks().exports(), ExportJson));
       break;
     case Request::kStats:
-      o.Raw("disks", JsonArray(resp.stats().disks(), DiskStatsJson));
+      o.Raw("disks", JsonArray(resp.stats().disks(), DiskStatsJson))
+          .Raw("links", JsonArray(resp.stats().links(), LinkJson));
       break;
     case Request::kExportAdd:
       o.Raw("export", ExportJson(resp.export_added()));

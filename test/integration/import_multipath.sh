@@ -33,21 +33,6 @@ exporter() {
   start_exporter NEW_PID "exp-$1" "${PORT[$1]}" "$WORK_DIR/keys" "$IMG,serno=$SERIAL,uuid=$UUID"
   PID[$1]=$NEW_PID
 }
-# paths_via X: how many times the importer gained a path through exporter X.
-paths_via() { grep -c "disk $SERIAL: path via link 127\.0\.0\.1:${PORT[$1]} " "$ILOG" || true; }
-# active: which exporter the disk was last opened through (a or b).
-active() {
-  local port
-  port=$(sed -n "s/.*disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:\([0-9]*\)$/\1/p" "$ILOG" | tail -n1)
-  if [ "$port" = "${PORT[a]}" ]; then echo a; elif [ "$port" = "${PORT[b]}" ]; then echo b; fi
-}
-other() { if [ "$1" = a ]; then echo b; else echo a; fi; }
-# opens_via X: how many times the disk was opened through exporter X.
-opens_via() { grep -c "disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:${PORT[$1]}$" "$ILOG" || true; }
-no_outage() {
-  ! grep -qE "disk $SERIAL: (no path left|offline)" "$ILOG" || fail "the disk went offline: $1"
-}
-
 exporter a
 exporter b
 # Debug level logs which path each BLK_OPEN takes.
@@ -71,30 +56,8 @@ FIO=$!
 cleanup_fn kill -KILL "$FIO"
 sleep 2
 
-# fail_over: SIGKILL the exporter the disk is open on; the disk must reopen
-# on the other one, online throughout. Sets FIRST to the killed one. (fio
-# drains its queue before each verify backlog, so the kill may find no I/O
-# in flight: count reopens, not resends.)
-fail_over() {
-  local victim survivor opens
-  victim=$(active)
-  [ -n "$victim" ] || fail "cannot tell which path the disk is open on"
-  survivor=$(other "$victim")
-  kill -0 "$FIO" 2>/dev/null || fail "fio finished before killing exporter $victim"
-  opens=$(opens_via "$survivor")
-  kill -KILL "${PID[$victim]}"
-  wait "${PID[$victim]}" 2>/dev/null || true
-  log "killed exporter $victim (port ${PORT[$victim]}), the active path"
-  wait_for "[ \$(opens_via $survivor) -gt $opens ]" 10 ||
-    fail "the disk did not reopen on exporter $survivor"
-  log "I/O moved to exporter $survivor"
-  no_outage "after killing exporter $victim"
-  [ "$(ls "$MNT/serno")" = "$SERIAL" ] || fail "serno/$SERIAL not listed"
-  FIRST=$victim
-}
-
 log "kill the active path under fio"
-fail_over
+fail_over exporter
 sleep 1
 log "restart exporter $FIRST"
 before=$(paths_via "$FIRST")
@@ -103,7 +66,7 @@ wait_for "[ \$(paths_via $FIRST) -gt $before ]" 15 ||
   fail "the importer did not reconnect to exporter $FIRST"
 sleep 1
 log "kill the other path: I/O fails back"
-fail_over
+fail_over exporter
 no_outage "during the run"
 
 rc=0
@@ -122,7 +85,7 @@ rc=0
 stop_daemon "$IMP" 15 TERM || rc=$?
 [ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
 ! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-survivor=$(other "$FIRST")
+survivor=$(path_other "$FIRST")
 rc=0
 stop_daemon "${PID[$survivor]}" 15 TERM || rc=$?
 [ "$rc" = 0 ] || fail "exporter $survivor exit status $rc after SIGTERM"

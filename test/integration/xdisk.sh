@@ -4,14 +4,29 @@
 #   XDISK, PEER           the daemon binary and the independent python peer
 #   make_keys DIR ADDR... a keys directory allowing plaintext from each ADDR
 #   free_port             an unused TCP port on 127.0.0.1
+#   free_ports N          N distinct unused ports, on one line
 #   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
 #   start_importer VAR NAME MNT KEYS CONNECT... [-- EXTRA ARGS]
+#   start_relay VAR NAME PORT KEYS CONNECT...
+#                         a daemon that only listens on PORT and connects
+#                         (a relay), control socket $WORK_DIR/NAME.sock
 #   wait_listening PORT   until something accepts on 127.0.0.1:PORT
 #   wait_disk MNT SERIAL  until MNT/serno/SERIAL exists
 #   start_pair [-- IMPORTER ARGS]  exporter of $IMG as $SERIAL on a free port
 #                         (PORT, keys in $WORK_DIR/keys), importer mounting
 #                         $MNT; sets EXP and IMP and waits for the disk
 #   stop_pair             SIGTERM both: each exits 0, the mount is gone
+#   stop_all PID...       SIGTERM each in turn; each must exit 0 (15 s)
+#   Two paths a and b to disk $SERIAL, imported under $MNT by an importer
+#   logging to $ILOG at debug level; PORT[a], PORT[b] are the peers the importer links to, PID[a],
+#   PID[b] their daemons, $FIO a running fio:
+#   paths_via X           how often the importer gained a path through X
+#   opens_via X           how often it opened the disk through X
+#   path_active           a or b: where the disk was last opened
+#   path_other X          the other one
+#   no_outage WHEN        fail if the disk went offline or lost every path
+#   fail_over WHAT        SIGKILL the active one (a WHAT, for the log); the
+#                         disk must reopen through the other; sets FIRST
 #   peer ARGS...          the python peer, bounded by a 120 s timeout
 #   json FILE KEY         KEY of the JSON object on FILE's first line
 #   require_alive PID WHEN  fail with the daemon's exit status if it is gone
@@ -45,6 +60,17 @@ make_keys() {
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+free_ports() {
+  local n=$1 out=" " p
+  while [ "$n" -gt 0 ]; do
+    p=$(free_port)
+    [[ "$out" == *" $p "* ]] && continue
+    out="$out$p "
+    n=$((n - 1))
+  done
+  echo $out
 }
 
 # Looks at the listening sockets instead of connecting: a probe connection
@@ -83,6 +109,15 @@ start_importer() {
   wait_for "mountpoint -q '$mnt'" 10 || fail "$name did not mount $mnt"
 }
 
+# start_relay VAR NAME PORT KEYS HOST:PORT...: an exporter without exports.
+start_relay() {
+  local var=$1 name=$2 port=$3 keys=$4 target
+  shift 4
+  local extra=(--control "$WORK_DIR/$name.sock")
+  for target in "$@"; do extra+=(--connect "$target"); done
+  start_exporter "$var" "$name" "$port" "$keys" -- "${extra[@]}"
+}
+
 wait_disk() {
   wait_for "[ -e '$1/serno/$2' ]" "${3:-10}" || fail "disk $2 did not appear under $1"
 }
@@ -117,6 +152,47 @@ stop_pair() {
   rc=0
   stop_daemon "$EXP" 15 TERM || rc=$?
   [ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+}
+
+stop_all() {
+  local pid rc
+  for pid in "$@"; do
+    rc=0
+    stop_daemon "$pid" 15 TERM || rc=$?
+    [ "$rc" = 0 ] || fail "pid $pid: exit status $rc after SIGTERM"
+  done
+}
+
+paths_via() { grep -c "disk $SERIAL: path via link 127\.0\.0\.1:${PORT[$1]} " "$ILOG" || true; }
+opens_via() { grep -c "disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:${PORT[$1]}$" "$ILOG" || true; }
+path_active() {
+  local port
+  port=$(sed -n "s/.*disk $SERIAL: BLK_OPEN via link 127\.0\.0\.1:\([0-9]*\)$/\1/p" "$ILOG" | tail -n1)
+  if [ "$port" = "${PORT[a]}" ]; then echo a; elif [ "$port" = "${PORT[b]}" ]; then echo b; fi
+}
+path_other() { if [ "$1" = a ]; then echo b; else echo a; fi; }
+no_outage() {
+  ! grep -qE "disk $SERIAL: (no path left|offline)" "$ILOG" || fail "the disk went offline: $1"
+}
+# SIGKILL without waiting for fio: it cannot exit while its I/O is blocked
+# on the importer. fio drains its queue before each verify backlog, so the
+# kill may find no I/O in flight: count reopens, not resends.
+fail_over() {
+  local what=$1 victim survivor opens
+  victim=$(path_active)
+  [ -n "$victim" ] || fail "cannot tell which path the disk is open on"
+  survivor=$(path_other "$victim")
+  kill -0 "$FIO" 2>/dev/null || fail "fio finished before killing $what $victim"
+  opens=$(opens_via "$survivor")
+  kill -KILL "${PID[$victim]}"
+  wait "${PID[$victim]}" 2>/dev/null || true
+  log "killed $what $victim (port ${PORT[$victim]}), the active path"
+  wait_for "[ \$(opens_via $survivor) -gt $opens ]" 10 ||
+    fail "the disk did not reopen through $what $survivor"
+  log "I/O moved to $what $survivor"
+  no_outage "after killing $what $victim"
+  [ "$(ls "$MNT/serno")" = "$SERIAL" ] || fail "serno/$SERIAL not listed"
+  FIRST=$victim
 }
 
 # journal_pending DIR / journal_bytes DIR: records pending, and bytes of
