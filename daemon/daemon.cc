@@ -153,6 +153,10 @@ struct Daemon::Impl {
   // descriptor of a live mount handed to this process to take over.
   std::unique_ptr<KeeperLink> keeper;
   bool fd_store = false;
+  // This mount was served by a daemon: by us (READY sent) or, adopted, by
+  // a predecessor. Only then may a failure leave it to a keeper or the fd
+  // store; a first start that fails takes its mount away.
+  bool mount_served = false;
   int adopt_fd = -1;
   std::string self_exe;  // what a live restart executes
   std::string state_path;
@@ -200,8 +204,9 @@ struct Daemon::Impl {
     self->Stop(0);
   }
 
-  // Something outside this process keeps the mount's /dev/fuse descriptor.
-  bool MountHeld() const { return (keeper && keeper->alive()) || fd_store; }
+  // Something outside this process keeps the mount's /dev/fuse descriptor
+  // for a daemon that served it.
+  bool MountHeld() const { return mount_served && ((keeper && keeper->alive()) || fd_store); }
 
   void Stop(int code) {
     if (stopping) return;
@@ -222,8 +227,10 @@ struct Daemon::Impl {
     }
     // A restart detaches first, so that what the importer's shutdown fails
     // below is left to the kernel to resend to the next daemon. So does a
-    // failure while the mount is held for us (keeper or fd store): whoever
-    // holds it decides whether another daemon takes it over or it goes. A
+    // failure of the daemon while the mount is held for it (keeper or fd
+    // store): whoever holds it decides whether another daemon takes it
+    // over or it goes. (A FUSE session that failed has already lost its
+    // mount: the FUSE server took it away.) A
     // stop fails blocked I/O now (the FUSE server waits for every request
     // handed to a disk), then the mount goes. Withdraw what we advertised
     // before the links go, so peers see a clean DELETE rather than a lost
@@ -358,8 +365,10 @@ struct Daemon::Impl {
       if (adopt_fd >= 0) {
         // The kernel holds the old numbers: fresh ones could send one
         // disk's I/O to another.
-        XLOG(kError, "main", "cannot take over the mount at %s: %s holds an inconsistent "
-             "inode table", mount_real.c_str(), state_path.c_str());
+        XLOG(kError, "main",
+             "cannot take over the mount at %s: %s holds an inconsistent "
+             "inode table",
+             mount_real.c_str(), state_path.c_str());
         close(adopt_fd);
         adopt_fd = -1;
         return false;
@@ -577,6 +586,7 @@ struct Daemon::Impl {
     adopt_fd = TakeFdFromEnvironment(kEnvFuseFd);
     fd_store = UnderServiceManager() && !keeper;
     if (adopt_fd < 0 && fd_store) adopt_fd = TakeStoredFd(kFuseFdName);
+    mount_served = adopt_fd >= 0;
     if (adopt_fd >= 0 && opts.mountpoint.empty()) {
       close(adopt_fd);
       adopt_fd = -1;
@@ -637,6 +647,7 @@ struct Daemon::Impl {
       XLOG(kInfo, "main", "running (keys %s)", opts.keys_dir.c_str());
       if (keeper) keeper->SendReady();
       NotifyReady();
+      mount_served = true;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
     const int detached_fd = fuse ? fuse->detached_fd() : -1;

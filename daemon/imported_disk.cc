@@ -653,7 +653,13 @@ void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
              owned->snap.data() + (start - owned->offset), end - start);
   }
   if (owned->background) {
-    if (journal_ != nullptr) journal_->RecordDone(owned->record, owned->error);
+    // During shutdown only what the remote acknowledged counts: the
+    // records failed there were never sent, and must stay in the journal.
+    if (journal_ == nullptr) return;
+    if (shut_down_)
+      journal_->Dropped(owned->record);
+    else
+      journal_->RecordDone(owned->record, owned->error);
     return;
   }
   if (owned->error == 0) {

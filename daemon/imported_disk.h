@@ -109,7 +109,7 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   bool waiting_for_path() const;
   // True when nothing refers to the disk's present size: no path, not open
   // (no FUSE handle, no open(2) waiting), no request queued, held or on the
-  // wire, and no journal record or journal write outstanding. Such a disk
+  // wire, no journal record pending and no journal sync running. Such a disk
   // may be replaced by one of another size (Importer).
   bool idle() const;
   // Called when the journal has nothing pending any more (after a retire).

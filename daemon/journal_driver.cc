@@ -114,6 +114,7 @@ bool JournalDriver::Feed(uint64_t now_ms, std::vector<Record>* out) {
   const auto& pending = journal_->pending();
   auto it = std::lower_bound(pending.begin(), pending.end(), feed_next_,
                              [](const JournalPending& r, uint64_t seq) { return r.seq < seq; });
+  bool readable = true;
   while (feed_next_ <= end && it != pending.end() && it->seq <= end &&
          feed_bytes_ < kFeedWindowBytes && fed_records_ < kFeedWindowOps) {
     const JournalPending& rec = *it++;
@@ -128,7 +129,8 @@ bool JournalDriver::Feed(uint64_t now_ms, std::vector<Record>* out) {
           // Never skipped: it may be all there is of an acknowledged write.
           XLOG(kError, log_name_, "journal record %" PRIu64 " unreadable, retrying in 1 s: %s",
                rec.seq, data.status().ToString().c_str());
-          return false;
+          readable = false;
+          break;  // the switch; the loop ends below
         }
         r.kind = IoKind::kWrite;
         r.data = std::make_shared<std::vector<uint8_t>>(std::move(*data));
@@ -144,13 +146,14 @@ bool JournalDriver::Feed(uint64_t now_ms, std::vector<Record>* out) {
         r.length = 0;
         break;
     }
+    if (!readable) break;
     feed_next_ = rec.seq + 1;
     ++fed_records_;
     out->push_back(std::move(r));
   }
   // Everything up to `end` is fed once no pending record is left at or
   // below it (seqs replay dropped as damage leave gaps, at the end too).
-  if (feed_next_ <= end && (it == pending.end() || it->seq > end)) feed_next_ = end + 1;
+  if (readable && feed_next_ <= end && (it == pending.end() || it->seq > end)) feed_next_ = end + 1;
   if (backlog_before && feed_next_ > feed_limit_) kick_();  // the backlog gate opens
 
   // Write-back: a BLK_FLUSH after acknowledged records makes them safe on
@@ -169,7 +172,9 @@ bool JournalDriver::Feed(uint64_t now_ms, std::vector<Record>* out) {
       out->push_back(std::move(f));
     }
   }
-  return true;
+  // An unreadable record stops the feed, never the flushes and retirement
+  // of what went before it.
+  return readable;
 }
 
 void JournalDriver::Dropped(const Record& r) {

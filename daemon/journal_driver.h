@@ -113,10 +113,11 @@ class JournalDriver {
   // Appends the records to send now, in order. False if a record could not
   // be read back: nothing may be sent before it; try again in a second.
   bool Feed(uint64_t now_ms, std::vector<Record>* out);
-  // A fed record's final answer (err 0 or an errno). REQUIRES: not after
-  // Shutdown().
+  // A fed record's final answer from the remote (err 0 or an errno): done,
+  // and retired in its turn. After Shutdown() only counted.
   void RecordDone(const Record& r, int err);
-  // The disk took a fed record back unsent (LinkLost comes next).
+  // A fed record that was not answered by the remote: taken back unsent
+  // (LinkLost comes next), or failed locally at shutdown. It stays pending.
   void Dropped(const Record& r);
   // The BLK_OPEN was lost. Write-back: everything not retired is fed again
   // (the disk has dropped the records still waiting); kRemote: nothing to do.

@@ -25,8 +25,9 @@
 //
 // Ownership: the queue owns each request from Add() until it is handed
 // back, complete (ChunkDone, FailExpired, FailWaiting) or taken out
-// (TakeWaiting). Requests handed back have every chunk finished. Not
-// thread-safe; one queue per disk.
+// (TakeWaiting). Requests handed back complete have every chunk finished;
+// those taken out have none on the wire. Not thread-safe; one queue per
+// disk.
 #pragma once
 
 #include <cstdint>

@@ -2,6 +2,9 @@
 // real journal in a temporary directory, without links or FUSE.
 #include "daemon/journal_driver.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <catch2/catch.hpp>
@@ -34,6 +37,8 @@ std::unique_ptr<Journal> OpenJournal(const TempDir& t, bool synced) {
   return std::move(j.value());
 }
 
+// Declared before the driver, so destroyed after it: each test runs the
+// loop dry before its driver goes.
 struct Loop {
   uv_loop_t loop;
   Loop() { uv_loop_init(&loop); }
@@ -102,6 +107,7 @@ TEST_CASE("a journal left to --sync=remote drains first and holds new writes unt
   CHECK(d.journal().gone());
   CHECK_FALSE(d.GateClosed(IoKind::kWrite));
   d.Shutdown();
+  uv_run(&l.loop, UV_RUN_DEFAULT);  // nothing of the driver's may run after it
 }
 
 TEST_CASE("write-back: durable before done, retired after a flush, refed after a lost link",
@@ -150,4 +156,42 @@ TEST_CASE("write-back: durable before done, retired after a flush, refed after a
   d.RecordDone(fed[0], 0);  // the flush
   CHECK_FALSE(d.busy());
   d.Shutdown();
+  uv_run(&l.loop, UV_RUN_DEFAULT);  // nothing of the driver's may run after it
+}
+
+TEST_CASE("an unreadable record stops the feed but not the flush of what went before",
+          "[journal_driver]") {
+  TempDir dir("journal_driver_test");
+  Loop l;
+  JournalDriver d(&l.loop, "test", SyncMode::kJournal, OpenJournal(dir, true), [] {});
+  const Bytes a(4096, 0xaa), b(65536, 0xbb);
+  std::string why;
+  REQUIRE(d.AppendWrite(
+              0, a, [](int) {}, &why) == JournalDriver::Append::kAccepted);
+  std::vector<JournalDriver::Record> fed;
+  REQUIRE(d.Feed(0, &fed));
+  REQUIRE(fed.size() == 1);
+  d.RecordDone(fed[0], 0);  // A acknowledged, waiting for its flush
+  REQUIRE(d.AppendWrite(
+              8192, b, [](int) {}, &why) == JournalDriver::Append::kAccepted);
+  d.Turn();
+  uv_run(&l.loop, UV_RUN_DEFAULT);
+  // B's bytes are damaged on disk: its record can no longer be read back.
+  const std::string seg = dir.path() + "/journal/DRV-1/000001.log";
+  int fd = open(seg.c_str(), O_WRONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  struct stat st {};
+  REQUIRE(fstat(fd, &st) == 0);
+  const Bytes junk(16384, 0x5a);
+  REQUIRE(pwrite(fd, junk.data(), junk.size(), 45000) == static_cast<ssize_t>(junk.size()));
+  close(fd);
+  fed.clear();
+  CHECK_FALSE(d.Feed(0, &fed));  // B is not fed...
+  REQUIRE(fed.size() == 1);      // ...but A's flush is
+  CHECK(fed[0].kind == IoKind::kFlush);
+  d.RecordDone(fed[0], 0);
+  CHECK(d.journal().retired_seq() >= 1);
+  CHECK(d.busy());  // B stays pending, never skipped
+  d.Shutdown();
+  uv_run(&l.loop, UV_RUN_DEFAULT);
 }
