@@ -20,8 +20,7 @@ source "$(dirname "$0")/xdisk.sh"
 require_root
 require_fuse
 for c in fusermount3 mountpoint dd truncate python3 ss stat; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+need_xdiskctl
 
 MIB=1048576
 MNT=$WORK_DIR/mnt

@@ -11,18 +11,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+disk_test ctlx1 64
+need_xdiskctl
 
-MIB=1048576
-SERIAL=ctlx1
-IMG=$WORK_DIR/x.img
 EXTRA=$WORK_DIR/extra.img
-MNT=$WORK_DIR/mnt
-truncate -s $((64 * MIB)) "$IMG" "$EXTRA"
+truncate -s $((64 * MIB)) "$EXTRA"
 ESOCK=$WORK_DIR/exp.sock
 ISOCK=$WORK_DIR/imp.sock
 PORT=$(free_port)

@@ -10,8 +10,7 @@ source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
 for c in python3 truncate timeout; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+need_xdiskctl
 
 truncate -s 1M "$WORK_DIR/f.img"
 make_keys "$WORK_DIR/keys" 127.0.0.1

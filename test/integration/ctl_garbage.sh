@@ -22,8 +22,7 @@ source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 require_root
 for c in python3 setpriv truncate ss stat; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+need_xdiskctl
 id nobody >/dev/null 2>&1 || skip "no user 'nobody'"
 
 # WORK_DIR is 0700; the socket lives where 'nobody' may look, so that the

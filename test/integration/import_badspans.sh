@@ -11,15 +11,8 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires python3
-requires timeout
-requires mountpoint
-requires cmp
+fuse_test python3 timeout mountpoint cmp
 
-MIB=1048576
-MNT=$WORK_DIR/mnt
 
 # The server CLI, with BlockServer's name checks lifted.
 cat >"$WORK_DIR/srv.py" <<'EOF'

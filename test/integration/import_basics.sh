@@ -9,15 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint cmp dd truncate python3 hostname ss; do requires "$c"; done
-
-MIB=1048576
-SERIAL=basic1
-IMG=$WORK_DIR/basic.img
-MNT=$WORK_DIR/mnt
-truncate -s $((1024 * MIB)) "$IMG"
+disk_test basic1 1024 cmp dd python3 hostname
 
 start_pair
 

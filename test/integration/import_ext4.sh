@@ -7,16 +7,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint losetup mkfs.ext4 e2fsck sha256sum truncate ss; do requires "$c"; done
+disk_test ext4disk 256 losetup mkfs.ext4 e2fsck sha256sum
 
-MIB=1048576
-SERIAL=ext4disk
-IMG=$WORK_DIR/ext4.img
-MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
-truncate -s $((256 * MIB)) "$IMG"
 mkdir -p "$FS"
 
 start_pair

@@ -9,16 +9,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires python3
-requires timeout
-requires mountpoint
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+fuse_test python3 timeout mountpoint
+need_xdiskctl
 
-MIB=1048576
-MNT=$WORK_DIR/mnt
 ISOCK=$WORK_DIR/imp.sock
 
 # The server CLI, with BlockServer's name checks lifted; serial and label

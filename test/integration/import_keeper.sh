@@ -18,16 +18,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss dd cmp; do requires "$c"; done
+disk_test keep1 32 dd cmp
 
-MIB=1048576
-SERIAL=keep1
-IMG=$WORK_DIR/keep.img
-MNT=$WORK_DIR/mnt
 CTL=$WORK_DIR/ctl.sock
-truncate -s $((32 * MIB)) "$IMG"
 head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/data"
 
 start_pair -- --control "$CTL"

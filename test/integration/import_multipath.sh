@@ -10,17 +10,10 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+disk_test mpath1 1024 fio
 
-MIB=1048576
-SERIAL=mpath1
 UUID=6f1c2a9e-3b7d-4c58-9e21-0a4b5c6d7e8f
-IMG=$WORK_DIR/mpath.img
-MNT=$WORK_DIR/mnt
 ILOG=$WORK_DIR/importer.log
-truncate -s $((1024 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 
 declare -A PORT PID

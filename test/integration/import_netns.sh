@@ -12,16 +12,8 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ip ss; do requires "$c"; done
+disk_test netns1 1024 fio ip
 requires ip netns list
-
-MIB=1048576
-SERIAL=netns1
-IMG=$WORK_DIR/netns.img
-MNT=$WORK_DIR/mnt
-truncate -s $((1024 * MIB)) "$IMG"
 
 log "namespace, veth pair and addresses"
 # A /30 out of 169.254.0.0/16 that no interface here uses yet.

@@ -11,15 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
-
-MIB=1048576
-SERIAL=outage1
-IMG=$WORK_DIR/outage.img
-MNT=$WORK_DIR/mnt
-truncate -s $((1024 * MIB)) "$IMG"
+disk_test outage1 1024 fio
 
 start_pair
 

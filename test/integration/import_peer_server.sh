@@ -12,15 +12,8 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires python3
-requires timeout
-requires mountpoint
-requires cmp
+fuse_test python3 timeout mountpoint cmp
 
-MIB=1048576
-MNT=$WORK_DIR/mnt
 IMG=$WORK_DIR/py.img
 SLOG=$WORK_DIR/pysrv.log
 

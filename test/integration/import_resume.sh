@@ -18,8 +18,7 @@ source "$(dirname "$0")/xdisk.sh"
 require_root
 require_fuse
 for c in python3 dd cmp timeout; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+need_xdiskctl
 
 MIB=1048576
 SERIAL=resume1

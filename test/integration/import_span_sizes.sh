@@ -11,17 +11,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires python3
-requires timeout
-requires mountpoint
-requires cmp
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+fuse_test python3 timeout mountpoint cmp
+need_xdiskctl
 
-MIB=1048576
-MNT=$WORK_DIR/mnt
 
 # The server CLI advertising the image's exact size (BlockServer rounds it
 # down to whole blocks itself).

@@ -8,17 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint losetup blkdiscard fallocate cmp dd truncate ss; do
-  requires "$c"
-done
-
-MIB=1048576
-SERIAL=trim1
-IMG=$WORK_DIR/trim.img
-MNT=$WORK_DIR/mnt
-truncate -s $((256 * MIB)) "$IMG"
+disk_test trim1 256 losetup blkdiscard fallocate cmp dd
 
 start_pair
 

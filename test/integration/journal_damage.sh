@@ -18,15 +18,8 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+disk_test dmg1 64 fio
 
-MIB=1048576
-SERIAL=dmg1
-IMG=$WORK_DIR/dmg.img
-MNT=$WORK_DIR/mnt
-truncate -s $((64 * MIB)) "$IMG"
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 

@@ -13,18 +13,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint losetup mkfs.ext4 e2fsck sha256sum truncate ss; do requires "$c"; done
+disk_test wbext4 1024 losetup mkfs.ext4 e2fsck sha256sum
 
-MIB=1048576
-SERIAL=wbext4
-IMG=$WORK_DIR/ext4.img
-MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
 JDIR=$WORK_DIR/journal
 mkdir -p "$FS" "$WORK_DIR/src"
-truncate -s $((1024 * MIB)) "$IMG"
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 

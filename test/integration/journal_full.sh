@@ -11,17 +11,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint dd cmp truncate ss mount umount; do requires "$c"; done
+disk_test full1 64 dd cmp mount umount
 
-MIB=1048576
-SERIAL=full1
-IMG=$WORK_DIR/full.img
 IMG2=$WORK_DIR/full2.img
-MNT=$WORK_DIR/mnt
 JFS=$WORK_DIR/jfs
-truncate -s $((64 * MIB)) "$IMG" "$IMG2"
+truncate -s $((64 * MIB)) "$IMG2"
 mkdir -p "$JFS"
 mount -t tmpfs -o size=4M tmpfs "$JFS"
 mount_cleanup "$JFS"

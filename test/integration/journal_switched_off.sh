@@ -14,16 +14,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint dd cmp truncate ss mount umount; do requires "$c"; done
+disk_test off1 64 dd cmp mount umount
 
-MIB=1048576
-SERIAL=off1
-IMG=$WORK_DIR/off.img
-MNT=$WORK_DIR/mnt
 JFS=$WORK_DIR/jfs
-truncate -s $((64 * MIB)) "$IMG"
 mkdir -p "$JFS"
 mount -t tmpfs -o size=16M tmpfs "$JFS"
 mount_cleanup "$JFS"

@@ -16,16 +16,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss cmp; do requires "$c"; done
+disk_test wb1 256 fio cmp
 
-MIB=1048576
-SERIAL=wb1
-IMG=$WORK_DIR/wb.img
-MNT=$WORK_DIR/mnt
 JDIR=$WORK_DIR/journal
-truncate -s $((256 * MIB)) "$IMG"
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 

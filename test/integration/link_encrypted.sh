@@ -19,23 +19,12 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio losetup mkfs.ext4 e2fsck sha256sum truncate ss cmp dd python3 \
-  stat timeout; do
-  requires "$c"
-done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+disk_test crypt1 512 fio losetup mkfs.ext4 e2fsck sha256sum cmp dd python3 stat timeout
+need_xdiskctl
 
-MIB=1048576
-SERIAL=crypt1
-IMG=$WORK_DIR/crypt.img
-MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
 EK=$WORK_DIR/ekeys
 IK=$WORK_DIR/ikeys
-truncate -s $((512 * MIB)) "$IMG"
 mkdir -p "$FS"
 
 # keygen DIR NAME: xdisk-fuse keygen --keys DIR, output in $WORK_DIR/NAME.out.

@@ -10,17 +10,10 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss cmp dd python3 timeout; do requires "$c"; done
+disk_test hshake1 64 cmp dd python3 timeout
 
-MIB=1048576
-SERIAL=hshake1
-IMG=$WORK_DIR/hs.img
-MNT=$WORK_DIR/mnt
 EK=$WORK_DIR/ekeys
 IK=$WORK_DIR/ikeys
-truncate -s $((64 * MIB)) "$IMG"
 make_key_pairs "$EK" "$IK"
 
 PORT=$(free_port)

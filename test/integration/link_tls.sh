@@ -12,19 +12,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss cmp dd python3 timeout; do requires "$c"; done
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+disk_test tls1 256 fio cmp dd python3 timeout
+need_xdiskctl
 
-MIB=1048576
-SERIAL=tls1
-IMG=$WORK_DIR/tls.img
-MNT=$WORK_DIR/mnt
 EK=$WORK_DIR/ekeys
 IK=$WORK_DIR/ikeys
-truncate -s $((256 * MIB)) "$IMG"
 make_key_pairs "$EK" "$IK"
 : >"$EK/remote/127.0.0.1.tls13"
 : >"$IK/remote/127.0.0.1.tls13"

@@ -14,8 +14,7 @@ require_root
 require_fuse
 requires timeout
 requires truncate
-XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
-[ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
+need_xdiskctl
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
 truncate -s 1M "$WORK_DIR/good.img"

@@ -9,18 +9,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint losetup mkfs.ext4 e2fsck sha256sum fio truncate ss; do
-  requires "$c"
-done
+disk_test chain1 512 losetup mkfs.ext4 e2fsck sha256sum fio
 
-MIB=1048576
-SERIAL=chain1
-IMG=$WORK_DIR/chain.img
-MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
-truncate -s $((512 * MIB)) "$IMG"
 mkdir -p "$FS"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 read -r PA PB <<<"$(free_ports 2)"

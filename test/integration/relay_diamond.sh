@@ -10,16 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+disk_test diamond1 512 fio
 
-MIB=1048576
-SERIAL=diamond1
-IMG=$WORK_DIR/diamond.img
-MNT=$WORK_DIR/mnt
 ILOG=$WORK_DIR/c.log
-truncate -s $((512 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 declare -A PORT PID
 read -r PE PORT[a] PORT[b] <<<"$(free_ports 3)"

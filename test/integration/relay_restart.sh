@@ -10,16 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint fio truncate ss; do requires "$c"; done
+disk_test restart1 512 fio
 
-MIB=1048576
-SERIAL=restart1
-IMG=$WORK_DIR/restart.img
-MNT=$WORK_DIR/mnt
 ILOG=$WORK_DIR/c.log
-truncate -s $((512 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 read -r PA PB <<<"$(free_ports 2)"
 

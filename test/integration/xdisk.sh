@@ -3,6 +3,14 @@
 #
 #   XDISK, PEER           the daemon binary and the independent python peer
 #   make_keys DIR ADDR... a keys directory allowing plaintext from each ADDR
+#   fuse_test [CMD...]    the start of a test that mounts: needs root,
+#                         FUSE and each CMD (else skips); sets MIB and MNT
+#                         ($WORK_DIR/mnt)
+#   disk_test SERIAL MIB [CMD...]  fuse_test of a test around one exported
+#                         image, with fusermount3, mountpoint, truncate, ss
+#                         and each CMD; sets SERIAL and IMG (a sparse image
+#                         of MIB MiB in $WORK_DIR) too
+#   need_xdiskctl         sets XDISKCTL (the built one unless given), or skips
 #   free_port             an unused TCP port on 127.0.0.1
 #   free_ports N          N distinct unused ports, on one line
 #   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
@@ -56,6 +64,27 @@ make_keys() {
   mkdir -p "$dir/remote"
   local a
   for a in "$@"; do : >"$dir/remote/$a.none"; done
+}
+
+fuse_test() {
+  local c
+  require_root
+  require_fuse
+  for c in "$@"; do requires "$c"; done
+  MIB=1048576
+  MNT=$WORK_DIR/mnt
+}
+
+disk_test() {
+  fuse_test fusermount3 mountpoint truncate ss "${@:3}"
+  SERIAL=$1
+  IMG=$WORK_DIR/$1.img
+  truncate -s $(($2 * MIB)) "$IMG"
+}
+
+need_xdiskctl() {
+  XDISKCTL=${XDISKCTL:-$BUILD_DIR/daemon/xdiskctl}
+  [ -x "$XDISKCTL" ] || skip "no xdiskctl at $XDISKCTL"
 }
 
 free_port() {
