@@ -645,6 +645,8 @@ void Link::SetReadPaused(bool paused, uint32_t reason) {
   } else {
     uv_read_start(s, OnAlloc, OnRead);
     reading_ = true;
+    // The peer's silence counts from when we listen again.
+    last_rx_ms_ = uv_now(loop_);
     // Frames already buffered are decoded on the next timer tick, never
     // from inside the caller's callback (no re-entry into handlers).
     uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
@@ -689,8 +691,10 @@ void Link::OnTimer(uv_timer_t* t) {
   if (!self->read_paused_ && self->decoder_.buffered() > 0) self->DecodeAvailable();
   if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
   uint64_t silent = now - self->last_rx_ms_;
-  if (self->read_paused_) return;  // our own backpressure is not the peer's silence
-  if (silent >= self->config_.dead_timeout_ms) {
+  // Our own backpressure is not the peer's silence; but the peer must keep
+  // hearing from us meanwhile (the pings below), or it drops a link we
+  // merely stopped reading for a while.
+  if (!self->read_paused_ && silent >= self->config_.dead_timeout_ms) {
     char buf[96];
     snprintf(buf, sizeof buf, "no data received for %" PRIu64 " ms", silent);
     self->Close(buf);
