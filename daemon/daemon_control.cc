@@ -273,10 +273,10 @@ std::vector<control::DiskStats> DaemonControl::Stats() const {
     const ImportedDisk::Stats s = disk->stats();
     control::DiskStats ds;
     ds.set_serial(serial);
-    FillOpStats(s.latency[static_cast<int>(IoKind::kRead)], s.reads, s.read_bytes, ds.mutable_read());
-    FillOpStats(s.latency[static_cast<int>(IoKind::kWrite)], s.writes, s.write_bytes, ds.mutable_write());
-    FillOpStats(s.latency[static_cast<int>(IoKind::kFlush)], s.flushes, 0, ds.mutable_flush());
-    FillOpStats(s.latency[static_cast<int>(IoKind::kTrim)], s.trims, s.trim_bytes, ds.mutable_trim());
+    FillOpStats(s.latency_of(IoKind::kRead), s.reads, s.read_bytes, ds.mutable_read());
+    FillOpStats(s.latency_of(IoKind::kWrite), s.writes, s.write_bytes, ds.mutable_write());
+    FillOpStats(s.latency_of(IoKind::kFlush), s.flushes, 0, ds.mutable_flush());
+    FillOpStats(s.latency_of(IoKind::kTrim), s.trims, s.trim_bytes, ds.mutable_trim());
     ds.set_errors(s.errors);
     ds.set_resent(s.resent);
     ds.set_reopens(s.reopens);

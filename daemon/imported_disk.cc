@@ -287,7 +287,7 @@ void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
       Status st = journal_->Overlay(offset, buf);
       if (!st.ok()) XLOG(kError, log_name_, "read from journal: %s", st.ToString().c_str());
       if (st.ok()) {
-        stats_.latency[static_cast<int>(IoKind::kRead)].Record(0);
+        stats_.latency_of(IoKind::kRead).Record(0);
         stats_.read_bytes += length;
       } else {
         ++stats_.errors;
@@ -364,7 +364,7 @@ void ImportedDisk::DoFlush(DoneFn done) {
 ImportedDisk::DoneFn ImportedDisk::Durable(IoKind kind, DoneFn done) {
   // The request's latency ends when its record is durable.
   return [this, kind, done = std::move(done), start_ns = uv_hrtime()](int err) {
-    if (err == 0) stats_.latency[static_cast<int>(kind)].Record((uv_hrtime() - start_ns) / 1000);
+    if (err == 0) stats_.latency_of(kind).Record((uv_hrtime() - start_ns) / 1000);
     done(err);
   };
 }
@@ -663,8 +663,7 @@ void ImportedDisk::CompleteOp(std::unique_ptr<Op> owned) {
     return;
   }
   if (owned->error == 0) {
-    const int k = static_cast<int>(owned->kind);
-    stats_.latency[k].Record((uv_hrtime() - owned->start_ns) / 1000);
+    stats_.latency_of(owned->kind).Record((uv_hrtime() - owned->start_ns) / 1000);
     if (owned->kind == IoKind::kRead) stats_.read_bytes += owned->length;
     if (owned->kind == IoKind::kWrite) stats_.write_bytes += owned->length;
     if (owned->kind == IoKind::kTrim) stats_.trim_bytes += owned->length;

@@ -139,6 +139,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
     // pending (unretired) records and their write data.
     uint64_t journal_bytes = 0, journal_pending = 0, journal_pending_bytes = 0;
     LatencyHistogram latency[kIoKinds];  // by IoKind: read, write, flush, trim
+    LatencyHistogram& latency_of(IoKind k) { return latency[static_cast<int>(k)]; }
+    const LatencyHistogram& latency_of(IoKind k) const { return latency[static_cast<int>(k)]; }
   };
   Stats stats() const;
   enum class State { kOnline, kBlocked, kOffline };

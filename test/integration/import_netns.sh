@@ -73,12 +73,7 @@ kill -0 "$FIO" 2>/dev/null || fail "fio ended during the cut"
 ip -n "$NS" link set "$VN" up
 log "$VN up"
 
-rc=0
-wait_exit "$FIO" 60 || rc=$?
-if [ "$rc" != 0 ] || ! grep -q "err= 0" "$WORK_DIR/rand.out"; then
-  cat "$WORK_DIR/rand.out" >&2 || true
-  fail "fio: exit status $rc"
-fi
+wait_fio "$FIO" "$WORK_DIR/rand.out" 60
 reads=$(sed -n 's/.*issued rwts: total=\([0-9]*\),.*/\1/p' "$WORK_DIR/rand.out")
 [ "${reads:-0}" -gt 0 ] || fail "fio verified nothing"
 log "fio: exit 0, err=0, $reads verify reads"

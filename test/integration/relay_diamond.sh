@@ -50,12 +50,7 @@ log "kill the other relay: I/O fails back"
 fail_over relay
 no_outage "during the run"
 
-rc=0
-wait_exit "$FIO" 120 || rc=$?
-if [ "$rc" != 0 ] || ! grep -q "err= 0" "$WORK_DIR/rand.out"; then
-  cat "$WORK_DIR/rand.out" >&2 || true
-  fail "fio: exit status $rc"
-fi
+wait_fio "$FIO" "$WORK_DIR/rand.out" 120
 log "fio: exit 0, err=0"
 no_outage "by the end of fio"
 

@@ -59,12 +59,7 @@ start_exporter EXP a "$PA" "$WORK_DIR/keys" "$IMG,serno=$SERIAL"
 wait_for "[ \$(paths) -gt $before ]" 15 || fail "C did not regain its path when A came back"
 log "A is back, C has its path again"
 
-rc=0
-wait_exit "$FIO" 120 || rc=$?
-if [ "$rc" != 0 ] || ! grep -q "err= 0" "$WORK_DIR/rand.out"; then
-  cat "$WORK_DIR/rand.out" >&2 || true
-  fail "fio: exit status $rc"
-fi
+wait_fio "$FIO" "$WORK_DIR/rand.out" 120
 log "fio: exit 0, err=0"
 
 log "SIGTERM: C, B and A exit 0"

@@ -11,6 +11,8 @@
 #                         and each CMD; sets SERIAL and IMG (a sparse image
 #                         of MIB MiB in $WORK_DIR) too
 #   need_xdiskctl         sets XDISKCTL (the built one unless given), or skips
+#   wait_fio PID OUT SEC  until the background fio PID ends; fails unless it
+#                         exits 0 within SEC with "err= 0" in its output OUT
 #   free_port             an unused TCP port on 127.0.0.1
 #   free_ports N          N distinct unused ports, on one line
 #   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
@@ -80,6 +82,15 @@ disk_test() {
   SERIAL=$1
   IMG=$WORK_DIR/$1.img
   truncate -s $(($2 * MIB)) "$IMG"
+}
+
+wait_fio() {
+  local rc=0
+  wait_exit "$1" "$3" || rc=$?
+  if [ "$rc" != 0 ] || ! grep -q "err= 0" "$2"; then
+    cat "$2" >&2 || true
+    fail "fio: exit status $rc"
+  fi
 }
 
 need_xdiskctl() {
