@@ -11,21 +11,21 @@
 #include <cstdio>
 #include <cstring>
 
-#include "daemon/control_server.h"
-#include "daemon/control_service.h"
+#include "daemon/control/control_server.h"
+#include "daemon/control/control_service.h"
 #include "daemon/daemon_control.h"
-#include "daemon/export_identity.h"
-#include "daemon/exporter.h"
-#include "daemon/fd_store.h"
-#include "daemon/importer.h"
-#include "daemon/keeper.h"
-#include "daemon/link_table.h"
-#include "daemon/log.h"
-#include "daemon/mount_state.h"
-#include "daemon/own_mount.h"
-#include "daemon/peer_policy.h"
-#include "daemon/relay.h"
-#include "daemon/span_registry.h"
+#include "daemon/export/export_identity.h"
+#include "daemon/export/exporter.h"
+#include "daemon/import/fd_store.h"
+#include "daemon/import/importer.h"
+#include "daemon/import/keeper.h"
+#include "daemon/link/link_table.h"
+#include "daemon/base/log.h"
+#include "daemon/import/mount_state.h"
+#include "daemon/import/own_mount.h"
+#include "daemon/link/peer_policy.h"
+#include "daemon/link/relay.h"
+#include "daemon/link/span_registry.h"
 #include "fusedev/disk_tree.h"
 #include "fusedev/fuse_server.h"
 
@@ -140,7 +140,7 @@ struct Daemon::Impl {
   uv_signal_t sigint, sigterm;
   PeerPolicy policy;
   SpanRegistry registry;
-  // Declared before the table: it must outlive every link (daemon/relay.h).
+  // Declared before the table: it must outlive every link (daemon/link/relay.h).
   std::unique_ptr<Relay> relay;  // null with --no-relay
   std::unique_ptr<LinkTable> table;
   std::unique_ptr<Exporter> exporter;
@@ -292,7 +292,7 @@ struct Daemon::Impl {
     return 1;
   }
 
-  // Persists what a restarted daemon needs (daemon/mount_state.h). Runs on
+  // Persists what a restarted daemon needs (daemon/import/mount_state.h). Runs on
   // every change of the tree's identity and of the FUSE session's state.
   void SaveState() {
     // Once stopping, the FUSE server's handles are being torn down: what a

@@ -7,7 +7,7 @@
 //          mount (if MOUNTPOINT) -> loop
 //   SIGINT/SIGTERM or the mount going away: withdraw our spans (DELETE),
 //          close BLK opens, close links gracefully, unmount, loop ends -> 0.
-//   After start-up the control socket (--control, daemon/control_server.h)
+//   After start-up the control socket (--control, daemon/control/control_server.h)
 //   answers xdiskctl, and SIGHUP re-parses the command line and its
 //   configuration file and applies changed exports and connect targets
 //   (daemon/daemon_control.h); a reload that does not parse changes nothing.
@@ -17,7 +17,7 @@
 
 #include <memory>
 
-#include "daemon/options.h"
+#include "daemon/base/options.h"
 
 namespace xdisk {
 

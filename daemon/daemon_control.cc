@@ -8,12 +8,12 @@
 #include <set>
 
 #include "config.h"
-#include "daemon/exporter.h"
-#include "daemon/importer.h"
-#include "daemon/link_table.h"
-#include "daemon/log.h"
-#include "daemon/own_mount.h"
-#include "daemon/relay.h"
+#include "daemon/export/exporter.h"
+#include "daemon/import/importer.h"
+#include "daemon/link/link_table.h"
+#include "daemon/base/log.h"
+#include "daemon/import/own_mount.h"
+#include "daemon/link/relay.h"
 #include "fusedev/disk_tree.h"
 
 namespace xdisk {
@@ -307,7 +307,7 @@ Status DaemonControl::CheckNotInMount(const std::string& path) const {
   // thread would wait for an answer only this thread can give: the path is
   // resolved one component at a time and refused before any system call
   // reaches the mount, as named, as started, or bound elsewhere
-  // (daemon/own_mount.h).
+  // (daemon/import/own_mount.h).
   if (opts_.mountpoint.empty()) return Status::Ok();
   std::vector<std::string> forbidden{LexicalAbsolute(opts_.mountpoint)};
   if (!parts_.mount_real.empty()) {

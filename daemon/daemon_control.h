@@ -1,5 +1,5 @@
 // DaemonControl: the running daemon as seen and changed through the control
-// API (daemon/control_service.h) and by SIGHUP reloads.
+// API (daemon/control/control_service.h) and by SIGHUP reloads.
 //
 // Queries read the live modules: the LinkTable's links, the Exporter's
 // exports, the Importer's disks and their names in the DiskTree. Changes go
@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
-#include "daemon/control_service.h"
-#include "daemon/export_identity.h"
-#include "daemon/options.h"
+#include "daemon/control/control_service.h"
+#include "daemon/export/export_identity.h"
+#include "daemon/base/options.h"
 #include "proto/status.h"
 
 namespace xdisk {

@@ -6,16 +6,16 @@
 #include <cstdlib>
 
 #include "daemon/daemon.h"
-#include "daemon/fd_store.h"
-#include "daemon/journal.h"
-#include "daemon/keeper.h"
-#include "daemon/keygen.h"
-#include "daemon/log.h"
-#include "daemon/options.h"
-#include "daemon/own_mount.h"
+#include "daemon/import/fd_store.h"
+#include "daemon/import/journal.h"
+#include "daemon/import/keeper.h"
+#include "daemon/link/keygen.h"
+#include "daemon/base/log.h"
+#include "daemon/base/options.h"
+#include "daemon/import/own_mount.h"
 
 int main(int argc, char** argv) {
-  // `xdisk-fuse keygen` (daemon/keygen.h) is a subcommand, not an option.
+  // `xdisk-fuse keygen` (daemon/link/keygen.h) is a subcommand, not an option.
   if (argc >= 2 && std::string_view(argv[1]) == "keygen")
     return xdisk::KeygenMain(argc - 1, argv + 1);
   // SIGHUP reloads (daemon/daemon.cc), but only once the loop runs; until
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
   xdisk::SetLogLevel(static_cast<xdisk::LogLevel>(opts.verbosity));
   // With a mountpoint, in a shell: this process becomes the keeper that
-  // holds the mount and runs the daemon as its child (daemon/keeper.h).
+  // holds the mount and runs the daemon as its child (daemon/import/keeper.h).
   // Not under systemd (its fd store does that), not in the daemon the
   // keeper started, not in a daemon that re-executed itself.
   if (!opts.mountpoint.empty() && !opts.no_keeper && !xdisk::UnderServiceManager() &&

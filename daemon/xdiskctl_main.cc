@@ -1,13 +1,13 @@
 // xdiskctl: asks a running xdisk-fuse over its control socket. Thin glue:
-// arguments and output in daemon/xdiskctl.h, the socket in
-// daemon/control_client.h.
+// arguments and output in daemon/control/xdiskctl.h, the socket in
+// daemon/control/control_client.h.
 #include <cstdio>
 #include <ctime>
 
 #include "config.h"
-#include "daemon/control_client.h"
-#include "daemon/control_server.h"
-#include "daemon/xdiskctl.h"
+#include "daemon/control/control_client.h"
+#include "daemon/control/control_server.h"
+#include "daemon/control/xdiskctl.h"
 
 namespace {
 

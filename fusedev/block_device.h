@@ -1,6 +1,6 @@
 // BlockDevice: the small interface between the FUSE tree and whatever serves
 // a disk's blocks. fusedev/ knows disks, not the wire: the importer
-// (daemon/imported_disk.h) implements this over dmsg, and the tests implement
+// (daemon/import/imported_disk.h) implements this over dmsg, and the tests implement
 // it in memory.
 //
 // Errors are positive errno values (0 = success): this interface sits at the

@@ -47,7 +47,7 @@
 // ADOPTION (a restarted daemon keeps the mount)
 // The kernel keeps a FUSE connection while any process holds its /dev/fuse
 // descriptor, and gives requests nobody read to whoever reads next. So a
-// keeper process (daemon/keeper.h) or systemd's fd store holds a copy of the
+// keeper process (daemon/import/keeper.h) or systemd's fd store holds a copy of the
 // descriptor, and a restarted server takes the mount over instead of
 // mounting: Options::adopt_fd names the inherited descriptor. The kernel
 // sends FUSE_INIT only once, so the first server keeps its raw bytes

@@ -1,5 +1,5 @@
 // Journal log framing: the pure codec under the journal's segment files
-// (daemon/journal.h). No files, no loop: the encoder appends bytes to a
+// (daemon/import/journal.h). No files, no loop: the encoder appends bytes to a
 // buffer, the reader walks a byte span. The byte layout is specified in
 // docs/journal-format.md, "Blocks and fragments"; it is LevelDB's log format
 // (leveldb doc/log_format.md) with our own CRC-32C (proto/crc32c.h).

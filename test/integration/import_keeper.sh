@@ -1,5 +1,5 @@
 #!/bin/bash
-# The keeper's own failures and edges (daemon/keeper.h):
+# The keeper's own failures and edges (daemon/import/keeper.h):
 #   1. the keeper SIGKILLed while the daemon lives: the daemon says once
 #      what protection is gone, xdiskctl status shows it, I/O goes on, and
 #      a SIGTERM still stops the daemon cleanly;

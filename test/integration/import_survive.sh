@@ -1,7 +1,7 @@
 #!/bin/bash
 # The importing daemon dies and comes back under a mounted ext4 on a loop
 # device, and the application never notices (fusedev/fuse_server.h,
-# ADOPTION; daemon/keeper.h). In each --sync mode, with fio writing and
+# ADOPTION; daemon/import/keeper.h). In each --sync mode, with fio writing and
 # verifying (crc32c) through ext4 on `losetup --direct-io=on` the whole time:
 #   1. ROUNDS times SIGKILL of the serving daemon at a random moment; its
 #      keeper starts it again and it takes the mount over;

@@ -248,7 +248,7 @@ journal_bytes() {
     sed -n 's/^disk .* segments (\([0-9]*\) bytes).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
 
-# The importer runs under its keeper (daemon/keeper.h): $IMP, as started by
+# The importer runs under its keeper (daemon/import/keeper.h): $IMP, as started by
 # start_importer, is the keeper's pid; the daemon serving the mount is its
 # child.
 #   importer_daemon        the serving daemon's pid ("" while none runs)

@@ -10,8 +10,8 @@
 #include <functional>
 #include <string>
 
-#include "daemon/link_table.h"
-#include "daemon/span_registry.h"
+#include "daemon/link/link_table.h"
+#include "daemon/link/span_registry.h"
 #include "proto/rsa_handshake.h"
 
 using namespace xdisk;

@@ -1,7 +1,7 @@
 // Loop-level tests of LocalDisk: a real uv_loop_t and the real threadpool
 // over a temporary file (and a loop device when running as root). Every test
 // ends by checking that uv_loop_close() returns 0.
-#include "daemon/local_disk.h"
+#include "daemon/export/local_disk.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

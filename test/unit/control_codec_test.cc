@@ -2,7 +2,7 @@
 // dispatch (against a fake backend), the reload diff, xdiskctl's argument
 // parsing and output formatting; and, at the end, the ControlServer on a
 // real loop (bad requests, idle timeout, backpressure).
-#include "daemon/control_codec.h"
+#include "daemon/control/control_codec.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "daemon/control_server.h"
-#include "daemon/control_service.h"
+#include "daemon/control/control_server.h"
+#include "daemon/control/control_service.h"
 #include "daemon/daemon_control.h"
-#include "daemon/xdiskctl.h"
+#include "daemon/control/xdiskctl.h"
 
 using namespace xdisk;
 using namespace xdisk::control;

@@ -1,5 +1,5 @@
 // DiskPaths: which path an imported disk opens on.
-#include "daemon/disk_paths.h"
+#include "daemon/import/disk_paths.h"
 
 #include <catch2/catch.hpp>
 #include <set>

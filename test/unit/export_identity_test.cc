@@ -1,7 +1,7 @@
 // Unit tests for --export parsing and export identity defaults. File-system
 // work happens in a private temporary directory, including a fake /sys and
 // /run/udev tree for the kernel-serial lookup.
-#include "daemon/export_identity.h"
+#include "daemon/export/export_identity.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

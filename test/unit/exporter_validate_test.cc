@@ -1,7 +1,7 @@
 // Request validation and error mapping of the exporter (spec §7.4, §7.6).
 #include <catch2/catch.hpp>
 
-#include "daemon/exporter.h"
+#include "daemon/export/exporter.h"
 
 using namespace xdisk;
 using namespace xdisk::dmsg;

@@ -1,6 +1,6 @@
-// The systemd fd-store handshake (daemon/fd_store.h) against a fake service
+// The systemd fd-store handshake (daemon/import/fd_store.h) against a fake service
 // manager: a datagram socket named by NOTIFY_SOCKET, as systemd provides.
-#include "daemon/fd_store.h"
+#include "daemon/import/fd_store.h"
 
 #include <fcntl.h>
 #include <stdlib.h>

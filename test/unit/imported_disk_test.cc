@@ -1,7 +1,7 @@
 // Which spans the importer accepts (issue: bad inputs are logged, never fatal).
 #include <catch2/catch.hpp>
 
-#include "daemon/importer.h"
+#include "daemon/import/importer.h"
 
 using namespace xdisk;
 using namespace xdisk::dmsg;

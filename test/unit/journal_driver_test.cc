@@ -1,6 +1,6 @@
 // JournalDriver: the feed, retirement and gate of a disk's journal, on a
 // real journal in a temporary directory, without links or FUSE.
-#include "daemon/journal_driver.h"
+#include "daemon/import/journal_driver.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

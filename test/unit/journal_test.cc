@@ -1,7 +1,7 @@
-// Journal (daemon/journal.h): segments on disk in a temporary directory,
+// Journal (daemon/import/journal.h): segments on disk in a temporary directory,
 // replay, the read-your-writes index against a byte-array model, retirement
 // and segment deletion, damage handling, group commit and the dump.
-#include "daemon/journal.h"
+#include "daemon/import/journal.h"
 
 #include <fcntl.h>
 #include <signal.h>

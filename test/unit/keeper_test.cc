@@ -1,6 +1,6 @@
 // What the keeper and a re-executing daemon hand over through the
-// environment is checked before anything starts (daemon/keeper.h).
-#include "daemon/keeper.h"
+// environment is checked before anything starts (daemon/import/keeper.h).
+#include "daemon/import/keeper.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>

@@ -1,5 +1,5 @@
 // Log line escaping: what a peer sends cannot forge or garble a log line.
-#include "daemon/log.h"
+#include "daemon/base/log.h"
 
 #include <catch2/catch.hpp>
 #include <string>

@@ -1,5 +1,5 @@
-// MountState (daemon/mount_state.h): what a restarted daemon reads back.
-#include "daemon/mount_state.h"
+// MountState (daemon/import/mount_state.h): what a restarted daemon reads back.
+#include "daemon/import/mount_state.h"
 
 #include <fcntl.h>
 #include <stdlib.h>

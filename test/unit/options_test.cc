@@ -1,6 +1,6 @@
 // Command-line and configuration-file parsing: every error names the
 // option, or the file and line.
-#include "daemon/options.h"
+#include "daemon/base/options.h"
 
 #include <unistd.h>
 

@@ -1,6 +1,6 @@
-// ResolveAvoiding and MountsOfSameDevice (daemon/own_mount.h): operator
+// ResolveAvoiding and MountsOfSameDevice (daemon/import/own_mount.h): operator
 // paths are resolved without a system call on the daemon's own mount.
-#include "daemon/own_mount.h"
+#include "daemon/import/own_mount.h"
 
 #include <stdlib.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 // Default-deny peer policy in the manner of DragonFly's remote/ directory.
-#include "daemon/peer_policy.h"
+#include "daemon/link/peer_policy.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

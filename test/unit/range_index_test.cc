@@ -1,7 +1,7 @@
-// RangeIndex (daemon/range_index.h): which record owns each byte, newest
+// RangeIndex (daemon/import/range_index.h): which record owns each byte, newest
 // insert wins, removal only of what a record still owns, and the lookups,
 // checked case by case and against a byte-array model.
-#include "daemon/range_index.h"
+#include "daemon/import/range_index.h"
 
 #include <algorithm>
 #include <catch2/catch.hpp>

@@ -1,6 +1,6 @@
 // RequestQueue: chunking, overlap ordering, resend order and timeouts,
 // without sockets, FUSE or a loop (times are plain numbers).
-#include "daemon/request_queue.h"
+#include "daemon/import/request_queue.h"
 
 #include <catch2/catch.hpp>
 #include <cerrno>

@@ -1,5 +1,5 @@
 // The relay rules of docs/dmsg-protocol.md §6.3, without links.
-#include "daemon/span_relay.h"
+#include "daemon/link/span_relay.h"
 
 #include <catch2/catch.hpp>
 #include <map>

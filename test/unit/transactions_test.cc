@@ -1,5 +1,5 @@
 // The per-link transaction rules of spec §5, on TransactionTable alone.
-#include "daemon/transactions.h"
+#include "daemon/link/transactions.h"
 
 #include <catch2/catch.hpp>
 

@@ -1,0 +1,246 @@
+#include "daemon/link/relay.h"
+
+#include <random>
+
+#include "daemon/base/log.h"
+
+namespace xdisk {
+
+using namespace dmsg;
+
+Relay::Relay(uint32_t rnss_constant) : table_(rnss_constant) {}
+
+uint32_t Relay::RandomRnss() {
+  std::random_device rd;
+  uint32_t r = 0;
+  while (r == 0) r = rd();
+  return r;
+}
+
+void Relay::OnLinkUp(Link& link) {
+  if (shut_down_) return;
+  links_[Id(&link)] = &link;
+  link.SetOnWritten([this](Link& l) { OnWritten(l); });
+  const LnkConn& c = link.peer_conn();
+  Apply(table_.AddLink(Id(&link), SpanRelay::LinkView{c.peer_type, c.peer_mask, c.peer_id}));
+}
+
+void Relay::OnLinkDown(Link& link) {
+  // The link terminated every transaction on it first: our copies there and
+  // its received spans (OnSpanRemoved) are gone already.
+  links_.erase(Id(&link));
+  counters_.erase(&link);
+  for (auto it = copies_.begin(); it != copies_.end();) {
+    if (it->first.first == &link) {
+      copy_of_.erase(it->second);
+      it = copies_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Links paused for this one read again; this one waits for nothing.
+  ReleaseWaiters(link);
+  if (auto it = paused_by_.find(&link); it != paused_by_.end()) {
+    for (Link* target : it->second) paused_for_[target].erase(&link);
+    paused_by_.erase(it);
+  }
+  // While shutting down nothing is advertised any more, not even the next
+  // best copy of a span that went with this link.
+  std::vector<SpanRelay::Change> changes = table_.RemoveLink(Id(&link));
+  if (!shut_down_) Apply(changes);
+}
+
+void Relay::OnLocalSpanAdded(const LnkSpan& info) {
+  if (!shut_down_) Apply(table_.AddLocalNode(info));
+}
+
+void Relay::OnLocalSpanRemoved(const LnkSpan& info) {
+  if (!shut_down_) Apply(table_.RemoveLocalNode(info));
+}
+
+void Relay::Shutdown() {
+  shut_down_ = true;
+  auto copies = copies_;
+  for (auto& [key, t] : copies) Withdraw(key.first, key.second);
+}
+
+void Relay::OnSpanAdded(const RemoteSpan& span) {
+  if (shut_down_) return;
+  sources_[span.id] = span;
+  Apply(table_.AddSpan(span.id, Id(span.link), span.info));
+}
+
+void Relay::OnSpanRemoved(const RemoteSpan& span, const std::string&) {
+  sources_.erase(span.id);
+  if (shut_down_) return;
+  Apply(table_.RemoveSpan(span.id));
+}
+
+void Relay::Apply(const std::vector<SpanRelay::Change>& changes) {
+  for (const SpanRelay::Change& c : changes) {
+    if (c.kind == SpanRelay::Change::Kind::kAdvertise) {
+      Advertise(c);
+    } else {
+      auto l = links_.find(c.link);
+      if (l != links_.end()) Withdraw(l->second, c.source);
+    }
+  }
+}
+
+void Relay::Advertise(const SpanRelay::Change& c) {
+  auto l = links_.find(c.link);
+  auto src = sources_.find(c.source);
+  if (l == links_.end() || src == sources_.end()) return;
+  Link* link = l->second;
+  std::vector<uint8_t> ext = c.info.Encode();
+  // A link that is closing refuses (nullptr); the table forgets it when
+  // the link reports down.
+  Transaction* t = link->Open(kLnkSpan, nullptr, this, ext);
+  if (t == nullptr) return;
+  copies_[{link, c.source}] = t;
+  copy_of_[t] = {link, c.source};
+  XLOG(kInfo, link->name(), "relaying span '%s' from %s, dist %u", c.info.pfs_label.c_str(),
+       src->second.link->peer().c_str(), c.info.dist);
+}
+
+void Relay::Withdraw(Link* link, uint64_t source) {
+  auto it = copies_.find({link, source});
+  if (it == copies_.end()) return;
+  Transaction* t = it->second;
+  copies_.erase(it);
+  copy_of_.erase(t);
+  XLOG(kInfo, link->name(), "withdrawing relayed span (source %llu)",
+       static_cast<unsigned long long>(source));
+  // As with our own spans: what hangs under the copy ends here first
+  // (its other halves get LOSTLINK), then the DELETE goes out.
+  link->TerminateChildren(t);
+  link->Reply(t, 0, true);
+}
+
+TransactionHandler* Relay::OnChildCreate(Link& link, Transaction& parent, Transaction& child,
+                                         const Frame&) {
+  Link* b = nullptr;
+  Transaction* b_parent = nullptr;
+  if (auto c = copy_of_.find(&parent); c != copy_of_.end()) {
+    auto src = sources_.find(c->second.second);
+    if (src != sources_.end()) {
+      b = src->second.link;
+      b_parent = src->second.txn;
+    }
+  } else if (auto* p = static_cast<Pair*>(parent.user); p != nullptr) {
+    if (&parent == p->ta) {
+      b = p->b;
+      b_parent = p->tb;
+    } else {
+      b = p->a;
+      b_parent = p->ta;
+    }
+  }
+  // Without a far side the CREATE is answered LOSTLINK in OnMessage.
+  auto* pair = new Pair{&link, &child, b, b_parent};
+  child.user = pair;
+  child.deferred = true;  // its side closes when the far side's does
+  return this;
+}
+
+void Relay::OnMessage(Link& link, Transaction& t, Frame& f) {
+  if (auto c = copy_of_.find(&t); c != copy_of_.end()) {
+    // One of our copies: the peer acknowledges it or closes it. A closed
+    // copy is not offered again; the link answers the DELETE.
+    if (f.hdr.cmd & kFlagDelete) {
+      copies_.erase(c->second);
+      copy_of_.erase(c);
+    }
+    return;
+  }
+  auto* p = static_cast<Pair*>(t.user);
+  if (p == nullptr) return;
+  const bool from_a = &t == p->ta;
+  Link* to = from_a ? p->b : p->a;
+  const size_t aux = f.aux.size();
+  bool passed = false;
+  Transaction* other = nullptr;
+  if (from_a && !p->opened) {
+    p->opened = true;
+    if (to != nullptr && p->b_parent != nullptr) p->tb = to->OpenRelayed(p->b_parent, this, f);
+    p->b_parent = nullptr;
+    if (p->tb != nullptr) {
+      p->tb->user = p;
+      p->tb->deferred = true;
+      ++counters_[to].txns;
+      passed = true;
+      other = p->tb;
+    }
+  } else {
+    other = from_a ? p->tb : p->ta;
+    if (other != nullptr) passed = to->SendRelayed(other, f);
+  }
+  if (passed) {
+    counters_[to].bytes += aux;
+    Throttle(link, *to);
+    return;
+  }
+  // Nowhere to pass it: this half ends (the far one is gone or closing).
+  if (!t.tx_delete && !t.dying) link.Reply(&t, kErrLostLink, true);
+}
+
+void Relay::OnFreed(Link&, Transaction& t) {
+  if (auto c = copy_of_.find(&t); c != copy_of_.end()) {
+    copies_.erase(c->second);
+    copy_of_.erase(c);
+    return;
+  }
+  auto* p = static_cast<Pair*>(t.user);
+  if (p == nullptr) return;
+  t.user = nullptr;
+  if (p->ta == &t) p->ta = nullptr;
+  if (p->tb == &t) p->tb = nullptr;
+  // The pair goes with its last half; a half never opened counts as gone.
+  if (p->ta == nullptr && (p->tb == nullptr)) delete p;
+}
+
+void Relay::Throttle(Link& from, Link& to) {
+  if (&from == &to || to.write_queue_bytes() <= kHighWaterBytes) return;
+  if (paused_for_[&to].insert(&from).second) {
+    paused_by_[&from].insert(&to);
+    from.SetReadPaused(true, Link::kPauseRelay);
+  }
+}
+
+void Relay::OnWritten(Link& to) {
+  if (to.write_queue_bytes() < kLowWaterBytes) ReleaseWaiters(to);
+}
+
+void Relay::ReleaseWaiters(Link& to) {
+  auto it = paused_for_.find(&to);
+  if (it == paused_for_.end()) return;
+  std::set<Link*> waiting = std::move(it->second);
+  paused_for_.erase(it);
+  for (Link* w : waiting) {
+    auto& targets = paused_by_[w];
+    targets.erase(&to);
+    if (targets.empty()) {
+      paused_by_.erase(w);
+      w->SetReadPaused(false, Link::kPauseRelay);
+    }
+  }
+}
+
+Relay::Counters Relay::counters(const Link* link) const {
+  auto it = counters_.find(link);
+  return it == counters_.end() ? Counters{} : it->second;
+}
+
+std::vector<Relay::RelayedSpan> Relay::relayed() const {
+  std::vector<RelayedSpan> out;
+  for (const SpanRelay::Relayed& r : table_.relayed()) {
+    auto to = links_.find(r.link);
+    auto from = links_.find(r.source_link);
+    if (to == links_.end() || !copies_.count({to->second, r.source})) continue;
+    out.push_back(RelayedSpan{to->second->peer(), from == links_.end() ? "?" : from->second->peer(),
+                              r.dist, r.pfs_label, r.peer_label});
+  }
+  return out;
+}
+
+}  // namespace xdisk
