@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "daemon/base/log.h"
+#include "daemon/base/split.h"
 #include "daemon/control/control_server.h"
 #include "daemon/control/control_service.h"
 #include "daemon/daemon_control.h"
@@ -19,10 +21,9 @@
 #include "daemon/import/fd_store.h"
 #include "daemon/import/importer.h"
 #include "daemon/import/keeper.h"
-#include "daemon/link/link_table.h"
-#include "daemon/base/log.h"
 #include "daemon/import/mount_state.h"
 #include "daemon/import/own_mount.h"
+#include "daemon/link/link_table.h"
 #include "daemon/link/peer_policy.h"
 #include "daemon/link/relay.h"
 #include "daemon/link/span_registry.h"
@@ -45,13 +46,7 @@ Result<std::vector<std::string>> OwnCommandLine() {
   while ((n = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
   fclose(f);
   std::vector<std::string> args;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\0', start);
-    if (end == std::string::npos) end = text.size();
-    args.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
+  for (std::string_view arg : SplitOn(text, '\0')) args.emplace_back(arg);
   if (args.empty()) return Status::NotFound("/proc/self/cmdline is empty");
   return args;
 }

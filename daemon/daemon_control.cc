@@ -8,11 +8,11 @@
 #include <set>
 
 #include "config.h"
+#include "daemon/base/log.h"
 #include "daemon/export/exporter.h"
 #include "daemon/import/importer.h"
-#include "daemon/link/link_table.h"
-#include "daemon/base/log.h"
 #include "daemon/import/own_mount.h"
+#include "daemon/link/link_table.h"
 #include "daemon/link/relay.h"
 #include "fusedev/disk_tree.h"
 

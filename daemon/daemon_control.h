@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/options.h"
 #include "daemon/control/control_service.h"
 #include "daemon/export/export_identity.h"
-#include "daemon/base/options.h"
 #include "proto/status.h"
 
 namespace xdisk {

@@ -5,14 +5,14 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "daemon/base/log.h"
+#include "daemon/base/options.h"
 #include "daemon/daemon.h"
 #include "daemon/import/fd_store.h"
 #include "daemon/import/journal.h"
 #include "daemon/import/keeper.h"
-#include "daemon/link/keygen.h"
-#include "daemon/base/log.h"
-#include "daemon/base/options.h"
 #include "daemon/import/own_mount.h"
+#include "daemon/link/keygen.h"
 
 int main(int argc, char** argv) {
   // `xdisk-fuse keygen` (daemon/link/keygen.h) is a subcommand, not an option.

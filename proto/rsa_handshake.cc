@@ -79,29 +79,31 @@ constexpr char kWrongKey[] = " (a wrong key on either side, or not a handshake)"
 
 void RsaKey::Free::operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
 
-Result<RsaKey> RsaKey::FromPrivatePem(std::string_view pem, const std::string& name) {
+Result<RsaKey> RsaKey::FromPem(std::string_view pem, const std::string& name, bool is_private) {
   BioPtr bio = ReadBio(pem);
-  EVP_PKEY* p = bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr) : nullptr;
-  if (p == nullptr)
-    return Status::InvalidArgument(name + ": not a PEM private key (" + OpenSslError() + ")");
+  EVP_PKEY* p = nullptr;
+  if (bio) {
+    p = is_private ? PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr)
+                   : PEM_read_bio_PUBKEY(bio.get(), nullptr, NoPassphrase, nullptr);
+  }
+  if (p == nullptr) {
+    return Status::InvalidArgument(name + ": not a PEM " + (is_private ? "private" : "public") +
+                                   " key (" + OpenSslError() + ")");
+  }
   RsaKey k;
   k.pkey_.reset(p);
-  k.has_private_ = true;
+  k.has_private_ = is_private;
   if (EVP_PKEY_get_base_id(p) != EVP_PKEY_RSA)
     return Status::InvalidArgument(name + ": not an RSA key");
   return k;
 }
 
+Result<RsaKey> RsaKey::FromPrivatePem(std::string_view pem, const std::string& name) {
+  return FromPem(pem, name, true);
+}
+
 Result<RsaKey> RsaKey::FromPublicPem(std::string_view pem, const std::string& name) {
-  BioPtr bio = ReadBio(pem);
-  EVP_PKEY* p = bio ? PEM_read_bio_PUBKEY(bio.get(), nullptr, NoPassphrase, nullptr) : nullptr;
-  if (p == nullptr)
-    return Status::InvalidArgument(name + ": not a PEM public key (" + OpenSslError() + ")");
-  RsaKey k;
-  k.pkey_.reset(p);
-  if (EVP_PKEY_get_base_id(p) != EVP_PKEY_RSA)
-    return Status::InvalidArgument(name + ": not an RSA key");
-  return k;
+  return FromPem(pem, name, false);
 }
 
 size_t RsaKey::modulus_bytes() const {

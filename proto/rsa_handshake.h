@@ -82,6 +82,8 @@ class RsaKey {
   std::string PrivatePem() const;
 
  private:
+  static Result<RsaKey> FromPem(std::string_view pem, const std::string& name, bool is_private);
+
   struct Free {
     void operator()(EVP_PKEY* p) const;
   };

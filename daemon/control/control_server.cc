@@ -12,9 +12,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "daemon/base/log.h"
 #include "daemon/control/control_codec.h"
 #include "daemon/control/control_service.h"
-#include "daemon/base/log.h"
 
 namespace xdisk::control {
 

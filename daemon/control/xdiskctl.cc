@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "config.h"
-#include "daemon/control/control_codec.h"
-#include "daemon/control/control_service.h"
 #include "daemon/base/export_spec.h"
 #include "daemon/base/options.h"
+#include "daemon/control/control_codec.h"
+#include "daemon/control/control_service.h"
 
 namespace xdisk::ctl {
 

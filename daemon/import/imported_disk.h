@@ -55,8 +55,8 @@
 #include "daemon/import/disk_paths.h"
 #include "daemon/import/journal_driver.h"
 #include "daemon/import/latency_histogram.h"
-#include "daemon/link/link.h"
 #include "daemon/import/request_queue.h"
+#include "daemon/link/link.h"
 #include "daemon/link/span_registry.h"
 #include "fusedev/block_device.h"
 

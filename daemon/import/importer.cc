@@ -127,8 +127,7 @@ void Importer::OnSpanAdded(const RemoteSpan& span) {
     }
   } else {
     bool refuse = false;
-    auto journal =
-        OpenJournalFor(JournalDiskHeader{serial, size, blksize, label}, &refuse);
+    auto journal = OpenJournalFor(JournalDiskHeader{serial, size, blksize, label}, &refuse);
     if (refuse) return;
     NewDisk(serial, size, blksize, std::move(journal));
     it = disks_.find(serial);

@@ -44,9 +44,9 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/sync_mode.h"
 #include "daemon/import/journal.h"
 #include "daemon/import/request_queue.h"
-#include "daemon/base/sync_mode.h"
 
 namespace xdisk {
 

@@ -192,8 +192,8 @@ Status ReplayPending(const Scan& scan, const JournalDiskHeader& header, bool str
                                  std::to_string(r.disk_offset) + "+" + std::to_string(r.length) +
                                  " beyond the disk's end " + std::to_string(header.size);
       if (strict)
-        return Status::Corruption("journal: " +
-                                  At(disk_dir + "/" + SegmentName(r.segment), r.offset) + ": " + reason);
+        return Status::Corruption(
+            "journal: " + At(disk_dir + "/" + SegmentName(r.segment), r.offset) + ": " + reason);
       out->damage.push_back(JournalDamage{r.segment, r.offset, r.framed_length, reason});
       out->keep_segments.push_back(r.segment);
       continue;

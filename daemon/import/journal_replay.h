@@ -46,7 +46,7 @@ struct ScannedSegment {
   uint64_t number = 0;
   std::string path;
   uint64_t size = 0;
-  uint64_t max_seq = 0;  // highest data seq read from it
+  uint64_t max_seq = 0;     // highest data seq read from it
   bool damaged = false;     // some of it was dropped as damage
   uint64_t torn_bytes = 0;  // after its last complete record
 };

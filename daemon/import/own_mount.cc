@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iterator>
 
+#include "daemon/base/split.h"
+
 namespace xdisk {
 namespace {
 
@@ -82,20 +84,8 @@ std::vector<MountEntry> ParseMountInfo(std::string_view mountinfo) {
   // Each line: id parent major:minor root mountpoint options [optional
   // fields...] - fstype source super-options
   std::vector<MountEntry> entries;
-  size_t i = 0;
-  while (i < mountinfo.size()) {
-    size_t e = mountinfo.find('\n', i);
-    if (e == std::string_view::npos) e = mountinfo.size();
-    std::string_view line = mountinfo.substr(i, e - i);
-    i = e + 1;
-    std::vector<std::string_view> f;
-    size_t a = 0;
-    while (a < line.size()) {
-      size_t b = line.find(' ', a);
-      if (b == std::string_view::npos) b = line.size();
-      f.push_back(line.substr(a, b - a));
-      a = b + 1;
-    }
+  for (std::string_view line : SplitOn(mountinfo, '\n')) {
+    std::vector<std::string_view> f = SplitOn(line, ' ');
     if (f.size() < 5) continue;
     MountEntry en{std::string(f[2]), Unescape(f[4]), {}, {}};
     for (size_t k = 5; k + 2 < f.size(); k++) {

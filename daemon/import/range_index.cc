@@ -89,8 +89,8 @@ std::vector<RangeIndex::Piece> RangeIndex::Pieces(uint64_t offset, uint64_t leng
   if (length == 0) return out;
   const uint64_t end = EndOf(offset, length);
   for (auto it = FirstEndingAfter(offset); it != pieces_.end() && it->first < end; ++it)
-    out.push_back(Piece{std::max(it->first, offset), std::min(it->second.end, end),
-                        it->second.seq, it->second.trim});
+    out.push_back(Piece{std::max(it->first, offset), std::min(it->second.end, end), it->second.seq,
+                        it->second.trim});
   return out;
 }
 

@@ -9,8 +9,8 @@
 #include <cstring>
 #include <string_view>
 
-#include "daemon/link/link_keys.h"
 #include "daemon/base/options.h"
+#include "daemon/link/link_keys.h"
 #include "proto/rsa_handshake.h"
 
 namespace xdisk {

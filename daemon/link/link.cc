@@ -661,9 +661,10 @@ void Link::OnTimer(uv_timer_t* t) {
   if (st != State::kCrypto && st != State::kHandshake && st != State::kUp) return;
   // The handshake timeout of encrypted links; plaintext links keep only the
   // silence timeout below, as before encryption existed.
-  if ((st == State::kCrypto || (st == State::kHandshake && self->keys_)) &&
-      self->pending_close_.empty() &&
-      uv_now(self->loop_) - self->started_ms_ >= self->config_.dead_timeout_ms) {
+  const uint64_t now = uv_now(self->loop_);
+  LivenessInput in = self->LivenessNow(now);
+  if (self->pending_close_.empty() && in.handshaking &&
+      CheckLiveness(in) == LivenessVerdict::kHandshakeTimedOut) {
     const std::string after = std::to_string(self->config_.dead_timeout_ms) + " ms";
     if (st == State::kHandshake) {
       self->Close("handshake timed out after " + after + " (no LNK_CONN exchange)");
@@ -682,7 +683,6 @@ void Link::OnTimer(uv_timer_t* t) {
     self->Fail(reason);
     return;
   }
-  uint64_t now = uv_now(self->loop_);
   if (self->graceful_) {
     if (!self->write_inflight_ && !self->corked_ && self->queue_.empty()) self->HalfClose();
     if (now - self->last_tx_ms_ >= kGracefulCloseMs) self->Close("closed (flush timed out)");
@@ -690,21 +690,40 @@ void Link::OnTimer(uv_timer_t* t) {
   }
   if (!self->read_paused_ && self->decoder_.buffered() > 0) self->DecodeAvailable();
   if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
-  uint64_t silent = now - self->last_rx_ms_;
   // Our own backpressure is not the peer's silence; but the peer must keep
-  // hearing from us meanwhile (the pings below), or it drops a link we
-  // merely stopped reading for a while.
-  if (!self->read_paused_ && silent >= self->config_.dead_timeout_ms) {
-    char buf[96];
-    snprintf(buf, sizeof buf, "no data received for %" PRIu64 " ms", silent);
-    self->Close(buf);
-    return;
+  // hearing from us meanwhile (the pings), or it drops a link we merely
+  // stopped reading for a while.
+  in = self->LivenessNow(now);
+  in.handshaking = false;
+  switch (CheckLiveness(in)) {
+    case LivenessVerdict::kSilent: {
+      char buf[96];
+      snprintf(buf, sizeof buf, "no data received for %" PRIu64 " ms", now - self->last_rx_ms_);
+      self->Close(buf);
+      return;
+    }
+    case LivenessVerdict::kPing:
+      self->SendOneWay(kLnkPing);
+      self->last_tx_ms_ = now;
+      return;
+    case LivenessVerdict::kNothing:
+    case LivenessVerdict::kHandshakeTimedOut:
+      return;
   }
-  if (silent >= self->config_.ping_interval_ms &&
-      now - self->last_tx_ms_ >= self->config_.ping_interval_ms) {
-    self->SendOneWay(kLnkPing);
-    self->last_tx_ms_ = now;
-  }
+}
+
+LivenessInput Link::LivenessNow(uint64_t now) const {
+  LivenessInput in;
+  in.now_ms = now;
+  in.started_ms = started_ms_;
+  in.last_rx_ms = last_rx_ms_;
+  in.last_tx_ms = last_tx_ms_;
+  in.handshaking = state_ == State::kCrypto || (state_ == State::kHandshake && keys_);
+  in.exchanging = state_ == State::kHandshake || state_ == State::kUp;
+  in.read_paused = read_paused_;
+  in.ping_interval_ms = config_.ping_interval_ms;
+  in.dead_timeout_ms = config_.dead_timeout_ms;
+  return in;
 }
 
 void Link::Close(const std::string& reason) {

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "daemon/link/link_keys.h"
+#include "daemon/link/link_timing.h"
 #include "daemon/link/transactions.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
@@ -209,6 +210,8 @@ class Link : public TransactionHandler {
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
   static void OnWrite(uv_write_t* req, int status);
   static void OnTimer(uv_timer_t* t);
+  // The timer's view of this link for CheckLiveness (daemon/link/link_timing.h).
+  LivenessInput LivenessNow(uint64_t now) const;
   // Ends a cork (FlushWrites) before the loop waits and after its poll
   // callbacks, whichever comes first.
   static void OnUncorkPrepare(uv_prepare_t* h);

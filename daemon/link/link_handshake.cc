@@ -5,9 +5,9 @@
 // proto/tls_stream.h); this file moves their bytes over the link's socket.
 #include <openssl/rand.h>
 
+#include "daemon/base/log.h"
 #include "daemon/link/link.h"
 #include "daemon/link/link_ktls.h"
-#include "daemon/base/log.h"
 
 namespace xdisk {
 

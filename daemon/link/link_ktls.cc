@@ -3,14 +3,13 @@
 #include <linux/tls.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-
-#include <openssl/crypto.h>
 
 #ifndef SOL_TLS
 #define SOL_TLS 282

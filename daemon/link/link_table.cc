@@ -9,11 +9,6 @@
 
 namespace xdisk {
 
-namespace {
-constexpr uint64_t kBackoffMinMs = 100;
-constexpr uint64_t kBackoffMaxMs = 5000;
-}  // namespace
-
 struct LinkTable::Listener {
   LinkTable* table;
   uv_tcp_t tcp;
@@ -30,8 +25,8 @@ struct LinkTable::Connector {
   Link* link = nullptr;
   bool resolving = false;
   bool closed = false;
-  uint64_t backoff_ms = kBackoffMinMs;
-  std::string last_error;  // logged once per distinct error, not every retry
+  ReconnectBackoff backoff;
+  std::string last_error;    // logged once per distinct error, not every retry
   std::string shown_error;   // the last failure, for connect_targets()
   uint64_t retry_at_ms = 0;  // loop time the timer fires; 0 when it does not run
 };
@@ -258,14 +253,11 @@ void LinkTable::ScheduleRetry(Connector* c, const std::string& why) {
   }
   if (!why.empty()) c->shown_error = why;
   static std::mt19937_64 rng{std::random_device{}()};
-  // Jitter keeps a fleet of importers from reconnecting in lockstep.
   std::uniform_real_distribution<double> jitter(0.75, 1.25);
-  uint64_t delay = static_cast<uint64_t>(c->backoff_ms * jitter(rng));
-  c->backoff_ms = std::min(c->backoff_ms * 2, kBackoffMaxMs);
   // I/O waits for a path, and this may be it: the backoff (which keeps
   // growing underneath) must not keep that I/O waiting seconds after the
   // peer is back.
-  if (io_waiting_ && io_waiting_()) delay = std::min(delay, kHurryRetryMs);
+  const uint64_t delay = c->backoff.NextDelay(jitter(rng), io_waiting_ && io_waiting_());
   c->retry_at_ms = uv_now(loop_) + delay;
   uv_timer_start(&c->timer, OnBackoffTimer, delay, 0);
 }
@@ -328,7 +320,7 @@ void LinkTable::CloseConnector(Connector* c) {
 void LinkTable::OnLinkUp(Link& link) {
   refusals_.erase(PeerHost(link));
   auto it = link_connector_.find(&link);
-  if (it != link_connector_.end()) it->second->backoff_ms = kBackoffMinMs;
+  if (it != link_connector_.end()) it->second->backoff.Reset();
   upper_->OnLinkUp(link);
 }
 

@@ -31,8 +31,9 @@
 #include <string>
 #include <vector>
 
-#include "daemon/link/link.h"
 #include "daemon/base/options.h"
+#include "daemon/link/link.h"
+#include "daemon/link/link_timing.h"
 #include "daemon/link/peer_policy.h"
 
 namespace xdisk {
@@ -60,7 +61,7 @@ class LinkTable : public LinkObserver {
   // Hurry() applies that at once to connectors already waiting longer (call
   // it when I/O starts waiting). The predicate is called on the loop thread
   // and must stay callable until Shutdown.
-  static constexpr uint64_t kHurryRetryMs = 250;
+  static constexpr uint64_t kHurryRetryMs = ReconnectBackoff::kHurryMs;
   void SetHurry(std::function<bool()> io_waiting) { io_waiting_ = std::move(io_waiting); }
   void Hurry();
 

@@ -17,13 +17,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint dd truncate python3 ss stat; do requires "$c"; done
+fuse_test fusermount3 mountpoint dd truncate python3 ss stat
 need_xdiskctl
 
-MIB=1048576
-MNT=$WORK_DIR/mnt
 ESOCK=$WORK_DIR/exp.sock
 ISOCK=$WORK_DIR/imp.sock
 for n in 1 2 3 4; do truncate -s $((64 * MIB)) "$WORK_DIR/d$n.img"; done

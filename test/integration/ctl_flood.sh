@@ -8,8 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-for c in python3 truncate timeout; do requires "$c"; done
+peer_test python3 truncate timeout
 need_xdiskctl
 
 truncate -s 1M "$WORK_DIR/f.img"
@@ -81,9 +80,7 @@ total=$(sed -n 's/^closed by the daemon \([0-9]*\) of \([0-9]*\)$/\2/p' "$WORK_D
 [ -n "$closed" ] && [ "$closed" -ge $((total - 16)) ] || fail "only $closed of $total hung connections closed"
 
 log "SIGTERM: exit 0"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$EXP" 15
 [ ! -e "$SOCK" ] || fail "the socket is still there"
 scan_logs
 log "PASS"

@@ -20,8 +20,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-for c in python3 setpriv truncate ss stat; do requires "$c"; done
+peer_test python3 setpriv truncate ss stat
 need_xdiskctl
 id nobody >/dev/null 2>&1 || skip "no user 'nobody'"
 
@@ -327,9 +326,7 @@ d = json.load(sys.stdin)
 assert [e["serial"] for e in d["exports"]] == ["garb1"], d' || fail "export list"
 
 log "SIGTERM: exit 0, socket removed"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$EXP" 15
 [ ! -e "$SOCK" ] || fail "$SOCK left behind"
 scan_logs 'control uid [0-9]+ pid [0-9]+: (dropping connection|bad request|refused)'
 log "PASS"

@@ -17,9 +17,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires timeout
-requires ss
+peer_test timeout ss
 
 DOCS=$SOURCE_DIR/docs
 MAN8=$DOCS/xdisk-fuse.8
@@ -44,9 +42,16 @@ tags() {
 has_word() { grep -qE -- "(^|[^a-z0-9-])$1([^a-z0-9-]|\$)" "$2"; }
 
 log "every --help option is in xdisk-fuse.8 and a key of xdisk-fuse.conf.5"
+# long_opts: the --long-options a text on stdin names, one per line, sorted.
+long_opts() { grep -oE -- '(^|[ ,"(])--[a-z][a-z0-9-]*' | sed -E 's/^[ ,"(]+//' | sort -u; }
+# each_listed LIST OTHER WHY: every line of LIST is a line of OTHER, else fail "LINE WHY".
+each_listed() {
+  local item
+  while read -r item; do grep -qxF -- "$item" "$2" || fail "$item $3"; done <"$1"
+}
+
 timeout 10 "$XDISK" --help >"$WORK_DIR/help.out" || fail "--help: exit status $?"
-grep -oE -- '(^|[ ,(])--[a-z][a-z0-9-]*' "$WORK_DIR/help.out" | sed -E 's/^[ ,(]+//' |
-  sort -u >"$WORK_DIR/help.opts"
+long_opts <"$WORK_DIR/help.out" >"$WORK_DIR/help.opts"
 [ "$(wc -l <"$WORK_DIR/help.opts")" -ge 20 ] || fail "too few options in --help: $(cat "$WORK_DIR/help.opts")"
 plain "$MAN8" >"$WORK_DIR/man8.txt"
 section KEYS "$CONF5" | plain >"$WORK_DIR/conf5.keys.roff"
@@ -62,12 +67,9 @@ if grep -qE '^ +-o ' "$WORK_DIR/help.out"; then
 fi
 
 log "every option in xdisk-fuse.8 and every key in xdisk-fuse.conf.5 exists"
-section OPTIONS "$MAN8" | plain | grep -oE -- '(^|[ ,"(])--[a-z][a-z0-9-]*' | sed -E 's/^[ ,"(]+//' |
-  sort -u >"$WORK_DIR/man8.opts"
+section OPTIONS "$MAN8" | plain | long_opts >"$WORK_DIR/man8.opts"
 [ -s "$WORK_DIR/man8.opts" ] || fail "no options found in xdisk-fuse.8"
-while read -r opt; do
-  grep -qxF -- "$opt" "$WORK_DIR/help.opts" || fail "$opt is in xdisk-fuse.8 but not in --help"
-done <"$WORK_DIR/man8.opts"
+each_listed "$WORK_DIR/man8.opts" "$WORK_DIR/help.opts" "is in xdisk-fuse.8 but not in --help"
 while read -r key; do
   case $key in mountpoint | option) continue ;; esac
   grep -qxF -- "--$key" "$WORK_DIR/help.opts" || fail "key '$key' of xdisk-fuse.conf.5 is no option"
@@ -99,17 +101,11 @@ else
     has_word "$cmd" "$WORK_DIR/ctl.help" || fail "xdiskctl.8 command '$cmd' is not in xdiskctl --help"
   done <"$WORK_DIR/ctl.cmds"
   # Long options, both ways: the OPTIONS section against --help.
-  section OPTIONS "$CTL8" | plain | grep -oE -- '(^|[ ,"(])--[a-z][a-z0-9-]*' | sed -E 's/^[ ,"(]+//' |
-    sort -u >"$WORK_DIR/ctl8.opts"
-  grep -oE -- '(^|[ ,(])--[a-z][a-z0-9-]*' "$WORK_DIR/ctl.help" | sed -E 's/^[ ,(]+//' |
-    sort -u >"$WORK_DIR/ctl.opts"
+  section OPTIONS "$CTL8" | plain | long_opts >"$WORK_DIR/ctl8.opts"
+  long_opts <"$WORK_DIR/ctl.help" >"$WORK_DIR/ctl.opts"
   [ -s "$WORK_DIR/ctl.opts" ] || fail "no options in xdiskctl --help"
-  while read -r opt; do
-    grep -qxF -- "$opt" "$WORK_DIR/ctl.opts" || fail "xdiskctl.8 option $opt is not in xdiskctl --help"
-  done <"$WORK_DIR/ctl8.opts"
-  while read -r opt; do
-    grep -qxF -- "$opt" "$WORK_DIR/ctl8.opts" || fail "xdiskctl --help option $opt is not in xdiskctl.8"
-  done <"$WORK_DIR/ctl.opts"
+  each_listed "$WORK_DIR/ctl8.opts" "$WORK_DIR/ctl.opts" "is an xdiskctl.8 option not in xdiskctl --help"
+  each_listed "$WORK_DIR/ctl.opts" "$WORK_DIR/ctl8.opts" "is an xdiskctl --help option not in xdiskctl.8"
 fi
 
 log "the pages hold no control characters"

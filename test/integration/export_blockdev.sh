@@ -11,11 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires timeout
-requires losetup
-requires blockdev
+peer_test python3 timeout losetup blockdev
 
 MIB=1048576
 
@@ -69,9 +65,7 @@ if cmp -s "$IMG" <(head -c $((64 * MIB)) /dev/zero); then
 fi
 
 log "SIGTERM: exit 0"
-rc=0
-stop_daemon "$PID" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$PID" 10
 
 scan_logs "dropping link: read error: connection reset by peer"
 log "PASS"

@@ -13,10 +13,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires timeout
-requires cmp
+peer_test python3 timeout cmp
 
 MIB=1048576
 # json FILE KEY: a top-level scalar from the first JSON line in FILE
@@ -128,9 +125,7 @@ cmp <(dd if="$IMG" bs=1M skip=133 count=1 status=none) <(tail -c $MIB "$WORK_DIR
   fail "the trim touched the MiB after it"
 
 log "SIGTERM: exit 0"
-rc=0
-stop_daemon "$PID" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$PID" 10
 
 log "same --state-dir: same identity; ro: writes fail with 0x22"
 head -c $((2 * MIB)) /dev/urandom >"$WORK_DIR/ro.img"
@@ -150,9 +145,7 @@ grep '"pfs_label": "ro1"' "$WORK_DIR/spans2.json" >"$WORK_DIR/ro1.json" || fail 
 [ "$(json "$WORK_DIR/ro1.json" peer_label)" = "$HOST/ro.img" ] || fail "ro1 peer_label"
 io "$PORT2" ro1 ro || fail "read-only export"
 cmp "$WORK_DIR/ro.img" "$WORK_DIR/ro.orig" || fail "a read-only export changed its image"
-rc=0
-stop_daemon "$PID2" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "second run: exit status $rc after SIGTERM"
+stop_ok "$PID2" 10 "second run"
 
 scan_logs "dropping link: read error: connection reset by peer"
 log "PASS"

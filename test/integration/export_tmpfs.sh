@@ -19,8 +19,6 @@ for qd in 1 16; do
   python3 "$PEER" client 127.0.0.1 "$PORT" verify --bytes 8MiB --qd "$qd" --seed "$qd" \
     >"$WORK_DIR/verify-$qd.json" || fail "verify at QD$qd failed: $(cat "$WORK_DIR/verify-$qd.json")"
 done
-rc=0
-stop_daemon "$EXP" 10 || rc=$?
-[ "$rc" -eq 0 ] || fail "exporter exited $rc"
+stop_ok "$EXP" 10 "exporter"
 scan_logs 'peer closed|peer reset'
 log "ok"

@@ -156,6 +156,13 @@ stop_daemon() {
   return "$rc"
 }
 
+# stop_ok PID [TIMEOUT] [WHAT]: SIGTERM, and fail unless PID exits 0 in time.
+stop_ok() {
+  local rc=0
+  stop_daemon "$1" "${2:-10}" TERM || rc=$?
+  [ "$rc" = 0 ] || fail "${3:-the daemon}: exit status $rc after SIGTERM"
+}
+
 # ---- mounts and loop devices -------------------------------------------------
 
 _umount_any() {

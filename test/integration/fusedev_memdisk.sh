@@ -124,9 +124,7 @@ dd if="$MNT/xa0" bs=1M skip=60 count=4 status=none | cmp - "$WORK_DIR/rand" ||
   fail "data after coming back"
 
 log "SIGTERM: clean unmount, exit 0"
-rc=0
-stop_daemon "$PID" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "memdisk exit status $rc after SIGTERM"
+stop_ok "$PID" 10 "memdisk"
 ! mountpoint -q "$MNT" || fail "still mounted after SIGTERM"
 grep -q "server stopped, status 0" "$WORK_DIR/memdisk.log" || fail "no clean stop in the log"
 

@@ -6,16 +6,13 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires fusermount3
+fuse_test fusermount3
 
 KEYS=$WORK_DIR/keys
 make_keys "$KEYS" 127.0.0.1
 IMG=$WORK_DIR/disk.img
 truncate -s 64M "$IMG"
 PORT=$(free_port)
-MNT=$WORK_DIR/mnt
 
 start_exporter EXP exporter "$PORT" "$KEYS" "$IMG,serno=tmo1"
 start_importer IMP importer "$MNT" "$KEYS" "127.0.0.1:$PORT" -- --io-timeout 2
@@ -49,8 +46,6 @@ fusermount3 -u "$MNT" || fail "fusermount3 -u failed"
 rc=0
 wait_exit "$IMP" 15 || rc=$?
 [ "$rc" -eq 0 ] || fail "importer exited $rc after fusermount3 -u"
-rc=0
-stop_daemon "$EXP" 10 || rc=$?
-[ "$rc" -eq 0 ] || fail "exporter exited $rc"
+stop_ok "$EXP" 10 "exporter"
 scan_logs 'no path left|failed: blocked for over|read at .* failed|dropping link|peer closed|cannot connect|connection refused|I/O at .* failed'
 log "ok"

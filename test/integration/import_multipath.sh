@@ -40,13 +40,7 @@ log "one disk, two paths"
 [ ! -e "$MNT/xa1" ] || fail "the second path became a second disk xa1"
 [ "$(stat -c %h "$MNT/xa0")" = 4 ] || fail "xa0 has nlink $(stat -c %h "$MNT/xa0"), want 4"
 
-(cd "$WORK_DIR" && exec fio --name=rand --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
-  --rw=randwrite --bs=4k --size=768M --io_size=512M --iodepth=16 --verify=crc32c \
-  --verify_backlog=256 --verify_fatal=1 --output="$WORK_DIR/rand.out") &
-FIO=$!
-# SIGKILL without waiting: fio cannot exit while its I/O is blocked on the
-# importer, and the importer's own cleanup (which runs next) fails it.
-cleanup_fn kill -KILL "$FIO"
+start_fio_verify 768M 512M
 sleep 2
 
 log "kill the active path under fio"
@@ -69,14 +63,10 @@ log "fio: exit 0, err=0, $reads verify reads"
 no_outage "by the end of fio"
 
 log "SIGTERM: the importer and the surviving exporter exit 0"
-rc=0
-stop_daemon "$IMP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
+stop_ok "$IMP" 15 "importer"
 ! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
 survivor=$(path_other "$FIRST")
-rc=0
-stop_daemon "${PID[$survivor]}" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter $survivor exit status $rc after SIGTERM"
+stop_ok "${PID[$survivor]}" 15 "exporter $survivor"
 
 # Each SIGKILL drops one link at the importer, and reconnecting to the dead
 # exporter is refused until it is back (or to the end, for the last one).

@@ -20,17 +20,9 @@ SLOG=$WORK_DIR/pysrv.log
 # start_server VAR: the python block server on $PORT, log appended to $SLOG
 # (not scanned: it logs stats such as io_error=0).
 start_server() {
-  local var=$1 n
-  n=$(grep -c '"event": "listening"' "$SLOG" 2>/dev/null || true)
-  python3 "$PEER" server --listen "127.0.0.1:$PORT" --image "$IMG" --serial pysrv1 \
-    --label pyhost/pydisk --fail-on-violation >>"$SLOG" 2>&1 &
-  local pid=$!
-  printf -v "$var" '%s' "$pid"
-  cleanup_fn _kill_quietly "$pid"
-  # Wait for the server to say it listens (its "listening" event).
-  wait_for "[ \$(grep -c '\"event\": \"listening\"' '$SLOG') -gt ${n:-0} ]" 10 ||
-    fail "python server is not listening: $(cat "$SLOG")"
-  log "python server pid $pid on $PORT"
+  start_peer_server "$1" "$SLOG" "$PORT" python3 "$PEER" server --listen "127.0.0.1:$PORT" \
+    --image "$IMG" --serial pysrv1 --label pyhost/pydisk --fail-on-violation
+  log "python server pid ${!1} on $PORT"
 }
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
@@ -98,13 +90,7 @@ cmp <(dd if="$IMG" bs=1M skip=80 count=16 status=none) <(head -c $((16 * MIB)) /
   fail "the write spilled past its range"
 
 log "SIGTERM: exit 0, unmounted"
-rc=0
-stop_daemon "$PID" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
-! mountpoint -q "$MNT" || fail "still mounted after SIGTERM"
-shutdown_noise=$(sed -n '/main: .*shutting down/,$p' "$ILOG" | grep -E 'warning|error' || true)
-[ -z "$shutdown_noise" ] || fail "a clean SIGTERM shutdown logged warnings:
-$shutdown_noise"
+stop_importer_quietly "$PID" "$ILOG"
 rc=0
 stop_daemon "$SRV" 10 TERM || rc=$?
 [ "$rc" = 0 ] || fail "python server exit status $rc: $(tail -n 3 "$SLOG")"

@@ -15,15 +15,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in python3 dd cmp timeout; do requires "$c"; done
+fuse_test python3 dd cmp timeout
 need_xdiskctl
 
-MIB=1048576
 SERIAL=resume1
 IMG=$WORK_DIR/r.img
-MNT=$WORK_DIR/mnt
 ISOCK=$WORK_DIR/imp.sock
 head -c $((16 * MIB)) /dev/urandom >"$IMG"
 head -c $MIB /dev/urandom >"$WORK_DIR/w1"

@@ -30,14 +30,8 @@ sys.exit(p.main(sys.argv[2:]))
 PYEOF
 
 start_server() {
-  local var=$1 name=$2 port=$3 img=$4 serial=$5 label=$6
-  python3 "$WORK_DIR/srv.py" "$PEER" server --listen "127.0.0.1:$port" --image "$img" \
-    --serial "$serial" --label "$label" >"$WORK_DIR/$name.log" 2>&1 &
-  local pid=$!
-  printf -v "$var" '%s' "$pid"
-  cleanup_fn _kill_quietly "$pid"
-  wait_for "grep -q '\"event\": \"listening\"' '$WORK_DIR/$name.log'" 10 ||
-    fail "server $name is not listening on $port: $(cat "$WORK_DIR/$name.log")"
+  start_peer_server "$1" "$WORK_DIR/$2.log" "$3" python3 "$WORK_DIR/srv.py" "$PEER" server \
+    --listen "127.0.0.1:$3" --image "$4" --serial "$5" --label "$6"
 }
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
@@ -92,9 +86,7 @@ wait_for "grep -q \"not importing span 'dup1': size $((2 * MIB))/512 differs\" '
   fail "no warning for the third dup1"
 
 log "SIGTERM: exit 0, unmounted"
-rc=0
-stop_daemon "$PID" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$PID" 15
 ! mountpoint -q "$MNT" || fail "still mounted after SIGTERM"
 
 scan_logs "not importing span 'dup1'|cannot connect: connection refused|no path left"

@@ -15,13 +15,9 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss losetup mkfs.ext4 e2fsck fio dmesg; do requires "$c"; done
+fuse_test fusermount3 mountpoint truncate ss losetup mkfs.ext4 e2fsck fio dmesg
 
 ROUNDS=${SURVIVE_ROUNDS:-20}
-MIB=1048576
-MNT=$WORK_DIR/mnt
 FS=$WORK_DIR/fs
 CTL=$WORK_DIR/ctl.sock
 PORT=$(free_port)

@@ -10,15 +10,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in python3 dd cmp truncate fallocate timeout; do requires "$c"; done
+fuse_test python3 dd cmp truncate fallocate timeout
 
-MIB=1048576
 SERIAL=unal1
 IMG=$WORK_DIR/u.img
 RO_IMG=$WORK_DIR/ro.img
-MNT=$WORK_DIR/mnt
 head -c $((8 * MIB)) /dev/urandom >"$IMG"
 head -c $((1 * MIB)) /dev/urandom >"$RO_IMG"
 cp "$IMG" "$WORK_DIR/model.img"

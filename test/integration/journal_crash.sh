@@ -11,15 +11,11 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss cmp; do requires "$c"; done
+fuse_test fusermount3 mountpoint truncate ss cmp
 
 ROUNDS=${JOURNAL_CRASH_ROUNDS:-20}
-MIB=1048576
 BLOCKS=8192 # 32 MiB of 4 KiB blocks: runs overlap often
 WRITER=$SOURCE_DIR/test/integration/crashwriter.py
-MNT=$WORK_DIR/mnt
 PORT=$(free_port)
 make_keys "$WORK_DIR/keys" 127.0.0.1
 

@@ -10,9 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires timeout
+peer_test python3 timeout
 
 
 # expect_usage_error OPTION_TEXT ARGS...: exit 2, the message names OPTION_TEXT.

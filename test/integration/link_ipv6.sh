@@ -23,11 +23,7 @@ MNT=$WORK_DIR/mnt
 start_importer IMP importer "$MNT" "$KEYS" "[::1]:$PORT"
 wait_disk "$MNT" v6disk
 grep -q "link \[::1\]:$PORT: up" "$WORK_DIR/importer.log" || fail "importer log lacks the IPv6 link"
-rc=0
-stop_daemon "$IMP" 10 || rc=$?
-[ "$rc" -eq 0 ] || fail "importer exited $rc"
-rc=0
-stop_daemon "$SRV" 10 || rc=$?
-[ "$rc" -eq 0 ] || fail "server exited $rc"
+stop_ok "$IMP" 10 "importer"
+stop_ok "$SRV" 10 "server"
 scan_logs 'peer closed|peer reset'
 log "ok"

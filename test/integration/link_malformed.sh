@@ -13,9 +13,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires timeout
+peer_test python3 timeout
 
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
@@ -124,9 +122,7 @@ peer client 127.0.0.1 "$PORT" verify --bytes 2MiB >"$WORK_DIR/verify.json" ||
 require_alive "$PID" "after the verify"
 
 log "SIGTERM: exit 0"
-rc=0
-stop_daemon "$PID" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+stop_ok "$PID" 10
 
 [ ${#bad[@]} -eq 0 ] || fail "malformed kinds not handled as required: ${bad[*]}"
 # The drops of the malformed links were each checked above; the python

@@ -22,11 +22,7 @@ make_key_pairs "$EK" "$IK"
 : >"$IK/remote/127.0.0.1.tls13"
 
 log "a TLS 1.3 link through a man in the middle"
-PORT=$(free_port)
-start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --control "$WORK_DIR/exp.sock"
-start_mitm_proxy
-start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --control "$WORK_DIR/imp.sock"
-wait_disk "$MNT" "$SERIAL" 20
+start_proxied_pair
 for n in exporter importer; do
   grep -q "TLS 1.3 handshake verified with .*/remote/127.0.0.1.pub" "$WORK_DIR/$n.log" ||
     fail "$n did not log a verified TLS handshake"
@@ -44,13 +40,7 @@ for n in exporter importer; do
 done
 
 log "fio --verify through the TLS link"
-(cd "$WORK_DIR" && timeout -k 5 300 fio --name=tls --filename="$MNT/xa0" --ioengine=libaio \
-  --direct=1 --rw=randwrite --bs=64k --size=64M --iodepth=8 --verify=crc32c --verify_fatal=1 \
-  --output="$WORK_DIR/fio.out") || {
-  cat "$WORK_DIR/fio.out" >&2 || true
-  fail "fio: exit status $?"
-}
-grep -q "err= 0" "$WORK_DIR/fio.out" || fail "fio: $(cat "$WORK_DIR/fio.out")"
+fio_verify tls
 CANARY="tls-canary-$RANDOM$RANDOM$RANDOM"
 python3 -c 'import sys; t = "".join(f"{sys.argv[1]} {i}\n" for i in range(50000)); sys.stdout.write(t[:1 << 20])' \
   "$CANARY" >"$WORK_DIR/canary"
@@ -71,25 +61,10 @@ expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad handshake"
 wait_for "grep -q 'refused: short handshake' '$WORK_DIR/dfly.log'" 15 ||
   fail "the DragonFly-scheme side did not refuse"
 grep -q "up: peer" "$WORK_DIR/dfly.log" && fail "a mismatched link came up"
-rc=0
-stop_daemon "$DD" 10 TERM || rc=$?
-[ "$rc" = 0 ] || fail "DragonFly-scheme daemon: exit status $rc after SIGTERM"
+stop_ok "$DD" 10 "DragonFly-scheme daemon"
 
 log "the man in the middle flips one byte of a write: record fails, reconnect, resend"
-reopens() { grep -cE "disk $SERIAL: open via .*, [1-9][0-9]* requests to \(re\)send" \
-  "$WORK_DIR/importer.log" || true; }
-head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/rand"
-resent=$(reopens)
-touch "$WORK_DIR/flip"
-timeout -k 5 120 dd if="$WORK_DIR/rand" of="$MNT/xa0" bs=1M seek=200 oflag=direct conv=notrunc,fsync \
-  status=none || fail "dd through the tampered link: exit status $?"
-[ ! -e "$WORK_DIR/flip" ] || fail "the proxy never flipped a byte"
-wait_for "grep -q 'dropping link: TLS record failed' '$WORK_DIR/exporter.log'" 10 ||
-  fail "the exporter did not drop the link on the failed record"
-expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad tag"
-[ "$(reopens)" -gt "$resent" ] || fail "the importer did not resend after reconnecting"
-cmp <(dd if="$IMG" bs=1M skip=200 count=4 status=none) "$WORK_DIR/rand" ||
-  fail "the exported image does not hold exactly what was written"
+tampered_write 200 'dropping link: TLS record failed'
 
 log "SIGTERM: both daemons exit 0"
 stop_pair

@@ -10,10 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-requires timeout
-requires truncate
+fuse_test timeout truncate
 need_xdiskctl
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
@@ -69,18 +66,14 @@ ctl_refused 2 "not usable as a by-label path" "$WORK_DIR/good.img,serno=lab1,lab
 "$XDISKCTL" --control "$ESOCK" --json status >"$WORK_DIR/status.json"
 python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["exports"]; assert [x["serial"] for x in e] == ["good1"], e' \
   "$WORK_DIR/status.json" || fail "the refused exports were added: $(cat "$WORK_DIR/status.json")"
-rc=0
-stop_daemon "$EXP" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "exporter exit status $rc"
+stop_ok "$EXP" 15 "exporter"
 
 log "a missing keys directory: one warning at start"
 P2=$(free_port)
 start_daemon NK nokeys "$XDISK" --keys "$WORK_DIR/no-keys" --state-dir "$WORK_DIR/state-nk" \
   --control none --listen "127.0.0.1:$P2" --connect "127.0.0.1:$P2"
 wait_for "[ \$(grep -c 'refused' '$WORK_DIR/nokeys.log') -ge 2 ]" 10 || fail "no refused links"
-rc=0
-stop_daemon "$NK" 15 TERM || rc=$?
-[ "$rc" = 0 ] || fail "nokeys: exit status $rc"
+stop_ok "$NK" 15 "nokeys"
 [ "$(grep -c "warning: main: keys directory $WORK_DIR/no-keys/remote: No such file or directory" \
   "$WORK_DIR/nokeys.log")" = 1 ] || fail "no single warning about the keys directory: $(head "$WORK_DIR/nokeys.log")"
 

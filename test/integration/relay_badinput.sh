@@ -10,9 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires ss
+peer_test python3 ss
 
 make_keys "$WORK_DIR/keys" 127.0.0.1
 PB=$(free_port)

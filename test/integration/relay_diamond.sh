@@ -31,11 +31,7 @@ dist1() { grep -c "disk $SERIAL: path via link 127\.0\.0\.1:${PORT[$1]} (dist 1)
 wait_for '[ "$(dist1 a)" = 1 ] && [ "$(dist1 b)" = 1 ]' 10 || fail "not two relayed paths with dist 1"
 [ ! -e "$MNT/xa1" ] || fail "the second path became a second disk xa1"
 
-(cd "$WORK_DIR" && exec fio --name=rand --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
-  --rw=randwrite --bs=4k --size=384M --io_size=256M --iodepth=16 --verify=crc32c \
-  --verify_backlog=256 --verify_fatal=1 --output="$WORK_DIR/rand.out") &
-FIO=$!
-cleanup_fn kill -KILL "$FIO"
+start_fio_verify 384M 256M
 sleep 2
 
 log "kill the active relay under fio"

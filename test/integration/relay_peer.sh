@@ -8,10 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires ss
-requires truncate
+peer_test python3 ss truncate
 
 MIB=1048576
 make_keys "$WORK_DIR/keys" 127.0.0.1

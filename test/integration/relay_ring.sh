@@ -9,14 +9,10 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-require_fuse
-for c in fusermount3 mountpoint truncate ss cmp; do requires "$c"; done
+fuse_test fusermount3 mountpoint truncate ss cmp
 
-MIB=1048576
 SERIAL=ring1
 IMG=$WORK_DIR/ring.img
-MNT=$WORK_DIR/mnt
 truncate -s $((64 * MIB)) "$IMG"
 make_keys "$WORK_DIR/keys" 127.0.0.1
 

@@ -3,6 +3,8 @@
 #
 #   XDISK, PEER           the daemon binary and the independent python peer
 #   make_keys DIR ADDR... a keys directory allowing plaintext from each ADDR
+#   peer_test [CMD...]    the start of a test without a mount: needs root
+#                         and each CMD (else skips)
 #   fuse_test [CMD...]    the start of a test that mounts: needs root,
 #                         FUSE and each CMD (else skips); sets MIB and MNT
 #                         ($WORK_DIR/mnt)
@@ -13,6 +15,10 @@
 #   need_xdiskctl         sets XDISKCTL (the built one unless given), or skips
 #   wait_fio PID OUT SEC  until the background fio PID ends; fails unless it
 #                         exits 0 within SEC with "err= 0" in its output OUT
+#   start_fio_verify SIZE IO_SIZE  fio in the background (pid in FIO): 4 KiB
+#                         random writes at QD16 with crc32c verify over
+#                         SIZE of $MNT/xa0, IO_SIZE in all, output in
+#                         $WORK_DIR/rand.out (wait_fio FIO ... to check)
 #   free_port             an unused TCP port on 127.0.0.1
 #   free_ports N          N distinct unused ports, on one line
 #   start_exporter VAR NAME PORT KEYS EXPORT... [-- EXTRA ARGS]
@@ -52,6 +58,23 @@
 #                         switch files as given); sets PX and PROXY
 #   expect_link SOCK ENC  `xdiskctl links` on SOCK shows an up link with
 #                         encryption ENC (an ERE)
+#   start_peer_server VAR LOG PORT CMD...  CMD, a python block server
+#                         listening on PORT, in the background (pid in
+#                         VAR, output appended to LOG); waits until it says
+#                         it listens
+#   stop_importer_quietly PID LOG  SIGTERM: exit 0, $MNT unmounted, and no
+#                         warning or error in LOG after "shutting down"
+#   start_proxied_pair    exporter (keys $EK, $IMG as $SERIAL, control
+#                         exp.sock) on a free PORT and importer (keys $IK,
+#                         $MNT, imp.sock) through start_mitm_proxy; waits
+#                         for the disk
+#   fio_verify NAME       64 MiB of 64 KiB random writes with crc32c verify
+#                         on $MNT/xa0; fails on any error
+#   tampered_write MIB DROP  4 MiB of random data written at MIB MiB while
+#                         the proxy flips one byte: the exporter must log
+#                         DROP (an ERE), show a "bad tag" refusal, the
+#                         importer must resend, and the image must hold
+#                         exactly the data (left in $WORK_DIR/rand)
 
 XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
 # meson runs tests with MALLOC_PERTURB_ set; do the same when run by hand,
@@ -68,11 +91,16 @@ make_keys() {
   for a in "$@"; do : >"$dir/remote/$a.none"; done
 }
 
-fuse_test() {
+peer_test() {
   local c
   require_root
-  require_fuse
   for c in "$@"; do requires "$c"; done
+}
+
+fuse_test() {
+  require_root
+  require_fuse
+  peer_test "$@"
   MIB=1048576
   MNT=$WORK_DIR/mnt
 }
@@ -91,6 +119,16 @@ wait_fio() {
     cat "$2" >&2 || true
     fail "fio: exit status $rc"
   fi
+}
+
+start_fio_verify() {
+  (cd "$WORK_DIR" && exec fio --name=rand --filename="$MNT/xa0" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs=4k --size="$1" --io_size="$2" --iodepth=16 --verify=crc32c \
+    --verify_backlog=256 --verify_fatal=1 --output="$WORK_DIR/rand.out") &
+  FIO=$!
+  # SIGKILL without waiting: fio cannot exit while its I/O is blocked on the
+  # importer, and the importer's own cleanup (which runs next) fails it.
+  cleanup_fn kill -KILL "$FIO"
 }
 
 need_xdiskctl() {
@@ -189,9 +227,7 @@ stop_pair() {
   stop_daemon "$IMP" 15 TERM || rc=$?
   [ "$rc" = 0 ] || fail "importer exit status $rc after SIGTERM"
   ! mountpoint -q "$MNT" || fail "still mounted after the importer's SIGTERM"
-  rc=0
-  stop_daemon "$EXP" 15 TERM || rc=$?
-  [ "$rc" = 0 ] || fail "exporter exit status $rc after SIGTERM"
+  stop_ok "$EXP" 15 "exporter"
 }
 
 stop_all() {
@@ -303,6 +339,69 @@ make_key_pairs() {
 trust_each_other() {
   cp "$2/rsa.pub" "$1/remote/127.0.0.1.pub"
   cp "$1/rsa.pub" "$2/remote/127.0.0.1.pub"
+}
+
+start_peer_server() {
+  local var=$1 slog=$2 port=$3 n pid
+  shift 3
+  n=$(grep -c '"event": "listening"' "$slog" 2>/dev/null || true)
+  "$@" >>"$slog" 2>&1 &
+  pid=$!
+  printf -v "$var" '%s' "$pid"
+  cleanup_fn _kill_quietly "$pid"
+  wait_for "[ \$(grep -c '\"event\": \"listening\"' '$slog') -gt ${n:-0} ]" 10 ||
+    fail "the server for port $port is not listening: $(cat "$slog")"
+}
+
+stop_importer_quietly() {
+  local rc=0 noise
+  stop_daemon "$1" 15 TERM || rc=$?
+  [ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+  ! mountpoint -q "$MNT" || fail "still mounted after SIGTERM"
+  # A clean stop is not an outage: nothing after "shutting down" is a warning.
+  noise=$(sed -n '/main: .*shutting down/,$p' "$2" | grep -E 'warning|error' || true)
+  [ -z "$noise" ] || fail "a clean SIGTERM shutdown logged warnings:
+$noise"
+}
+
+start_proxied_pair() {
+  PORT=$(free_port)
+  start_exporter EXP exporter "$PORT" "$EK" "$IMG,serno=$SERIAL" -- --control "$WORK_DIR/exp.sock"
+  start_mitm_proxy
+  start_importer IMP importer "$MNT" "$IK" "127.0.0.1:$PX" -- --control "$WORK_DIR/imp.sock"
+  wait_disk "$MNT" "$SERIAL" 20
+}
+
+fio_verify() {
+  (cd "$WORK_DIR" && timeout -k 5 300 fio --name="$1" --filename="$MNT/xa0" --ioengine=libaio \
+    --direct=1 --rw=randwrite --bs=64k --size=64M --iodepth=8 --verify=crc32c --verify_fatal=1 \
+    --output="$WORK_DIR/fio.out") || {
+    cat "$WORK_DIR/fio.out" >&2 || true
+    fail "fio: exit status $?"
+  }
+  grep -q "err= 0" "$WORK_DIR/fio.out" || fail "fio: $(cat "$WORK_DIR/fio.out")"
+}
+
+_reopens() {
+  grep -cE "disk $SERIAL: open via .*, [1-9][0-9]* requests to \(re\)send" \
+    "$WORK_DIR/importer.log" || true
+}
+
+tampered_write() {
+  local at=$1 drop=$2 resent
+  head -c $((4 * MIB)) /dev/urandom >"$WORK_DIR/rand"
+  resent=$(_reopens)
+  touch "$WORK_DIR/flip"
+  timeout -k 5 120 dd if="$WORK_DIR/rand" of="$MNT/xa0" bs=1M seek="$at" oflag=direct \
+    conv=notrunc,fsync status=none || fail "dd through the tampered link: exit status $?"
+  [ ! -e "$WORK_DIR/flip" ] || fail "the proxy never flipped a byte"
+  grep -q "flipped one byte" "$WORK_DIR/proxy.log" || fail "the proxy did not log its flip"
+  wait_for "grep -qE '$drop' '$WORK_DIR/exporter.log'" 10 ||
+    fail "the exporter did not log '$drop'"
+  expect_refusal "$WORK_DIR/exp.sock" 127.0.0.1 "bad tag"
+  [ "$(_reopens)" -gt "$resent" ] || fail "the importer did not resend after reconnecting"
+  dd if="$IMG" bs=1M skip="$at" count=4 status=none | cmp - "$WORK_DIR/rand" ||
+    fail "the exported image does not hold exactly what was written"
 }
 
 start_mitm_proxy() {

@@ -1,0 +1,30 @@
+#include "daemon/link/link_timing.h"
+
+#include <algorithm>
+
+namespace xdisk {
+
+LivenessVerdict CheckLiveness(const LivenessInput& in) {
+  if (in.handshaking) {
+    return in.now_ms - in.started_ms >= in.dead_timeout_ms ? LivenessVerdict::kHandshakeTimedOut
+                                                           : LivenessVerdict::kNothing;
+  }
+  if (!in.exchanging) return LivenessVerdict::kNothing;
+  const uint64_t silent = in.now_ms - in.last_rx_ms;
+  if (!in.read_paused && silent >= in.dead_timeout_ms) return LivenessVerdict::kSilent;
+  // Ping when the peer was quiet, at most once per interval: anything we send
+  // shows the peer we are alive, a ping just as well as data.
+  if (silent >= in.ping_interval_ms && in.now_ms - in.last_tx_ms >= in.ping_interval_ms)
+    return LivenessVerdict::kPing;
+  return LivenessVerdict::kNothing;
+}
+
+uint64_t ReconnectBackoff::NextDelay(double jitter, bool io_waiting) {
+  jitter = std::clamp(jitter, 0.75, 1.25);
+  uint64_t delay = static_cast<uint64_t>(static_cast<double>(base_ms_) * jitter);
+  base_ms_ = std::min(base_ms_ * 2, kMaxMs);
+  if (io_waiting) delay = std::min(delay, kHurryMs);
+  return delay;
+}
+
+}  // namespace xdisk
