@@ -13,6 +13,7 @@
 
 #include "daemon/base/log.h"
 #include "daemon/base/split.h"
+#include "daemon/base/uv_handle.h"
 #include "daemon/control/control_server.h"
 #include "daemon/control/control_service.h"
 #include "daemon/daemon_control.h"
@@ -132,7 +133,7 @@ struct Daemon::Impl {
 
   DaemonOptions opts;
   uv_loop_t loop;
-  uv_signal_t sigint, sigterm;
+  UvHandle<uv_signal_t> sigint, sigterm;
   PeerPolicy policy;
   SpanRegistry registry;
   // Declared before the table: it must outlive every link (daemon/link/relay.h).
@@ -160,14 +161,13 @@ struct Daemon::Impl {
   bool restarting = false;
   bool exit_after_detach = false;  // restart by the service manager: no exec
   bool stop_after_detach = false;  // a stop came during a live restart
-  uv_timer_t restart_timer;
+  UvHandle<uv_timer_t> restart_timer;
   // Control socket and SIGHUP reload (StartControl). Destroyed after the
   // loop ran dry, before the modules they point at.
   std::unique_ptr<DaemonControl> daemon_control;
   std::unique_ptr<control::ControlService> control_service;
   std::unique_ptr<control::ControlServer> control_server;
-  uv_signal_t sighup;
-  bool sighup_open = false;
+  UvHandle<uv_signal_t> sighup;
   bool stopping = false;
   int exit_code = 0;
 
@@ -207,7 +207,7 @@ struct Daemon::Impl {
     if (stopping) return;
     stopping = true;
     exit_code = code;
-    uv_timer_stop(&restart_timer);
+    if (restart_timer.is_open()) uv_timer_stop(restart_timer.get());
     if (!restarting && code == 0) {
       // A clean stop: the mount goes with us, nobody is to hold it or start
       // us again. A failure (code != 0) leaves the keeper to decide.
@@ -216,10 +216,7 @@ struct Daemon::Impl {
       NotifyStopping();
     }
     if (control_server) control_server->Close();
-    if (sighup_open) {
-      sighup_open = false;
-      uv_close(reinterpret_cast<uv_handle_t*>(&sighup), nullptr);
-    }
+    sighup.Close();
     // A restart detaches first, so that what the importer's shutdown fails
     // below is left to the kernel to resend to the next daemon. So does a
     // failure of the daemon while the mount is held for it (keeper or fd
@@ -237,9 +234,9 @@ struct Daemon::Impl {
     if (relay) relay->Shutdown();
     registry.RemoveAllLocalSpans();
     table->Shutdown([this] {
-      uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
-      uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
-      uv_close(reinterpret_cast<uv_handle_t*>(&restart_timer), nullptr);
+      sigint.Close();
+      sigterm.Close();
+      restart_timer.Close();
       if (keeper) keeper->Close();
     });
   }
@@ -254,7 +251,7 @@ struct Daemon::Impl {
     restarting = true;
     XLOG(kInfo, "main", "restart requested: re-executing %s", self_exe.c_str());
     uv_timer_start(
-        &restart_timer, [](uv_timer_t* t) { static_cast<Impl*>(t->data)->Stop(0); }, 100, 0);
+        restart_timer.get(), [](uv_timer_t* t) { static_cast<Impl*>(t->data)->Stop(0); }, 100, 0);
     return Status::Ok();
   }
 
@@ -472,10 +469,9 @@ struct Daemon::Impl {
     };
     parts.restart = [this] { return BeginRestart(); };
     daemon_control = std::make_unique<DaemonControl>(parts, opts, hostname);
-    uv_signal_init(&loop, &sighup);
-    sighup.data = this;
-    uv_signal_start(&sighup, OnHangup, SIGHUP);
-    sighup_open = true;
+    sighup.Open(uv_signal_init, &loop);
+    sighup.get()->data = this;
+    uv_signal_start(sighup.get(), OnHangup, SIGHUP);
     if (opts.control_path == "none") return;
     const bool named = !opts.control_path.empty();
     const std::string path = named ? opts.control_path : control::kDefaultControlPath;
@@ -572,8 +568,8 @@ struct Daemon::Impl {
     // From here on every way out closes the loop (the checks above leave
     // nothing to close).
     uv_loop_init(&loop);
-    uv_timer_init(&loop, &restart_timer);
-    restart_timer.data = this;
+    restart_timer.Open(uv_timer_init, &loop);
+    restart_timer.get()->data = this;
     self_exe = SelfExe();
     // A mount to take over: from a keeper or a re-executing predecessor
     // (XDISK_FUSE_FD), or from systemd's fd store.
@@ -602,7 +598,7 @@ struct Daemon::Impl {
       if (!s.ok()) {
         XLOG(kError, "main", "%s", s.message().c_str());
         exit_code = 1;
-        uv_close(reinterpret_cast<uv_handle_t*>(&restart_timer), nullptr);
+        restart_timer.Close();
         if (keeper) keeper->Close();
         if (adopt_fd >= 0) close(adopt_fd);
         table->Shutdown([] {});
@@ -611,11 +607,11 @@ struct Daemon::Impl {
         return exit_code;
       }
     }
-    uv_signal_init(&loop, &sigint);
-    uv_signal_init(&loop, &sigterm);
-    sigint.data = sigterm.data = this;
-    uv_signal_start(&sigint, OnSignal, SIGINT);
-    uv_signal_start(&sigterm, OnSignal, SIGTERM);
+    sigint.Open(uv_signal_init, &loop);
+    sigterm.Open(uv_signal_init, &loop);
+    sigint.get()->data = sigterm.get()->data = this;
+    uv_signal_start(sigint.get(), OnSignal, SIGINT);
+    uv_signal_start(sigterm.get(), OnSignal, SIGTERM);
     signal(SIGPIPE, SIG_IGN);
     exporter = std::make_unique<Exporter>(&loop, &registry, host_uuid);
     for (const ResolvedExport& r : resolved) {

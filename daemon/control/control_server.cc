@@ -21,12 +21,12 @@ namespace xdisk::control {
 bool PeerAllowed(uid_t peer, uid_t self) { return peer == 0 || peer == self; }
 
 // One accepted client. Owns its pipe and timer handles; freed in OnClosed
-// once both are closed. Nested in ControlServer so it may reach the
-// server's bookkeeping.
+// once libuv is done with both (their pending writes' callbacks use it). Nested in ControlServer so
+// it may reach the server's bookkeeping.
 struct ControlServer::Connection {
   ControlServer* server = nullptr;
-  uv_pipe_t pipe;
-  uv_timer_t timer;  // idle / write-progress timeout
+  UvHandle<uv_pipe_t> pipe;
+  UvHandle<uv_timer_t> timer;  // idle / write-progress timeout
   int open_handles = 0;
   State state = State::kOpen;
   ControlFrameDecoder decoder;
@@ -45,12 +45,12 @@ struct ControlServer::Connection {
   void StartReading() {
     if (reading || state != State::kOpen) return;
     reading = true;
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&pipe), OnAlloc, OnRead);
+    uv_read_start(pipe.stream(), OnAlloc, OnRead);
   }
   void StopReading() {
     if (!reading) return;
     reading = false;
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(&pipe));
+    uv_read_stop(pipe.stream());
   }
   void Send(const Response& resp);
   void HandleFrames();
@@ -60,7 +60,7 @@ struct ControlServer::Connection {
   void Touch() {
     last_active_ms = uv_now(server->loop_);
     if (state == State::kOpen && server->idle_timeout_ms_ > 0)
-      uv_timer_start(&timer, OnTimeout, timeout_ms(), 0);
+      uv_timer_start(timer.get(), OnTimeout, timeout_ms(), 0);
   }
   uint64_t timeout_ms() const {
     return spoke ? server->idle_timeout_ms_ : std::min(server->idle_timeout_ms_, kSilentTimeoutMs);
@@ -91,7 +91,7 @@ struct ControlServer::Connection {
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
   static void OnWrite(uv_write_t* req, int status);
   static void OnTimeout(uv_timer_t* t);
-  static void OnClosed(uv_handle_t* h);
+  static void OnClosed(void* conn);
 };
 
 // What one queued reply costs us: the request object and the heap block of
@@ -162,17 +162,16 @@ Status ControlServer::Start(const std::string& path) {
   ino_ = st.st_ino;
   path_ = path;
 
-  uv_pipe_init(loop_, &pipe_, 0);
-  pipe_.data = this;
-  uv_timer_init(loop_, &room_timer_);
-  room_timer_.data = this;
-  room_timer_open_ = true;
+  listener_.Open(uv_pipe_init, loop_, 0);
+  listener_.get()->data = this;
+  room_timer_.Open(uv_timer_init, loop_);
+  room_timer_.get()->data = this;
   state_ = State::kOpen;
-  int rc = uv_pipe_open(&pipe_, fd);
+  int rc = uv_pipe_open(listener_.get(), fd);
   // uv_pipe_open takes the descriptor only on success; after that, closing
   // the handle closes it.
   const bool fd_taken = rc == 0;
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&pipe_), 64, OnConnection);
+  if (rc == 0) rc = uv_listen(listener_.stream(), 64, OnConnection);
   if (rc < 0) {
     if (!fd_taken) close(fd);
     Close();
@@ -183,13 +182,10 @@ Status ControlServer::Start(const std::string& path) {
 }
 
 void ControlServer::Close() {
-  if (room_timer_open_) {
-    room_timer_open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&room_timer_), nullptr);
-  }
+  room_timer_.Close();
   if (state_ == State::kOpen) {
     state_ = State::kClosing;
-    uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), OnListenerClosed);
+    listener_.Close(OnListenerClosed, this);
     // Only the file we created: a daemon started after us may have replaced
     // a path it found stale.
     struct stat st;
@@ -203,8 +199,8 @@ void ControlServer::Close() {
   }
 }
 
-void ControlServer::OnListenerClosed(uv_handle_t* h) {
-  auto* self = static_cast<ControlServer*>(h->data);
+void ControlServer::OnListenerClosed(void* server) {
+  auto* self = static_cast<ControlServer*>(server);
   assert(self->state_ == State::kClosing);
   self->state_ = State::kClosed;
 }
@@ -225,8 +221,8 @@ void ControlServer::OnConnection(uv_stream_t* server, int status) {
     // clients wait in the kernel's backlog until a connection closes.
     XLOG(kDebug, "control", "%zu connections: the next one waits", self->connections_);
     self->accept_pending_ = true;
-    if (self->room_timer_open_)
-      uv_timer_start(&self->room_timer_, OnRoomTimer, kMinEvictAgeMs, kMinEvictAgeMs);
+    if (self->room_timer_.is_open())
+      uv_timer_start(self->room_timer_.get(), OnRoomTimer, kMinEvictAgeMs, kMinEvictAgeMs);
     return;
   }
   self->Accept();
@@ -235,24 +231,23 @@ void ControlServer::OnConnection(uv_stream_t* server, int status) {
 void ControlServer::Accept() {
   auto* c = new Connection();
   c->server = this;
-  uv_pipe_init(loop_, &c->pipe, 0);
-  c->pipe.data = c;
-  uv_timer_init(loop_, &c->timer);
-  c->timer.data = c;
+  c->pipe.Open(uv_pipe_init, loop_, 0);
+  c->pipe.get()->data = c;
+  c->timer.Open(uv_timer_init, loop_);
+  c->timer.get()->data = c;
   c->open_handles = 2;
   c->next = first_;
   if (first_) first_->prev = c;
   first_ = c;
   ++connections_;
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(&pipe_), reinterpret_cast<uv_stream_t*>(&c->pipe)) <
-      0) {
+  if (uv_accept(listener_.stream(), c->pipe.stream()) < 0) {
     CloseConnection(c);
     return;
   }
   uv_os_fd_t fd;
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) != 0 ||
+  if (uv_fileno(c->pipe.handle(), &fd) != 0 ||
       getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
     XLOG(kWarning, "control", "cannot get the peer's credentials: %s", strerror(errno));
     CloseConnection(c);
@@ -293,8 +288,7 @@ bool ControlServer::EvictIdle() {
     if (!c->spoke && now - c->last_active_ms < kMinEvictAgeMs) continue;
     uv_os_fd_t fd;
     int unread = 0;
-    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd) != 0 ||
-        ioctl(fd, FIONREAD, &unread) != 0 || unread > 0)
+    if (uv_fileno(c->pipe.handle(), &fd) != 0 || ioctl(fd, FIONREAD, &unread) != 0 || unread > 0)
       continue;
     if (victim == nullptr || c->last_active_ms < victim->last_active_ms) victim = c;
   }
@@ -317,8 +311,8 @@ void ControlServer::CloseConnection(Connection* c) {
   // Pending writes are cancelled: their callbacks run (UV_ECANCELED) before
   // the close callback, so the connection is still alive for them. The
   // memory goes when the last of the two handles has closed.
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe), Connection::OnClosed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), Connection::OnClosed);
+  c->pipe.Close(Connection::OnClosed, c);
+  c->timer.Close(Connection::OnClosed, c);
 }
 
 void ControlServer::Connection::OnTimeout(uv_timer_t* t) {
@@ -334,8 +328,8 @@ void ControlServer::Connection::OnTimeout(uv_timer_t* t) {
   c->server->CloseConnection(c);
 }
 
-void ControlServer::Connection::OnClosed(uv_handle_t* h) {
-  auto* c = static_cast<Connection*>(h->data);
+void ControlServer::Connection::OnClosed(void* conn) {
+  auto* c = static_cast<Connection*>(conn);
   assert(c->state == State::kClosing);
   assert(c->open_handles > 0);
   if (--c->open_handles > 0) return;
@@ -448,7 +442,7 @@ void ControlServer::Connection::Send(const Response& resp) {
   w->req.data = w;
   w->conn = this;
   uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-  int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&pipe), &b, 1, OnWrite);
+  int rc = uv_write(&w->req, pipe.stream(), &b, 1, OnWrite);
   if (rc < 0) {
     delete w;
     XLOG(kDebug, name, "write failed: %s", uv_strerror(rc));

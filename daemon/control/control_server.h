@@ -55,6 +55,7 @@
 #include <cstdint>
 #include <string>
 
+#include "daemon/base/uv_handle.h"
 #include "proto/status.h"
 
 namespace xdisk::control {
@@ -104,7 +105,7 @@ class ControlServer {
   enum class State { kIdle, kOpen, kClosing, kClosed };
 
   static void OnConnection(uv_stream_t* server, int status);
-  static void OnListenerClosed(uv_handle_t* h);
+  static void OnListenerClosed(void* server);
   void Accept();
   void CloseConnection(Connection* c);
   // Closes the connection idle for longest to make room; false if none is.
@@ -114,7 +115,7 @@ class ControlServer {
   ControlService* service_;
   uint64_t idle_timeout_ms_;
   uint64_t bad_requests_ = 0;
-  uv_pipe_t pipe_;
+  UvHandle<uv_pipe_t> listener_;
   State state_ = State::kIdle;
   std::string path_;
   dev_t dev_ = 0;  // identity of the socket file we created
@@ -124,8 +125,7 @@ class ControlServer {
   bool evicting_ = false;        // a connection is closing to make room
   // While a client waits and no connection may be closed yet (all busy, or
   // silent ones too young), tries again every kMinEvictAgeMs.
-  uv_timer_t room_timer_;
-  bool room_timer_open_ = false;
+  UvHandle<uv_timer_t> room_timer_;
   static void OnRoomTimer(uv_timer_t* t);
   Connection* first_ = nullptr;  // intrusive list of live connections
 };

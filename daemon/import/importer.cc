@@ -36,13 +36,13 @@ std::string CheckImportSpan(const LnkSpan& span, std::string* serial, std::strin
 Importer::Importer(uv_loop_t* loop, fusedev::DiskTree* tree, ImportedDisk::Config config,
                    JournalConfig journal)
     : loop_(loop), tree_(tree), config_(config), journal_config_(std::move(journal)) {
-  uv_timer_init(loop_, &reconsider_timer_);
-  reconsider_timer_.data = this;
+  reconsider_timer_.Open(uv_timer_init, loop_);
+  reconsider_timer_.get()->data = this;
   // Polls busy disks only; never keeps the loop alive on its own.
-  uv_unref(reinterpret_cast<uv_handle_t*>(&reconsider_timer_));
-  uv_timer_init(loop_, &restore_timer_);
-  restore_timer_.data = this;
-  uv_unref(reinterpret_cast<uv_handle_t*>(&restore_timer_));
+  uv_unref(reconsider_timer_.handle());
+  restore_timer_.Open(uv_timer_init, loop_);
+  restore_timer_.get()->data = this;
+  uv_unref(restore_timer_.handle());
 }
 
 Status Importer::RecoverJournals() {
@@ -201,9 +201,9 @@ void Importer::RestoreDisks(const std::vector<fusedev::DiskInfo>& disks) {
     // Listed at once: a lookup or an open resent by the kernel finds it.
     if (tree_ != nullptr) tree_->AddOrUpdate(info, d, true);
   }
-  if (disks.empty()) return;
+  if (disks.empty() || !restore_timer_.is_open()) return;
   uv_timer_start(
-      &restore_timer_,
+      restore_timer_.get(),
       [](uv_timer_t* t) {
         auto* self = static_cast<Importer*>(t->data);
         for (auto& [serial, d] : self->disks_)
@@ -238,9 +238,8 @@ void Importer::OnSpanRemoved(const RemoteSpan& span, const std::string& why) {
     // without its remote (write-back), stays in the tree.
     if (tree_ != nullptr && !it->second->journal_busy() && !it->second->usable_offline())
       tree_->SetOnline(serial, false);
-    if (!Reconsider(serial) && !shut_down_ &&
-        !uv_is_active(reinterpret_cast<uv_handle_t*>(&reconsider_timer_)))
-      uv_timer_start(&reconsider_timer_, OnReconsiderTimer, 1000, 1000);
+    if (!Reconsider(serial) && !shut_down_ && !uv_is_active(reconsider_timer_.handle()))
+      uv_timer_start(reconsider_timer_.get(), OnReconsiderTimer, 1000, 1000);
   }
 }
 
@@ -288,8 +287,8 @@ bool Importer::AnyWaitingForPath() const {
 void Importer::Shutdown() {
   if (!shut_down_) {
     shut_down_ = true;
-    uv_close(reinterpret_cast<uv_handle_t*>(&reconsider_timer_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&restore_timer_), nullptr);
+    reconsider_timer_.Close();
+    restore_timer_.Close();
   }
   for (auto& [serial, d] : disks_) d->Shutdown();
 }

@@ -49,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/uv_handle.h"
 #include "daemon/import/imported_disk.h"
 #include "daemon/link/span_registry.h"
 #include "fusedev/disk_tree.h"
@@ -116,8 +117,8 @@ class Importer : public SpanObserver {
   // Spans refused for their size, by span id (ids grow: oldest first).
   std::map<uint64_t, RemoteSpan> refused_;
   std::vector<std::unique_ptr<ImportedDisk>> replaced_;
-  uv_timer_t reconsider_timer_;
-  uv_timer_t restore_timer_;  // ends the grace of restored disks
+  UvHandle<uv_timer_t> reconsider_timer_;
+  UvHandle<uv_timer_t> restore_timer_;  // ends the grace of restored disks
   bool shut_down_ = false;
 };
 

@@ -299,17 +299,14 @@ std::unique_ptr<KeeperLink> KeeperLink::FromEnvironment(uv_loop_t* loop,
 
 KeeperLink::KeeperLink(uv_loop_t* loop, int fd, pid_t pid, std::function<void()> on_gone)
     : loop_(loop), fd_(fd), pid_(pid), on_gone_(std::move(on_gone)) {
-  poll_ = new uv_poll_t;
-  if (int r = uv_poll_init(loop_, poll_, fd_); r != 0) {
-    delete poll_;
-    poll_ = nullptr;
+  if (int r = poll_.Open(uv_poll_init, loop_, fd_); r != 0) {
     // Its death could not be noticed: say now that it cannot be relied on.
     XLOG(kWarning, "keeper", "cannot watch the keeper's socket: %s", uv_strerror(r));
     alive_ = false;
     return;
   }
-  poll_->data = this;
-  uv_poll_start(poll_, UV_READABLE | UV_DISCONNECT, [](uv_poll_t* h, int, int) {
+  poll_.get()->data = this;
+  uv_poll_start(poll_.get(), UV_READABLE | UV_DISCONNECT, [](uv_poll_t* h, int, int) {
     auto* self = static_cast<KeeperLink*>(h->data);
     char b;
     ssize_t n = recv(self->fd_, &b, 1, MSG_DONTWAIT);
@@ -322,13 +319,7 @@ KeeperLink::~KeeperLink() {
   if (fd_ >= 0) close(fd_);
 }
 
-void KeeperLink::Close() {
-  if (poll_ == nullptr) return;
-  poll_->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-  poll_ = nullptr;
-}
+void KeeperLink::Close() { poll_.Close(); }
 
 void KeeperLink::Gone() {
   if (!alive_) return;

@@ -46,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/uv_handle.h"
 #include "proto/status.h"
 
 namespace xdisk {
@@ -111,7 +112,7 @@ class KeeperLink {
   pid_t pid_;
   bool alive_ = true;
   std::function<void()> on_gone_;
-  uv_poll_t* poll_ = nullptr;  // owned; freed by its close callback
+  UvHandle<uv_poll_t> poll_;  // watches fd_ for the keeper's end
 };
 
 }  // namespace xdisk

@@ -11,15 +11,14 @@ namespace xdisk {
 
 struct LinkTable::Listener {
   LinkTable* table;
-  uv_tcp_t tcp;
+  UvHandle<uv_tcp_t> tcp;
   std::string name;
-  bool open = false;
 };
 
 struct LinkTable::Connector {
   LinkTable* table;
   HostPort addr;
-  uv_timer_t timer;
+  UvHandle<uv_timer_t> timer;
   uv_getaddrinfo_t resolve;
   uv_connect_t connect;
   Link* link = nullptr;
@@ -44,10 +43,10 @@ std::vector<Link*> LinkTable::links() const {
 }
 
 int LinkTable::listen_port(size_t n) const {
-  if (n >= listeners_.size()) return -1;
+  if (n >= listeners_.size() || !listeners_[n]->tcp.is_open()) return -1;
   sockaddr_storage ss;
   int len = sizeof ss;
-  if (uv_tcp_getsockname(&listeners_[n]->tcp, reinterpret_cast<sockaddr*>(&ss), &len) < 0)
+  if (uv_tcp_getsockname(listeners_[n]->tcp.get(), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
     return -1;
   if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
@@ -65,16 +64,14 @@ Status LinkTable::Listen(const HostPort& addr) {
   auto l = std::make_unique<Listener>();
   l->table = this;
   l->name = "listen " + addr.ToString();
-  uv_tcp_init(loop_, &l->tcp);
-  l->tcp.data = l.get();
-  l->open = true;
-  int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<sockaddr*>(&ss), 0);
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), 128, OnConnection);
+  l->tcp.Open(uv_tcp_init, loop_);
+  l->tcp.get()->data = l.get();
+  int rc = uv_tcp_bind(l->tcp.get(), reinterpret_cast<sockaddr*>(&ss), 0);
+  if (rc == 0) rc = uv_listen(l->tcp.stream(), 128, OnConnection);
   if (rc < 0) {
-    // Close through the table so the handle's memory outlives the close.
-    l->open = false;
+    // Counted, so that a shutdown waits for it.
     ++closing_handles_;
-    uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), OnHandleClosed);
+    l->tcp.Close(OnHandleClosed, this);
     Listener* raw = l.get();
     listeners_.push_back(std::move(l));
     (void)raw;
@@ -140,8 +137,8 @@ void LinkTable::Connect(const HostPort& addr) {
   auto c = std::make_unique<Connector>();
   c->table = this;
   c->addr = addr;
-  uv_timer_init(loop_, &c->timer);
-  c->timer.data = c.get();
+  c->timer.Open(uv_timer_init, loop_);
+  c->timer.get()->data = c.get();
   Connector* raw = c.get();
   connectors_.push_back(std::move(c));
   StartResolve(raw);
@@ -259,7 +256,7 @@ void LinkTable::ScheduleRetry(Connector* c, const std::string& why) {
   // peer is back.
   const uint64_t delay = c->backoff.NextDelay(jitter(rng), io_waiting_ && io_waiting_());
   c->retry_at_ms = uv_now(loop_) + delay;
-  uv_timer_start(&c->timer, OnBackoffTimer, delay, 0);
+  uv_timer_start(c->timer.get(), OnBackoffTimer, delay, 0);
 }
 
 void LinkTable::Hurry() {
@@ -267,7 +264,7 @@ void LinkTable::Hurry() {
   for (auto& c : connectors_) {
     if (c->closed || c->retry_at_ms == 0 || c->retry_at_ms <= now + kHurryRetryMs) continue;
     c->retry_at_ms = now + kHurryRetryMs;
-    uv_timer_start(&c->timer, OnBackoffTimer, kHurryRetryMs, 0);
+    uv_timer_start(c->timer.get(), OnBackoffTimer, kHurryRetryMs, 0);
   }
 }
 
@@ -307,10 +304,9 @@ bool LinkTable::Disconnect(const HostPort& addr) {
 void LinkTable::CloseConnector(Connector* c) {
   if (c->closed) return;
   c->closed = true;
-  uv_timer_stop(&c->timer);
   c->retry_at_ms = 0;
   ++closing_handles_;
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), OnHandleClosed);
+  c->timer.Close(OnHandleClosed, this);
   if (c->resolving) uv_cancel(reinterpret_cast<uv_req_t*>(&c->resolve));
   if (c->link) c->link->CloseGracefully("disconnected by operator");
 }
@@ -418,15 +414,8 @@ std::string LinkTable::PeerHost(const Link& link) {
   return colon == std::string::npos ? p : p.substr(0, colon);
 }
 
-void LinkTable::OnHandleClosed(uv_handle_t* h) {
-  // Both listener and connector handles point at their owner, which points
-  // at the table.
-  LinkTable* self = nullptr;
-  if (h->type == UV_TCP) {
-    self = static_cast<Listener*>(h->data)->table;
-  } else {
-    self = static_cast<Connector*>(h->data)->table;
-  }
+void LinkTable::OnHandleClosed(void* table) {
+  auto* self = static_cast<LinkTable*>(table);
   --self->closing_handles_;
   self->MaybeShutdownDone();
 }
@@ -435,10 +424,9 @@ void LinkTable::Shutdown(std::function<void()> done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
   for (auto& l : listeners_) {
-    if (!l->open) continue;
-    l->open = false;
+    if (!l->tcp.is_open()) continue;
     ++closing_handles_;
-    uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), OnHandleClosed);
+    l->tcp.Close(OnHandleClosed, this);
   }
   for (Link* l : links()) l->CloseGracefully("shutting down");
   for (auto& c : connectors_) CloseConnector(c.get());

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "daemon/base/options.h"
+#include "daemon/base/uv_handle.h"
 #include "daemon/link/link.h"
 #include "daemon/link/link_timing.h"
 #include "daemon/link/peer_policy.h"
@@ -117,7 +118,7 @@ class LinkTable : public LinkObserver {
   static void OnResolved(uv_getaddrinfo_t* req, int status, struct addrinfo* res);
   static void OnConnected(uv_connect_t* req, int status);
   static void OnBackoffTimer(uv_timer_t* t);
-  static void OnHandleClosed(uv_handle_t* h);
+  static void OnHandleClosed(void* table);
 
   void StartResolve(Connector* c);
   void ScheduleRetry(Connector* c, const std::string& why);
