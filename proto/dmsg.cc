@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 #include "proto/crc32c.h"
 
@@ -122,6 +123,143 @@ std::string GetLabel(std::span<const uint8_t> b, size_t off) {
   return std::string(p, strnlen(p, kLabelBytes - 1));
 }
 
+// Each layout names its fields once, as (offset, member) pairs in
+// Layout<T>::Fields, which both directions run: FieldWriter stores the
+// members, FieldReader loads them. Integers are little-endian, uuids are
+// copied as bytes, strings are 128-byte labels.
+struct FieldWriter {
+  std::span<uint8_t> b;
+  template <typename T>
+  void operator()(size_t off, const T& v) const {
+    if constexpr (std::is_same_v<T, Uuid>) {
+      PutUuid(b, off, v);
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      PutLabel(b, off, v);
+    } else {
+      Put(b, off, v);
+    }
+  }
+};
+
+struct FieldReader {
+  std::span<const uint8_t> b;
+  template <typename T>
+  void operator()(size_t off, T& v) const {
+    if constexpr (std::is_same_v<T, Uuid>) {
+      v = GetUuid(b, off);
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      v = GetLabel(b, off);
+    } else {
+      v = Get<T>(b, off);
+    }
+  }
+};
+
+template <typename T>
+struct Layout;
+
+template <>
+struct Layout<Header> {
+  template <typename H, typename F>
+  static void Fields(H& h, F&& f) {
+    f(kOffMagic, h.magic);
+    f(kOffReserved02, h.reserved02);
+    f(kOffSalt, h.salt);
+    f(kOffMsgid, h.msgid);
+    f(kOffCircuit, h.circuit);
+    f(kOffLinkVerifier, h.link_verifier);
+    f(kOffCmd, h.cmd);
+    f(kOffAuxCrc, h.aux_crc);
+    f(kOffAuxBytes, h.aux_bytes);
+    f(kOffError, h.error);
+    f(kOffAuxDescr, h.aux_descr);
+    f(kOffReserved38, h.reserved38);
+    f(kOffHdrCrc, h.hdr_crc);
+  }
+};
+
+template <>
+struct Layout<LnkConn> {
+  static constexpr size_t kExt = kConnExt;
+  template <typename C, typename F>
+  static void Fields(C& c, F&& f) {
+    f(kConnOffMediaId, c.media_id);
+    f(kConnOffPeerId, c.peer_id);
+    f(kConnOffPeerMask, c.peer_mask);
+    f(kConnOffPeerType, c.peer_type);
+    f(kConnOffProtoVersion, c.proto_version);
+    f(kConnOffStatus, c.status);
+    f(kConnOffRnss, c.rnss);
+    f(kConnOffPeerLabel, c.peer_label);
+  }
+};
+
+template <>
+struct Layout<LnkSpan> {
+  static constexpr size_t kExt = kSpanExt;
+  template <typename S, typename F>
+  static void Fields(S& s, F&& f) {
+    f(kSpanOffPeerId, s.peer_id);
+    f(kSpanOffPfsId, s.pfs_id);
+    f(kSpanOffPfsType, s.pfs_type);
+    f(kSpanOffPeerType, s.peer_type);
+    f(kSpanOffProtoVersion, s.proto_version);
+    f(kSpanOffStatus, s.status);
+    f(kSpanOffDist, s.dist);
+    f(kSpanOffRnss, s.rnss);
+    f(kSpanOffMediaBytes, s.media_bytes);
+    f(kSpanOffBlksize, s.blksize);
+    f(kSpanOffPeerLabel, s.peer_label);
+    f(kSpanOffPfsLabel, s.pfs_label);
+  }
+};
+
+template <>
+struct Layout<BlkOpen> {
+  static constexpr size_t kExt = kBlkOpenExt;
+  template <typename O, typename F>
+  static void Fields(O& o, F&& f) {
+    f(0x00, o.modes);
+  }
+};
+
+template <>
+struct Layout<BlkIo> {
+  static constexpr size_t kExt = kBlkIoExt;
+  template <typename I, typename F>
+  static void Fields(I& io, F&& f) {
+    f(0x00, io.keyid);
+    f(0x08, io.offset);
+    f(0x10, io.bytes);
+    f(0x14, io.flags);
+  }
+};
+
+template <>
+struct Layout<BlkError> {
+  static constexpr size_t kExt = kBlkErrorExt;
+  template <typename E, typename F>
+  static void Fields(E& e, F&& f) {
+    f(0x00, e.keyid);
+    f(0x08, e.resid);
+  }
+};
+
+template <typename T>
+std::vector<uint8_t> EncodeExt(const T& t) {
+  std::vector<uint8_t> v(Layout<T>::kExt);
+  Layout<T>::Fields(t, FieldWriter{v});
+  return v;
+}
+
+template <typename T>
+T DecodeExt(std::span<const uint8_t> ext) {
+  Sized<Layout<T>::kExt> sized(ext);
+  T t;
+  Layout<T>::Fields(t, FieldReader{sized.view()});
+  return t;
+}
+
 struct Named {
   uint32_t value;
   const char* name;
@@ -218,37 +356,13 @@ std::string ErrorName(uint32_t error) {
 Header DecodeBaseHeader(std::span<const uint8_t> b) {
   assert(b.size() >= kBaseHeaderBytes);
   Header h;
-  h.magic = Get<uint16_t>(b, kOffMagic);
-  h.reserved02 = Get<uint16_t>(b, kOffReserved02);
-  h.salt = Get<uint32_t>(b, kOffSalt);
-  h.msgid = Get<uint64_t>(b, kOffMsgid);
-  h.circuit = Get<uint64_t>(b, kOffCircuit);
-  h.link_verifier = Get<uint64_t>(b, kOffLinkVerifier);
-  h.cmd = Get<uint32_t>(b, kOffCmd);
-  h.aux_crc = Get<uint32_t>(b, kOffAuxCrc);
-  h.aux_bytes = Get<uint32_t>(b, kOffAuxBytes);
-  h.error = Get<uint32_t>(b, kOffError);
-  h.aux_descr = Get<uint64_t>(b, kOffAuxDescr);
-  h.reserved38 = Get<uint32_t>(b, kOffReserved38);
-  h.hdr_crc = Get<uint32_t>(b, kOffHdrCrc);
+  Layout<Header>::Fields(h, FieldReader{b});
   return h;
 }
 
 void EncodeBaseHeader(const Header& h, std::span<uint8_t> b) {
   assert(b.size() >= kBaseHeaderBytes);
-  Put(b, kOffMagic, h.magic);
-  Put(b, kOffReserved02, h.reserved02);
-  Put(b, kOffSalt, h.salt);
-  Put(b, kOffMsgid, h.msgid);
-  Put(b, kOffCircuit, h.circuit);
-  Put(b, kOffLinkVerifier, h.link_verifier);
-  Put(b, kOffCmd, h.cmd);
-  Put(b, kOffAuxCrc, h.aux_crc);
-  Put(b, kOffAuxBytes, h.aux_bytes);
-  Put(b, kOffError, h.error);
-  Put(b, kOffAuxDescr, h.aux_descr);
-  Put(b, kOffReserved38, h.reserved38);
-  Put(b, kOffHdrCrc, h.hdr_crc);
+  Layout<Header>::Fields(h, FieldWriter{b});
 }
 
 bool IsNil(const Uuid& u) {
@@ -293,122 +407,25 @@ Result<Uuid> UuidFromString(std::string_view text) {
   return u;
 }
 
-std::vector<uint8_t> LnkConn::Encode() const {
-  std::vector<uint8_t> v(kConnExt);
-  std::span<uint8_t> b(v);
-  PutUuid(b, kConnOffMediaId, media_id);
-  PutUuid(b, kConnOffPeerId, peer_id);
-  Put(b, kConnOffPeerMask, peer_mask);
-  Put(b, kConnOffPeerType, peer_type);
-  Put(b, kConnOffProtoVersion, proto_version);
-  Put(b, kConnOffStatus, status);
-  Put(b, kConnOffRnss, rnss);
-  PutLabel(b, kConnOffPeerLabel, peer_label);
-  return v;
-}
+std::vector<uint8_t> LnkConn::Encode() const { return EncodeExt(*this); }
 
-LnkConn LnkConn::Decode(std::span<const uint8_t> ext) {
-  Sized<kConnExt> sized(ext);
-  auto b = sized.view();
-  LnkConn c;
-  c.media_id = GetUuid(b, kConnOffMediaId);
-  c.peer_id = GetUuid(b, kConnOffPeerId);
-  c.peer_mask = Get<uint64_t>(b, kConnOffPeerMask);
-  c.peer_type = Get<uint8_t>(b, kConnOffPeerType);
-  c.proto_version = Get<uint16_t>(b, kConnOffProtoVersion);
-  c.status = Get<uint32_t>(b, kConnOffStatus);
-  c.rnss = Get<uint32_t>(b, kConnOffRnss);
-  c.peer_label = GetLabel(b, kConnOffPeerLabel);
-  return c;
-}
+LnkConn LnkConn::Decode(std::span<const uint8_t> ext) { return DecodeExt<LnkConn>(ext); }
 
-std::vector<uint8_t> LnkSpan::Encode() const {
-  std::vector<uint8_t> v(kSpanExt);
-  std::span<uint8_t> b(v);
-  PutUuid(b, kSpanOffPeerId, peer_id);
-  PutUuid(b, kSpanOffPfsId, pfs_id);
-  Put(b, kSpanOffPfsType, pfs_type);
-  Put(b, kSpanOffPeerType, peer_type);
-  Put(b, kSpanOffProtoVersion, proto_version);
-  Put(b, kSpanOffStatus, status);
-  Put(b, kSpanOffDist, dist);
-  Put(b, kSpanOffRnss, rnss);
-  Put(b, kSpanOffMediaBytes, media_bytes);
-  Put(b, kSpanOffBlksize, blksize);
-  PutLabel(b, kSpanOffPeerLabel, peer_label);
-  PutLabel(b, kSpanOffPfsLabel, pfs_label);
-  return v;
-}
+std::vector<uint8_t> LnkSpan::Encode() const { return EncodeExt(*this); }
 
-LnkSpan LnkSpan::Decode(std::span<const uint8_t> ext) {
-  Sized<kSpanExt> sized(ext);
-  auto b = sized.view();
-  LnkSpan s;
-  s.peer_id = GetUuid(b, kSpanOffPeerId);
-  s.pfs_id = GetUuid(b, kSpanOffPfsId);
-  s.pfs_type = Get<uint8_t>(b, kSpanOffPfsType);
-  s.peer_type = Get<uint8_t>(b, kSpanOffPeerType);
-  s.proto_version = Get<uint16_t>(b, kSpanOffProtoVersion);
-  s.status = Get<uint32_t>(b, kSpanOffStatus);
-  s.dist = Get<uint32_t>(b, kSpanOffDist);
-  s.rnss = Get<uint32_t>(b, kSpanOffRnss);
-  s.media_bytes = Get<uint64_t>(b, kSpanOffMediaBytes);
-  s.blksize = Get<uint32_t>(b, kSpanOffBlksize);
-  s.peer_label = GetLabel(b, kSpanOffPeerLabel);
-  s.pfs_label = GetLabel(b, kSpanOffPfsLabel);
-  return s;
-}
+LnkSpan LnkSpan::Decode(std::span<const uint8_t> ext) { return DecodeExt<LnkSpan>(ext); }
 
-std::vector<uint8_t> BlkOpen::Encode() const {
-  std::vector<uint8_t> v(kBlkOpenExt);
-  Put(std::span<uint8_t>(v), 0x00, modes);
-  return v;
-}
+std::vector<uint8_t> BlkOpen::Encode() const { return EncodeExt(*this); }
 
-BlkOpen BlkOpen::Decode(std::span<const uint8_t> ext) {
-  Sized<kBlkOpenExt> sized(ext);
-  BlkOpen o;
-  o.modes = Get<uint32_t>(sized.view(), 0x00);
-  return o;
-}
+BlkOpen BlkOpen::Decode(std::span<const uint8_t> ext) { return DecodeExt<BlkOpen>(ext); }
 
-std::vector<uint8_t> BlkIo::Encode() const {
-  std::vector<uint8_t> v(kBlkIoExt);
-  std::span<uint8_t> b(v);
-  Put(b, 0x00, keyid);
-  Put(b, 0x08, offset);
-  Put(b, 0x10, bytes);
-  Put(b, 0x14, flags);
-  return v;
-}
+std::vector<uint8_t> BlkIo::Encode() const { return EncodeExt(*this); }
 
-BlkIo BlkIo::Decode(std::span<const uint8_t> ext) {
-  Sized<kBlkIoExt> sized(ext);
-  auto b = sized.view();
-  BlkIo io;
-  io.keyid = Get<uint64_t>(b, 0x00);
-  io.offset = Get<uint64_t>(b, 0x08);
-  io.bytes = Get<uint32_t>(b, 0x10);
-  io.flags = Get<uint32_t>(b, 0x14);
-  return io;
-}
+BlkIo BlkIo::Decode(std::span<const uint8_t> ext) { return DecodeExt<BlkIo>(ext); }
 
-std::vector<uint8_t> BlkError::Encode() const {
-  std::vector<uint8_t> v(kBlkErrorExt);
-  std::span<uint8_t> b(v);
-  Put(b, 0x00, keyid);
-  Put(b, 0x08, resid);
-  return v;
-}
+std::vector<uint8_t> BlkError::Encode() const { return EncodeExt(*this); }
 
-BlkError BlkError::Decode(std::span<const uint8_t> ext) {
-  Sized<kBlkErrorExt> sized(ext);
-  auto b = sized.view();
-  BlkError e;
-  e.keyid = Get<uint64_t>(b, 0x00);
-  e.resid = Get<uint32_t>(b, 0x08);
-  return e;
-}
+BlkError BlkError::Decode(std::span<const uint8_t> ext) { return DecodeExt<BlkError>(ext); }
 
 void EncodeFrame(Header hdr, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                  std::vector<uint8_t>* out) {
