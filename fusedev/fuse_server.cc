@@ -274,17 +274,25 @@ struct FuseServer::Ops {
     fuse_reply_err(req, 0);
   }
 
-  static void Read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file_info* fi) {
-    FuseServer* s = Server(req);
-    BlockDevice* dev = s->DeviceFor(fi->fh);
+  // The device of an open handle for I/O at `off`; nullptr after answering
+  // EBADF (not open) or EINVAL (negative offset).
+  static BlockDevice* DeviceAt(fuse_req_t req, struct fuse_file_info* fi, off_t off) {
+    BlockDevice* dev = Server(req)->DeviceFor(fi->fh);
     if (!dev) {
       fuse_reply_err(req, EBADF);
-      return;
+      return nullptr;
     }
     if (off < 0) {
       fuse_reply_err(req, EINVAL);
-      return;
+      return nullptr;
     }
+    return dev;
+  }
+
+  static void Read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file_info* fi) {
+    FuseServer* s = Server(req);
+    BlockDevice* dev = DeviceAt(req, fi, off);
+    if (!dev) return;
     uint64_t end = dev->size();
     if (static_cast<uint64_t>(off) >= end || size == 0) {
       fuse_reply_buf(req, nullptr, 0);
@@ -307,15 +315,8 @@ struct FuseServer::Ops {
   static void Write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
                     struct fuse_file_info* fi) {
     FuseServer* s = Server(req);
-    BlockDevice* dev = s->DeviceFor(fi->fh);
-    if (!dev) {
-      fuse_reply_err(req, EBADF);
-      return;
-    }
-    if (off < 0) {
-      fuse_reply_err(req, EINVAL);
-      return;
-    }
+    BlockDevice* dev = DeviceAt(req, fi, off);
+    if (!dev) return;
     if (size == 0) {
       fuse_reply_write(req, 0);
       return;
@@ -720,8 +721,9 @@ int FuseServer::Start(std::string* error) {
 int FuseServer::Adopt(std::string* error) {
   wire::InitRequest init;
   if (!wire::ParseInitRequest(opts_.init_request, &init)) {
-    *error = "adopting the mount needs the FUSE_INIT request of its first server, which was "
-             "not saved";
+    *error =
+        "adopting the mount needs the FUSE_INIT request of its first server, which was "
+        "not saved";
     return EINVAL;
   }
   // libfuse takes a descriptor named /dev/fd/N as an already mounted
@@ -738,7 +740,8 @@ int FuseServer::Adopt(std::string* error) {
   // INIT below has put libfuse into the negotiated state.
   if (resend_supported_) {
     auto note = wire::ResendNotification();
-    if (write(fuse_session_fd(se_), note.data(), note.size()) != static_cast<ssize_t>(note.size())) {
+    if (write(fuse_session_fd(se_), note.data(), note.size()) !=
+        static_cast<ssize_t>(note.size())) {
       Log(LogLevel::kWarning, std::string("FUSE_NOTIFY_RESEND failed: ") + strerror(errno) +
                                   "; requests the earlier server read are lost");
       resend_supported_ = false;
