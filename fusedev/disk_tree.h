@@ -122,8 +122,9 @@ class DiskTree {
 
   // Registers a new disk or updates a known one (matched by serial) and
   // marks it online (or, with online = false, leaves it offline: a disk
-  // restored after a restart whose remote is not back yet). Label and uuid changes move its names. Returns the
-  // disk's inode, or 0 (and changes nothing) if info.serial is empty.
+  // restored after a restart whose remote is not back yet). Label and uuid
+  // changes move its names. Returns the disk's inode, or 0 (and changes
+  // nothing) if info.serial is empty.
   // `dev` must stay alive while the disk is in the tree: until the owner
   // replaces it with another AddOrUpdate while the disk is not open, or
   // until the FUSE server using this tree has stopped. A FUSE server that

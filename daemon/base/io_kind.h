@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace xdisk {
 
@@ -34,6 +35,17 @@ constexpr bool MustKeepOrder(IoKind a, uint64_t a_off, uint64_t a_len, IoKind b,
   if (!Modifies(a) && !Modifies(b)) return false;
   if (a_len == 0 || b_len == 0) return false;
   return a_off < b_off + b_len && b_off < a_off + a_len;
+}
+
+// A new request record of type Op (anything with kind, offset and length
+// members: the importer's and the exporter's) for one block request.
+template <typename Op>
+std::unique_ptr<Op> NewIoOp(IoKind kind, uint64_t offset, uint64_t length) {
+  auto op = std::make_unique<Op>();
+  op->kind = kind;
+  op->offset = offset;
+  op->length = length;
+  return op;
 }
 
 }  // namespace xdisk

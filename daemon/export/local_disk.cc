@@ -68,14 +68,6 @@ struct LocalDisk::Op {
   std::vector<Op*> waiters;
   std::list<std::unique_ptr<Op>>::iterator self;
 
-  static std::unique_ptr<Op> New(IoKind kind, uint64_t offset, uint64_t length) {
-    auto op = std::make_unique<Op>();
-    op->kind = kind;
-    op->offset = offset;
-    op->length = length;
-    return op;
-  }
-
   // The rule of daemon/base/io_kind.h (read/read overlap stays concurrent).
   // Flush has no range and is deliberately not ordered: its promise only
   // covers writes that completed before it was issued. An operation that
@@ -205,26 +197,26 @@ std::string LocalDisk::Context(const char* what, uint64_t offset, uint64_t lengt
 }
 
 void LocalDisk::Read(uint64_t offset, uint32_t length, ReadCallback cb) {
-  auto op = Op::New(IoKind::kRead, offset, length);
+  auto op = NewIoOp<Op>(IoKind::kRead, offset, length);
   op->read_cb = std::move(cb);
   Submit(std::move(op));
 }
 
 void LocalDisk::Write(uint64_t offset, dmsg::ByteBuffer data, DoneCallback cb) {
-  auto op = Op::New(IoKind::kWrite, offset, data.size());
+  auto op = NewIoOp<Op>(IoKind::kWrite, offset, data.size());
   op->data = std::move(data);
   op->done_cb = std::move(cb);
   Submit(std::move(op));
 }
 
 void LocalDisk::Flush(DoneCallback cb) {
-  auto op = Op::New(IoKind::kFlush, 0, 0);
+  auto op = NewIoOp<Op>(IoKind::kFlush, 0, 0);
   op->done_cb = std::move(cb);
   Submit(std::move(op));
 }
 
 void LocalDisk::Trim(uint64_t offset, uint64_t length, DoneCallback cb) {
-  auto op = Op::New(IoKind::kTrim, offset, length);
+  auto op = NewIoOp<Op>(IoKind::kTrim, offset, length);
   op->done_cb = std::move(cb);
   Submit(std::move(op));
 }

@@ -28,14 +28,6 @@ struct ImportedDisk::Op : QueuedRequest {
   // when it was submitted, laid over the remote's reply.
   std::vector<uint8_t> snap;
   std::vector<std::pair<uint64_t, uint64_t>> snap_ranges;
-
-  static std::unique_ptr<Op> New(IoKind kind, uint64_t offset, uint64_t length) {
-    auto op = std::make_unique<Op>();
-    op->kind = kind;
-    op->offset = offset;
-    op->length = length;
-    return op;
-  }
 };
 
 std::unique_ptr<ImportedDisk::Op> ImportedDisk::AsOp(std::unique_ptr<QueuedRequest> r) {
@@ -282,7 +274,7 @@ void ImportedDisk::HoldDone(IoKind kind, DoneFn done, std::function<void(DoneFn)
 }
 
 void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
-  auto op = Op::New(IoKind::kRead, offset, length);
+  auto op = NewIoOp<Op>(IoKind::kRead, offset, length);
   op->read_cb = std::move(done);
   if (writeback() && !shut_down_) {
     const uint64_t covered = journal_->Covered(offset, length);
@@ -320,7 +312,7 @@ void ImportedDisk::DoRead(uint64_t offset, uint32_t length, ReadFn done) {
 
 void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, BufferHold hold,
                            DoneFn done) {
-  auto op = Op::New(IoKind::kWrite, offset, data.size());
+  auto op = NewIoOp<Op>(IoKind::kWrite, offset, data.size());
   op->wdata = data.data();
   op->whold = hold;
   op->done_cb = std::move(done);
@@ -336,7 +328,7 @@ void ImportedDisk::DoWrite(uint64_t offset, std::span<const uint8_t> data, Buffe
 }
 
 void ImportedDisk::DoTrim(uint64_t offset, uint64_t length, DoneFn done) {
-  auto op = Op::New(IoKind::kTrim, offset, length);
+  auto op = NewIoOp<Op>(IoKind::kTrim, offset, length);
   op->done_cb = std::move(done);
   if (writeback() && !shut_down_) {
     std::string why;
@@ -354,7 +346,7 @@ void ImportedDisk::DoFlush(DoneFn done) {
     journal_->WaitDurable(Durable(IoKind::kFlush, std::move(done)));
     return;
   }
-  auto op = Op::New(IoKind::kFlush, 0, 0);
+  auto op = NewIoOp<Op>(IoKind::kFlush, 0, 0);
   op->done_cb = std::move(done);
   Submit(std::move(op));
 }
@@ -786,7 +778,7 @@ void ImportedDisk::FeedJournal() {
   std::vector<JournalDriver::Record> records;
   if (!journal_->Feed(uv_now(loop_), &records)) pause_until_ms_ = uv_now(loop_) + 1000;
   for (JournalDriver::Record& r : records) {
-    auto op = Op::New(r.kind, r.offset, r.length);
+    auto op = NewIoOp<Op>(r.kind, r.offset, r.length);
     op->background = true;
     if (r.data) {
       op->wdata = r.data->data();

@@ -11,8 +11,9 @@
 // Order: chunks stay in arrival order until they finish. Dispatch() offers
 // the waiting ones in that order, at most max_inflight on the wire. A chunk
 // that overlaps an earlier unfinished chunk, where either one modifies data
-// (MustKeepOrder, daemon/base/io_kind.h), waits for it, on the wire or not; an application's flush
-// waits for every earlier background (journal replay) write or trim.
+// (MustKeepOrder, daemon/base/io_kind.h), waits for it, on the wire or not;
+// an application's flush waits for every earlier background (journal
+// replay) write or trim.
 //
 // Resend: a chunk whose path died goes back with Requeue(): it keeps its
 // place, so the next Dispatch() sends it again before anything after it,
