@@ -114,7 +114,11 @@ int IoWrite(BIO* b, const char* data, int len) {
     BIO_set_retry_write(b);
     return -1;
   }
-  io->out->insert(io->out->end(), data, data + len);
+  // As bytes of the vector's own type: from a char range, insert() copies
+  // element by element (converting each), several times slower than the
+  // memmove it makes of a uint8_t range.
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data);
+  io->out->insert(io->out->end(), bytes, bytes + len);
   return len;
 }
 
