@@ -700,6 +700,11 @@ void Link::OnTimer(uv_timer_t* t) {
     return;
   }
   if (!self->read_paused_ && self->decoder_.buffered() > 0) self->DecodeAvailable();
+  // A quiet link gives back what a burst grew its write buffers to.
+  if (now - self->last_tx_ms_ >= kIdleTrimMs) {
+    self->spare_sealed_.Trim();
+    self->tls_staged_.Trim();
+  }
   if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
   uint64_t silent = now - self->last_rx_ms_;
   // Our own backpressure is not the peer's silence; but the peer must keep
@@ -710,11 +715,6 @@ void Link::OnTimer(uv_timer_t* t) {
     snprintf(buf, sizeof buf, "no data received for %" PRIu64 " ms", silent);
     self->Close(buf);
     return;
-  }
-  // A quiet link gives back what a burst grew its write buffers to.
-  if (now - self->last_tx_ms_ >= kIdleTrimMs) {
-    self->spare_sealed_.Trim();
-    self->tls_staged_.Trim();
   }
   if (silent >= self->config_.ping_interval_ms &&
       now - self->last_tx_ms_ >= self->config_.ping_interval_ms) {

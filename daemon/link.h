@@ -34,11 +34,11 @@
 #include <vector>
 
 #include "daemon/link_keys.h"
-#include "daemon/spare_buffer.h"
 #include "daemon/transactions.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
 #include "proto/tls_stream.h"
+#include "daemon/spare_buffer.h"
 
 namespace xdisk {
 
