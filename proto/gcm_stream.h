@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/plain_sink.h"
 #include "proto/status.h"
 
 typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
@@ -91,11 +92,17 @@ class StreamOpener {
   StreamOpener(const StreamOpener&) = delete;
   StreamOpener& operator=(const StreamOpener&) = delete;
 
-  // Appends the plaintext of every wire chunk completed by `wire` to *out.
+  // Puts the plaintext of every wire chunk completed by `wire` into *out,
+  // decrypting straight into its space (no copy on the way).
   // Variant A: a chunk whose tag does not verify is a kCorruption error
-  // ("bad tag on chunk N"); its plaintext is not released, and every later
+  // ("bad tag on chunk N"); its plaintext is not committed, and every later
   // call fails the same way.
-  Status Open(std::span<const uint8_t> wire, std::vector<uint8_t>* out);
+  Status Open(std::span<const uint8_t> wire, PlainSink* out);
+  // The same, appending to a vector.
+  Status Open(std::span<const uint8_t> wire, std::vector<uint8_t>* out) {
+    VectorSink sink(out);
+    return Open(wire, &sink);
+  }
   // Wire bytes of an incomplete chunk held back: non-zero at EOF means the
   // stream was cut inside a chunk.
   size_t pending() const { return partial_len_; }
@@ -103,7 +110,7 @@ class StreamOpener {
 
  private:
   StreamOpener(StreamVariant v, const StreamKey& k);
-  Status OpenChunk(const uint8_t* wire, std::vector<uint8_t>* out);
+  Status OpenChunk(const uint8_t* wire, PlainSink* out);
   StreamVariant variant_;
   StreamKey key_;
   EVP_CIPHER_CTX* ctx_ = nullptr;

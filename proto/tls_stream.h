@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/plain_sink.h"
 #include "proto/rsa_handshake.h"
 #include "proto/status.h"
 
@@ -57,8 +58,14 @@ class TlsStream {
   // *to_send. Errors: "TLS handshake failed: ..." (kProtocol), "key
   // mismatch: ..." (the peer's certificate has another key),
   // "TLS record failed: ..." (kCorruption: a record did not authenticate).
+  // Application data is decrypted straight into *plain's space (one copy
+  // less than through a buffer of ours).
+  Status Receive(std::span<const uint8_t> wire, PlainSink* plain, std::vector<uint8_t>* to_send);
   Status Receive(std::span<const uint8_t> wire, std::vector<uint8_t>* plain,
-                 std::vector<uint8_t>* to_send);
+                 std::vector<uint8_t>* to_send) {
+    VectorSink sink(plain);
+    return Receive(wire, &sink, to_send);
+  }
   // Encrypts application data. REQUIRES: handshake_done().
   Status Seal(std::span<const uint8_t> plain, std::vector<uint8_t>* wire);
   bool handshake_done() const { return done_; }
@@ -97,7 +104,7 @@ class TlsStream {
 
  private:
   TlsStream() = default;
-  Status Drive(std::vector<uint8_t>* plain, std::vector<uint8_t>* to_send);
+  Status Drive(PlainSink* plain, std::vector<uint8_t>* to_send);
 
   static int OnVerify(int preverify_ok, X509_STORE_CTX* store);
   static void OnKeylog(const SSL* ssl, const char* line);

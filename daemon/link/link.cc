@@ -15,6 +15,11 @@ constexpr size_t kReadBufferBytes = 256 * 1024;
 constexpr uint64_t kTimerTickMs = 100;
 constexpr uint64_t kGracefulCloseMs = 1000;
 const uint8_t kZeros[kAlign] = {};
+// TLS links: auxes this large are sealed in place instead of being staged
+// with the batch's small messages (FlushWrites).
+constexpr size_t kTlsDirectAuxMin = 16 * 1024;
+// Encrypted links: write buffers are trimmed after this long without a write.
+constexpr uint64_t kIdleTrimMs = 1000;
 }  // namespace
 
 struct Link::WriteReq {
@@ -27,10 +32,7 @@ struct Link::WriteReq {
   // The sealed buffer goes back to the link for the next write: megabytes
   // allocated and freed per write would be page-faulted in every time.
   ~WriteReq() {
-    if (sealed.capacity() > link->spare_sealed_.capacity()) {
-      sealed.clear();
-      link->spare_sealed_.swap(sealed);
-    }
+    if (sealed.capacity() > 0) link->spare_sealed_.Give(std::move(sealed));
   }
 };
 
@@ -498,9 +500,8 @@ void Link::FlushWrites(bool may_cork) {
     // here, where messages leave the queue in order, keeps the chunk
     // counter in step with the bytes the peer receives. Raw messages (TLS
     // handshake records) are wire bytes already.
-    w->sealed.swap(spare_sealed_);
+    w->sealed = spare_sealed_.Take();
     std::vector<uint8_t>& wire = w->sealed;
-    wire.clear();
     // TLS: 22 bytes per record of at most 16 KiB (header, inner type,
     // tag), and the handshake's raw bytes; a reallocation here would copy
     // the whole batch once more.
@@ -510,10 +511,11 @@ void Link::FlushWrites(bool may_cork) {
     // TLS: the batch's messages go into records together (a record per
     // 64-byte header would cost a record header, a tag and a cipher call
     // each); the GCM stream seals the parts as they are.
-    std::vector<uint8_t>& staged = tls_staged_;  // keeps its capacity
-    staged.clear();
+    std::vector<uint8_t> staged = tls_staged_.Take();
+    size_t staged_peak = 0;
     auto seal_staged = [&] {
       Status s = staged.empty() ? Status::Ok() : tls_->Seal(staged, &wire);
+      staged_peak = std::max(staged_peak, staged.size());
       staged.clear();
       return s;
     };
@@ -526,7 +528,15 @@ void Link::FlushWrites(bool may_cork) {
       }
       if (tls_) {
         staged.insert(staged.end(), m.header.begin(), m.header.end());
-        staged.insert(staged.end(), m.aux.begin(), m.aux.end());
+        if (m.aux.size() >= kTlsDirectAuxMin) {
+          // A large aux (a block's data) is sealed from where it lies, not
+          // copied into the batch first; the cost is one short record.
+          st = seal_staged();
+          if (st.ok()) st = tls_->Seal(m.aux, &wire);
+          if (!st.ok()) break;
+        } else {
+          staged.insert(staged.end(), m.aux.begin(), m.aux.end());
+        }
         staged.insert(staged.end(), kZeros, kZeros + m.pad);
         continue;
       }
@@ -536,6 +546,7 @@ void Link::FlushWrites(bool may_cork) {
       if (!st.ok()) break;
     }
     if (st.ok()) st = seal_staged();
+    tls_staged_.Give(std::move(staged), staged_peak);
     if (!st.ok()) {
       delete w;
       if (pending_close_.empty()) pending_close_ = st.message();
@@ -689,6 +700,11 @@ void Link::OnTimer(uv_timer_t* t) {
     return;
   }
   if (!self->read_paused_ && self->decoder_.buffered() > 0) self->DecodeAvailable();
+  // A quiet link gives back what a burst grew its write buffers to.
+  if (now - self->last_tx_ms_ >= kIdleTrimMs) {
+    self->spare_sealed_.Trim();
+    self->tls_staged_.Trim();
+  }
   if (self->state_ != State::kHandshake && self->state_ != State::kUp) return;
   // Our own backpressure is not the peer's silence; but the peer must keep
   // hearing from us meanwhile (the pings), or it drops a link we merely

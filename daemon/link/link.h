@@ -35,6 +35,7 @@
 
 #include "daemon/link/link_keys.h"
 #include "daemon/link/link_timing.h"
+#include "daemon/link/spare_buffer.h"
 #include "daemon/link/transactions.h"
 #include "proto/dmsg.h"
 #include "proto/frame_decoder.h"
@@ -296,9 +297,10 @@ class Link : public TransactionHandler {
   bool handshake_started_ = false;
   bool plaintext_mismatch_ = false;
   std::vector<uint8_t> rx_wire_;  // socket reads, before decryption
-  // Reused by FlushWrites on TLS and GCM links: the plaintext of a batch
-  // (TLS), and the sealed bytes of the last finished write.
-  std::vector<uint8_t> tls_staged_, spare_sealed_;
+  // Reused by FlushWrites on TLS and GCM links: the plaintext of a batch's
+  // small messages (TLS), and the sealed bytes of the last finished write.
+  // Trimmed once the link is quiet (OnTimer).
+  SpareBuffer tls_staged_, spare_sealed_;
   std::vector<uint8_t> rx_plain_;
   uint64_t started_ms_ = 0;
 

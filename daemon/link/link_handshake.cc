@@ -11,6 +11,23 @@
 
 namespace xdisk {
 
+namespace {
+
+// The frame decoder as the decrypting readers' sink (proto/plain_sink.h):
+// plaintext lands where frames are decoded, or straight in a large aux's
+// own buffer (FrameDecoder::WritableTail), with no buffer in between.
+class DecoderSink final : public dfcrypto::PlainSink {
+ public:
+  explicit DecoderSink(dmsg::FrameDecoder* decoder) : decoder_(decoder) {}
+  std::span<uint8_t> Space(size_t want) override { return decoder_->WritableTail(want); }
+  void Commit(size_t n) override { decoder_->Commit(n); }
+
+ private:
+  dmsg::FrameDecoder* decoder_;
+};
+
+}  // namespace
+
 const char* Link::encryption() const {
   if (!keys_) return "plaintext";
   if (!keys_->tls13) return dfcrypto::StreamVariantName(keys_->variant);
@@ -202,28 +219,28 @@ void Link::MaybeOffload() {
 }
 
 bool Link::OpenReceived(size_t n) {
-  rx_plain_.clear();
+  DecoderSink plain(&decoder_);
   Status st;
   if (tls_) {
     std::vector<uint8_t> out;
-    st = tls_->Receive({rx_wire_.data(), n}, &rx_plain_, &out);
+    st = tls_->Receive({rx_wire_.data(), n}, &plain, &out);
     // Nothing is expected after the handshake (no tickets, no key updates),
     // but what TLS wants sent goes out, in order (an alert: not once the
     // kernel seals, it would send it as data).
     if (!out.empty() && !ktls_tx_) SendRaw(std::move(out));
     if (st.ok() && ktls_pending_) MaybeOffload();
   } else {
-    st = opener_->Open({rx_wire_.data(), n}, &rx_plain_);
+    st = opener_->Open({rx_wire_.data(), n}, &plain);
   }
   if (!st.ok()) {
     // A variant A chunk failed its tag, or a TLS record did not
-    // authenticate. Nothing after it can be trusted,
-    // and the frames before it are dropped with the link: the requests on
-    // it are resent on the next link, as after any loss.
+    // authenticate. Nothing after it can be trusted (it was never
+    // committed to the decoder), and the frames before it are dropped with
+    // the link, undecoded: the requests on it are resent on the next link,
+    // as after any loss.
     Close(st.message());
     return false;
   }
-  decoder_.Feed(rx_plain_);
   return true;
 }
 
