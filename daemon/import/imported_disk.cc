@@ -67,13 +67,13 @@ ImportedDisk::ImportedDisk(uv_loop_t* loop, std::string serial, uint64_t size, u
       config_(config),
       paths_([](const Link* l) { return l->up(); }),
       queue_(kMaxAuxChunkBytes, kMaxInflight) {
-  uv_idle_init(loop_, &kick_);
-  uv_timer_init(loop_, &tick_);
-  kick_.data = tick_.data = this;
-  uv_timer_start(&tick_, OnTick, 1000, 1000);
+  kick_.Open(uv_idle_init, loop_);
+  tick_.Open(uv_timer_init, loop_);
+  kick_.get()->data = tick_.get()->data = this;
+  uv_timer_start(tick_.get(), OnTick, 1000, 1000);
   // The tick only polls timeouts and retries; it must not keep the loop
   // alive at shutdown on its own.
-  uv_unref(reinterpret_cast<uv_handle_t*>(&tick_));
+  uv_unref(tick_.handle());
 }
 
 ImportedDisk::~ImportedDisk() = default;
@@ -406,7 +406,7 @@ void ImportedDisk::Enqueue(std::unique_ptr<Op> op) {
 void ImportedDisk::Kick() {
   if (kicked_ || shut_down_) return;
   kicked_ = true;
-  uv_idle_start(&kick_, OnKick);
+  uv_idle_start(kick_.get(), OnKick);
 }
 
 void ImportedDisk::OnKick(uv_idle_t* h) {
@@ -721,8 +721,8 @@ void ImportedDisk::Shutdown() {
   for (HeldOp& h : held) h.fail(EIO);
   if (journal_ != nullptr) journal_->Shutdown();
   if (open_txn_ != nullptr && open_link_ != nullptr) open_link_->Reply(open_txn_, 0, true);
-  uv_close(reinterpret_cast<uv_handle_t*>(&kick_), nullptr);
-  uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+  kick_.Close();
+  tick_.Close();
 }
 
 // ---- journal ----

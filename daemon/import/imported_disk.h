@@ -52,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/uv_handle.h"
 #include "daemon/import/disk_paths.h"
 #include "daemon/import/journal_driver.h"
 #include "daemon/import/latency_histogram.h"
@@ -248,8 +249,8 @@ class ImportedDisk : public fusedev::BlockDevice, public TransactionHandler {
   std::unique_ptr<JournalDriver> journal_;
   uint64_t pause_until_ms_ = 0;  // a record to retry: nothing is sent before
 
-  uv_idle_t kick_;
-  uv_timer_t tick_;
+  UvHandle<uv_idle_t> kick_;
+  UvHandle<uv_timer_t> tick_;
   bool kicked_ = false;
   bool shut_down_ = false;
   // A read-modify-write is between its reads and its write: new requests
