@@ -96,9 +96,31 @@ uint32_t Combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
   return MultModP(ShiftForBytes(len_b), crc_a) ^ crc_b;
 }
 
+// What the CPU offers, probed once.
+struct CpuCrc {
+  bool crc32 = false;  // SSE4.2
+  bool fold = false;   // AVX-512F and VPCLMULQDQ as well
+};
+
 #if defined(__x86_64__)
 // Below this size one stream is as fast as three plus the joins.
 constexpr size_t kThreeWayMin = 4096;
+
+// The crc32 instruction over `n` bytes from the raw register `c` (no
+// inversions), one serial chain.
+__attribute__((target("sse4.2"))) uint32_t Crc32Serial(uint32_t c, const uint8_t* p, size_t n) {
+  uint64_t c64 = c;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);  // x86 loads are little-endian and may be unaligned
+    c64 = _mm_crc32_u64(c64, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c64);
+  while (n-- > 0) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
 
 __attribute__((target("sse4.2"))) uint32_t HardwareImpl(uint32_t crc, const uint8_t* p, size_t n) {
   if (n >= kThreeWayMin) {
@@ -123,34 +145,10 @@ __attribute__((target("sse4.2"))) uint32_t HardwareImpl(uint32_t crc, const uint
     // The last piece also takes the remainder, through the plain loop.
     uint32_t c = ~static_cast<uint32_t>(c2);
     const size_t rest = n - 3 * third;
-    if (rest) {
-      uint64_t cc = static_cast<uint32_t>(~c);
-      const uint8_t* q = p2 + third;
-      size_t r = rest;
-      while (r >= 8) {
-        uint64_t v;
-        std::memcpy(&v, q, 8);
-        cc = _mm_crc32_u64(cc, v);
-        q += 8;
-        r -= 8;
-      }
-      uint32_t c32 = static_cast<uint32_t>(cc);
-      while (r-- > 0) c32 = _mm_crc32_u8(c32, *q++);
-      c = ~c32;
-    }
+    if (rest) c = ~Crc32Serial(~c, p2 + third, rest);
     return Combine(Combine(a, b, third), c, third + rest);
   }
-  uint64_t c = ~crc;
-  while (n >= 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);  // x86 loads are little-endian and may be unaligned
-    c = _mm_crc32_u64(c, v);
-    p += 8;
-    n -= 8;
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  while (n-- > 0) c32 = _mm_crc32_u8(c32, *p++);
-  return ~c32;
+  return ~Crc32Serial(~crc, p, n);
 }
 
 // Carry-less folding with VPCLMULQDQ over 512-bit registers, for large
@@ -223,35 +221,25 @@ __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) uint32_t FoldImpl(uint32_t 
   _mm512_store_si512(acc + 64, x1);
   _mm512_store_si512(acc + 128, x2);
   _mm512_store_si512(acc + 192, x3);
-  uint64_t c = 0;
-  for (size_t i = 0; i < kFoldBlock; i += 8) {
-    uint64_t v;
-    std::memcpy(&v, acc + i, 8);
-    c = _mm_crc32_u64(c, v);
-  }
-  while (left >= 8) {
-    uint64_t v;
-    std::memcpy(&v, q, 8);
-    c = _mm_crc32_u64(c, v);
-    q += 8;
-    left -= 8;
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  while (left-- > 0) c32 = _mm_crc32_u8(c32, *q++);
-  return ~c32;
+  return ~Crc32Serial(Crc32Serial(0, acc, kFoldBlock), q, left);
 }
 
-bool DetectFold() {
+CpuCrc DetectCpu() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("sse4.2") && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("vpclmulqdq");
+  CpuCrc c;
+  c.crc32 = __builtin_cpu_supports("sse4.2");
+  c.fold = c.crc32 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq");
+  return c;
 }
-
-bool DetectHardware() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("sse4.2");
-}
+#else
+CpuCrc DetectCpu() { return {}; }
 #endif
+
+const CpuCrc& Cpu() {
+  // A function-local static makes the CPUID probe run once, thread-safely.
+  static const CpuCrc cpu = DetectCpu();
+  return cpu;
+}
 
 }  // namespace
 
@@ -271,15 +259,7 @@ uint32_t Crc32cPortable(uint32_t crc, const void* data, size_t n) {
   return ~c;
 }
 
-bool Crc32cHardwareAvailable() {
-#if defined(__x86_64__)
-  // A function-local static makes the CPUID probe run once, thread-safely.
-  static const bool available = DetectHardware();
-  return available;
-#else
-  return false;
-#endif
-}
+bool Crc32cHardwareAvailable() { return Cpu().crc32; }
 
 uint32_t Crc32cHardware(uint32_t crc, const void* data, size_t n) {
 #if defined(__x86_64__)
@@ -291,14 +271,7 @@ uint32_t Crc32cHardware(uint32_t crc, const void* data, size_t n) {
 #endif
 }
 
-bool Crc32cFoldAvailable() {
-#if defined(__x86_64__)
-  static const bool available = DetectFold();
-  return available;
-#else
-  return false;
-#endif
-}
+bool Crc32cFoldAvailable() { return Cpu().fold; }
 
 uint32_t Crc32cFold(uint32_t crc, const void* data, size_t n) {
 #if defined(__x86_64__)
