@@ -2,8 +2,10 @@
 // final XOR 0xFFFFFFFF. This is the checksum of dmsg headers and aux data
 // (docs/dmsg-wire.md, "Checksums") and of journal records.
 //
-// Crc32c() picks the SSE4.2 instruction when the CPU has it (checked once, at
-// first use) and a portable slicing table otherwise. Both are exposed so the
+// Crc32c() picks, per call, carry-less folding (AVX-512 VPCLMULQDQ, for
+// buffers of 4 KiB and more) or the SSE4.2 instruction when the CPU has
+// them (checked once, at first use), and a portable slicing table
+// otherwise. Both are exposed so the
 // tests can check each against the spec's vectors. All functions are pure and
 // thread-safe.
 #pragma once
@@ -24,5 +26,9 @@ uint32_t Crc32cExtend(uint32_t crc, const void* data, size_t n);
 uint32_t Crc32cPortable(uint32_t crc, const void* data, size_t n);
 uint32_t Crc32cHardware(uint32_t crc, const void* data, size_t n);
 bool Crc32cHardwareAvailable();
+// The folding implementation (smaller buffers go to the SSE4.2 one).
+// Crc32cFold() REQUIRES Crc32cFoldAvailable().
+uint32_t Crc32cFold(uint32_t crc, const void* data, size_t n);
+bool Crc32cFoldAvailable();
 
 }  // namespace xdisk
