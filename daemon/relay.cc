@@ -1,5 +1,6 @@
 #include "daemon/relay.h"
 
+#include <cstdio>
 #include <random>
 
 #include "daemon/log.h"
@@ -20,7 +21,6 @@ uint32_t Relay::RandomRnss() {
 void Relay::OnLinkUp(Link& link) {
   if (shut_down_) return;
   links_[Id(&link)] = &link;
-  link.SetOnWritten([this](Link& l) { OnWritten(l); });
   const LnkConn& c = link.peer_conn();
   Apply(table_.AddLink(Id(&link), SpanRelay::LinkView{c.peer_type, c.peer_mask, c.peer_id}));
 }
@@ -205,10 +205,28 @@ void Relay::Throttle(Link& from, Link& to) {
     paused_by_[&from].insert(&to);
     from.SetReadPaused(true, Link::kPauseRelay);
   }
+  if (!to.drain_watched())
+    to.NotifyWhenDrained(kLowWaterBytes, [this](Link& l, Link::DrainEvent e) { OnDrain(l, e); });
 }
 
-void Relay::OnWritten(Link& to) {
-  if (to.write_queue_bytes() < kLowWaterBytes) ReleaseWaiters(to);
+void Relay::OnDrain(Link& to, Link::DrainEvent event) {
+  if (event == Link::DrainEvent::kDrained) {
+    ReleaseWaiters(to);
+    return;
+  }
+  // The peer took nothing from us for a whole link timeout while links
+  // waited for it. Waiting longer could be forever: in a ring, relays can
+  // each wait for the next to read (docs/design.md "Relay"). Dropping the
+  // link ends what crossed it (LOSTLINK both ways, importers resend on
+  // another path) and resumes the waiters from OnLinkDown.
+  auto it = paused_for_.find(&to);
+  const size_t waiting = it == paused_for_.end() ? 0 : it->second.size();
+  char why[160];
+  snprintf(why, sizeof why,
+           "relay: the peer took no data for the link timeout while %zu bytes were queued "
+           "for it and %zu link(s) paused for it",
+           to.write_queue_bytes(), waiting);
+  to.Close(why);
 }
 
 void Relay::ReleaseWaiters(Link& to) {

@@ -23,8 +23,12 @@
 //
 // Backpressure and memory: after passing a message to link X, if X's write
 // queue holds more than kHighWaterBytes, the link the message came from
-// stops reading (Link::kPauseRelay) until X's queue is below
-// kLowWaterBytes. Since a paused link decodes no further frame, X's queue
+// stops reading (Link::kPauseRelay) until X's queue is at most
+// kLowWaterBytes (Link::NotifyWhenDrained, which notices every way a queue
+// drains). A pause cannot last forever: if X's peer takes no byte from us
+// for the link timeout (--link-timeout, 10 s) while links wait for X, X is
+// dropped (a ring of relays could otherwise wait on each other for ever;
+// see docs/design.md "Relay"). Since a paused link decodes no further frame, X's queue
 // exceeds the high-water mark by at most one message (<= 1 MiB of aux plus
 // a header) per link feeding it; a paused link buffers at most one socket
 // read (256 KiB) plus one partial frame. So relayed data in memory stays
@@ -106,7 +110,7 @@ class Relay : public SpanObserver, public TransactionHandler {
   void Withdraw(Link* link, uint64_t source);
   // After passing a message from `from` to `to`: pause `from` if `to` is full.
   void Throttle(Link& from, Link& to);
-  void OnWritten(Link& to);
+  void OnDrain(Link& to, Link::DrainEvent event);
   // Resumes the links paused for `to` that wait for nothing else.
   void ReleaseWaiters(Link& to);
   static uint64_t Id(const Link* l) { return reinterpret_cast<uintptr_t>(l); }

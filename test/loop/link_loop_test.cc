@@ -8,9 +8,11 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "daemon/link_table.h"
+#include "daemon/relay.h"
 #include "daemon/span_registry.h"
 #include "proto/rsa_handshake.h"
 
@@ -114,11 +116,17 @@ struct TestClient : SpanObserver, TransactionHandler {
 };
 
 struct Side {
-  Side(uv_loop_t* loop, const std::string& keys, const char* label)
-      : policy(keys), table(loop, Config(label), &policy, &registry) {}
-  static LinkConfig Config(const char* label) {
+  // `relay`, when given, makes this side a relay (it must outlive the side).
+  Side(uv_loop_t* loop, const std::string& keys, const char* label, uint64_t dead_timeout_ms = 10000,
+       Relay* relay = nullptr)
+      : policy(keys), table(loop, Config(label, dead_timeout_ms), &policy, &registry) {
+    if (relay) registry.SetRelay(relay);
+  }
+  static LinkConfig Config(const char* label, uint64_t dead_timeout_ms) {
     LinkConfig c;
     c.label = label;
+    c.dead_timeout_ms = dead_timeout_ms;
+    c.ping_interval_ms = std::min<uint64_t>(c.ping_interval_ms, dead_timeout_ms / 5);
     return c;
   }
   PeerPolicy policy;
@@ -556,4 +564,115 @@ TEST_CASE("TLS on one side and DragonFly's scheme on the other is refused on bot
     ShutdownBoth(&loop, server, client);
   }
   CloseLoop(&loop, skeys + " " + ckeys);
+}
+
+namespace {
+
+// A disk that stops reading its link at the first write (as the exporter
+// does when its I/O budget is spent) and answers every write it reads.
+struct StallingService : TransactionHandler {
+  Link* link = nullptr;
+  int writes = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error == kErrLostLink || !(f.hdr.cmd & kFlagCreate)) return;
+    if (t.cmd == kBlkOpen) l.Reply(&t, 0, false);
+    if (t.cmd != kBlkWrite) return;
+    ++writes;
+    if (link == nullptr) {
+      link = &l;
+      l.SetReadPaused(true);
+    }
+    l.Reply(&t, 0, true);
+  }
+};
+
+// Server and client both linked to a relay; the client opens the relayed
+// disk (dist 1) and queues kCount 1 MiB writes through the relay to a
+// StallingService, more than the relay's high-water mark and the sockets
+// between hold.
+struct RelayedWrites {
+  static constexpr int kCount = 64;
+  RelayedWrites(uv_loop_t* loop, const std::string& keys, uint64_t relay_dead_timeout_ms)
+      : relay(Relay::RandomRnss()),
+        relay_side(loop, keys, "test/relay", relay_dead_timeout_ms, &relay),
+        server(loop, keys, "test/server", 2000),
+        client(loop, keys, "test/client", 2000) {
+    client.registry.AddObserver(&observer);
+    REQUIRE(relay_side.table.Listen({"127.0.0.1", 0}).ok());
+    server.registry.AddLocalSpan(BlockSpan("stalling"), &service);
+    server.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
+    const RemoteSpan rs = FirstSpan(loop, relay_side, client, observer);
+    REQUIRE(rs.info.dist == 1);
+    Transaction* open = OpenDisk(loop, rs, observer, kBlkModeRead | kBlkModeWrite);
+    auto data = std::make_shared<std::vector<uint8_t>>(1 << 20, 0x11);
+    BlkIo io;
+    io.bytes = 1 << 20;
+    for (int i = 0; i < kCount; ++i) {
+      io.offset = static_cast<uint64_t>(i) << 20;
+      REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), *data, kFlagDelete, data) !=
+              nullptr);
+    }
+    client_link = rs.link;
+  }
+  void Shutdown(uv_loop_t* loop) {
+    relay.Shutdown();
+    int done = 0;
+    for (Side* s : {&client, &server, &relay_side}) s->table.Shutdown([&] { ++done; });
+    RunUntil(loop, [&] { return done == 3; });
+    CHECK(done == 3);
+  }
+  Link* client_link = nullptr;
+  Relay relay;
+  Side relay_side, server, client;
+  StallingService service;
+  TestClient observer;
+};
+
+}  // namespace
+
+TEST_CASE("a relay pause cannot last forever: a far link that takes nothing for the link "
+          "timeout is dropped and the paused side is answered LOSTLINK",
+          "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayedWrites w(&loop, keys, 1500);
+    // The server keeps pinging the relay but never reads again: without a
+    // bound the relay would keep the client paused for ever.
+    RunUntil(&loop, [&] { return w.observer.lostlink > 0; }, 15000);
+    CHECK(w.observer.lostlink > 0);
+    CHECK(w.observer.write_ok < RelayedWrites::kCount);
+    CHECK(w.client_link->up());  // only the stalled far link went
+    w.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
+}
+
+TEST_CASE("a relay resumes the paused side once the far link drains, whichever way it drains",
+          "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayedWrites w(&loop, keys, 10000);
+    // Let the relay fill its queue for the server and pause the client.
+    Link* to_server = nullptr;
+    RunUntil(&loop, [&] {
+      for (Link* l : w.relay_side.table.links())
+        if (l->write_queue_bytes() > Relay::kHighWaterBytes) to_server = l;
+      return to_server != nullptr && w.service.link != nullptr;
+    });
+    REQUIRE(to_server != nullptr);
+    REQUIRE(w.service.link != nullptr);
+    w.service.link->SetReadPaused(false);
+    RunUntil(&loop, [&] { return w.observer.write_ok == RelayedWrites::kCount; }, 15000);
+    CHECK(w.observer.write_ok == RelayedWrites::kCount);
+    CHECK(w.observer.lostlink == 0);
+    w.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
 }
