@@ -405,7 +405,14 @@ Transaction* Link::OpenRelayed(Transaction* parent, TransactionHandler* handler,
     if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
   Transaction* t = txns_.OpenLocal(BaseCmd(f.hdr.cmd), parent);
   t->handler = handler;
-  SendRelayed(t, f);
+  if (!SendRelayed(t, f)) {
+    // Not sent (our side of the stream is finished): the peer never heard
+    // of it, so it goes now, without a handler call, as if never opened.
+    t->handler = nullptr;
+    t->tx_delete = t->rx_delete = true;
+    txns_.MaybeFree(t);
+    return nullptr;
+  }
   return t;
 }
 

@@ -152,8 +152,9 @@ class Link : public TransactionHandler {
   // `parent`) with its base command, DELETE and ABORT, error, extended
   // header bytes, reserved02 and the 0x18 field as received; CREATE, REPLY
   // and the direction bits are this link's own. f.aux is moved, not copied.
-  // OpenRelayed returns nullptr if the link or `parent` is closing;
-  // SendRelayed false if the message was discarded.
+  // OpenRelayed returns nullptr, leaving nothing open, if the link or
+  // `parent` is closing or the message could not be queued; SendRelayed
+  // false if the message was discarded.
   Transaction* OpenRelayed(Transaction* parent, TransactionHandler* handler, dmsg::Frame& f);
   bool SendRelayed(Transaction* t, dmsg::Frame& f);
 

@@ -34,10 +34,24 @@
 // read (256 KiB) plus one partial frame. So relayed data in memory stays
 // below about (kHighWaterBytes + links x 1.3 MiB) per outgoing link.
 //
+// Bounds on what one peer can make us do (docs/design.md "Relay"):
+//   - spans: SpanRelay takes at most kMaxSpansPerLink spans of a link; the
+//     rest are not relayed (logged once per link, counted);
+//   - flapping: received spans are handed to SpanRelay once per loop turn,
+//     after the turn's reads; a span opened and withdrawn within one turn
+//     is never relayed at all, so a peer flapping a span as fast as it can
+//     costs one table update per node and turn, not one per message;
+//   - transactions: at most kMaxTxnsPerLink relayed transactions opened by
+//     one link's peer at a time, and at most kMaxDepth levels below a
+//     relayed span; beyond either the CREATE is answered
+//     LNK_ERROR|DELETE with DMSG_ERR_CANTCIRC (logged once per link).
+//
 // Threading: loop thread only. Lifetime: owned by the daemon, registered
 // with the SpanRegistry, which calls OnLinkUp/OnLinkDown and the local span
 // hooks; must outlive every link (transactions name it as their handler).
 #pragma once
+
+#include <uv.h>
 
 #include <cstdint>
 #include <map>
@@ -54,10 +68,18 @@ class Relay : public SpanObserver, public TransactionHandler {
  public:
   static constexpr size_t kHighWaterBytes = 8u << 20;
   static constexpr size_t kLowWaterBytes = 2u << 20;
+  // An importer keeps at most a few hundred requests in flight per path;
+  // 8192 is far above any honest peer and bounds the Pairs one link holds
+  // (about 200 bytes each, plus both links' transaction entries).
+  static constexpr size_t kMaxTxnsPerLink = 8192;
+  // Span -> BLK_OPEN -> BLK_READ is depth 2; DragonFly nests no deeper.
+  static constexpr int kMaxDepth = 8;
 
   // `rnss_constant`: added to the rnss of every relayed span; random per
-  // process and non-zero (RandomRnss()).
-  explicit Relay(uint32_t rnss_constant);
+  // process and non-zero (RandomRnss()). `loop` runs the once-per-turn
+  // span update (a uv_check_t, made on first use and closed by Shutdown()).
+  Relay(uv_loop_t* loop, uint32_t rnss_constant);
+  ~Relay() override;
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
   static uint32_t RandomRnss();
@@ -68,7 +90,9 @@ class Relay : public SpanObserver, public TransactionHandler {
   void OnLocalSpanAdded(const dmsg::LnkSpan& info);
   void OnLocalSpanRemoved(const dmsg::LnkSpan& info);
 
-  // Withdraws every relayed copy and relays nothing more (shutdown).
+  // Withdraws every relayed copy and relays nothing more (shutdown);
+  // closes the relay's handle (the loop must run once more before the
+  // Relay is destroyed).
   void Shutdown();
 
   // SpanObserver: received spans.
@@ -104,7 +128,22 @@ class Relay : public SpanObserver, public TransactionHandler {
     Transaction* b_parent;  // where to open it; valid only until the CREATE is passed on
     Transaction* tb = nullptr;
     bool opened = false;
+    int depth = 1;           // levels below the relayed span
+    uint32_t refuse = 0;     // non-zero: the CREATE is answered with this error
+    bool counted = false;    // counts in txns_of_[a]
   };
+  // A received span, waiting for the turn's end (see "flapping" above).
+  struct PendingSpan {
+    bool add;
+    uint64_t id;
+    uint64_t link;
+    dmsg::LnkSpan info;  // add only
+  };
+  void QueueSpan(PendingSpan p);
+  // Hands the queued span events to the table and carries the changes out.
+  void FlushSpans();
+  static void OnCheck(uv_check_t* h);
+  void LogRefusal(Link& link, const char* what);
   void Apply(const std::vector<SpanRelay::Change>& changes);
   void Advertise(const SpanRelay::Change& c);
   void Withdraw(Link* link, uint64_t source);
@@ -115,6 +154,13 @@ class Relay : public SpanObserver, public TransactionHandler {
   void ReleaseWaiters(Link& to);
   static uint64_t Id(const Link* l) { return reinterpret_cast<uintptr_t>(l); }
 
+  uv_loop_t* loop_;
+  uv_check_t check_;
+  enum class HandleState { kNone, kOpen, kClosing, kClosed } check_state_ = HandleState::kNone;
+  std::vector<PendingSpan> pending_;
+  std::map<uint64_t, size_t> pending_add_;  // span id -> its add in pending_
+  std::map<const Link*, size_t> txns_of_;   // relayed transactions the link's peer opened
+  std::set<const Link*> refusal_logged_;    // links whose peer was refused something
   SpanRelay table_;
   bool shut_down_ = false;
   std::map<uint64_t, Link*> links_;                            // up links by Id()

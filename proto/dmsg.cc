@@ -356,7 +356,18 @@ LnkSpan LnkSpan::Decode(std::span<const uint8_t> ext) {
   s.blksize = Get<uint32_t>(b, kSpanOffBlksize);
   s.peer_label = GetLabel(b, kSpanOffPeerLabel);
   s.pfs_label = GetLabel(b, kSpanOffPfsLabel);
+  s.received.assign(ext.begin(), ext.end());
   return s;
+}
+
+std::vector<uint8_t> LnkSpan::Relayed(std::span<const uint8_t> received, uint32_t dist,
+                                      uint32_t rnss) {
+  std::vector<uint8_t> v(received.begin(), received.end());
+  if (v.size() < kSpanExt) v.resize(kSpanExt, 0);
+  std::span<uint8_t> b(v);
+  Put(b, kSpanOffDist, dist);
+  Put(b, kSpanOffRnss, rnss);
+  return v;
 }
 
 std::vector<uint8_t> BlkOpen::Encode() const {

@@ -165,8 +165,16 @@ struct LnkSpan {
   uint32_t blksize = 0;      // media.block.blksize
   std::string peer_label;    // block devices: "host/device"
   std::string pfs_label;     // block devices: the serial number
+  // Decode: the extended header bytes as received, for a relay to pass on
+  // unchanged but for dist and rnss (Relayed()). Encode ignores it.
+  std::vector<uint8_t> received;
   std::vector<uint8_t> Encode() const;
   static LnkSpan Decode(std::span<const uint8_t> ext);
+  // `received` with only dist and rnss replaced (zero-padded to the span's
+  // size if shorter): the bytes of a relayed copy, whatever the span type's
+  // media union or the reserved fields hold (§6.3).
+  static std::vector<uint8_t> Relayed(std::span<const uint8_t> received, uint32_t dist,
+                                      uint32_t rnss);
 };
 
 // BLK_OPEN / BLK_CLOSE (§7.2).
