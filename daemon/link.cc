@@ -13,6 +13,10 @@ using namespace dmsg;
 namespace {
 constexpr size_t kReadBufferBytes = 256 * 1024;
 constexpr uint64_t kTimerTickMs = 100;
+// Encrypted links keep their sealing buffers between writes, but not more
+// than this once a batch smaller than kSmallBatchBytes shows the burst ended.
+constexpr size_t kKeptBufferBytes = 1u << 20;
+constexpr size_t kSmallBatchBytes = 64u << 10;
 constexpr uint64_t kGracefulCloseMs = 1000;
 const uint8_t kZeros[kAlign] = {};
 }  // namespace
@@ -506,6 +510,12 @@ void Link::FlushWrites(bool may_cork) {
     // counter in step with the bytes the peer receives. Raw messages (TLS
     // handshake records) are wire bytes already.
     w->sealed.swap(spare_sealed_);
+    if (w->bytes < kSmallBatchBytes) {
+      // A burst is over: its megabytes of buffers go back (a relayed burst
+      // must not leave every link holding its largest batch for good).
+      for (std::vector<uint8_t>* b : {&w->sealed, &tls_staged_})
+        if (b->capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(*b);
+    }
     std::vector<uint8_t>& wire = w->sealed;
     wire.clear();
     // TLS: 22 bytes per record of at most 16 KiB (header, inner type,
