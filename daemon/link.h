@@ -265,8 +265,10 @@ class Link : public TransactionHandler {
   void FreeIfClosed(Transaction* t);
   void SendConn();
   void SendOneWay(uint32_t cmd);
+  // `aux_crc`, when given, is the aux's CRC already known (a relayed frame).
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr);
+               dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr,
+               const uint32_t* aux_crc = nullptr);
   // Writes what is queued: at once when nothing is on its way, then corks
   // (`may_cork`) so that what the rest of this loop turn queues goes out
   // together, in one writev, when Uncork() runs.

@@ -441,4 +441,11 @@ void EncodeHeader(Header hdr, std::span<const uint8_t> ext, std::span<const uint
   BuildHeader(hdr, ext, PaddedAuxCrc(aux), aux.size(), std::span<uint8_t>(*out));
 }
 
+void EncodeHeaderWithAuxCrc(Header hdr, std::span<const uint8_t> ext, size_t aux_bytes,
+                            uint32_t aux_crc, std::vector<uint8_t>* out) {
+  out->clear();
+  out->resize(HeaderBytes(hdr.cmd));
+  BuildHeader(hdr, ext, aux_bytes ? aux_crc : 0, aux_bytes, std::span<uint8_t>(*out));
+}
+
 }  // namespace xdisk::dmsg

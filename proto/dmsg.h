@@ -236,6 +236,10 @@ struct Frame {
   Header hdr;
   std::vector<uint8_t> ext;
   ByteBuffer aux;
+  // Set by the decoder when the aux's pad bytes arrived as zeros: then
+  // hdr.aux_crc (verified) is the CRC EncodeHeader would compute for
+  // `aux`, and a relay passing `aux` on unchanged may reuse it.
+  bool aux_crc_reusable = false;
   std::span<const uint8_t> ext_span() const { return ext; }
 };
 
@@ -252,5 +256,8 @@ void EncodeFrame(Header hdr, std::span<const uint8_t> ext, std::span<const uint8
 // followed by PaddedAux(aux.size()) - aux.size() zero bytes (writev).
 void EncodeHeader(Header hdr, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                   std::vector<uint8_t>* out);
+// The same with the aux CRC given (Frame::aux_crc_reusable), not computed.
+void EncodeHeaderWithAuxCrc(Header hdr, std::span<const uint8_t> ext, size_t aux_bytes,
+                            uint32_t aux_crc, std::vector<uint8_t>* out);
 
 }  // namespace xdisk::dmsg
