@@ -14,13 +14,7 @@
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-require_root
-requires python3
-requires ss
-
-make_keys "$WORK_DIR/keys" 127.0.0.1
-PB=$(free_port)
-start_relay RELAY b "$PB" "$WORK_DIR/keys"
+python_relay
 
 cat >"$WORK_DIR/flood.py" <<'EOF'
 import json, os, sys, time

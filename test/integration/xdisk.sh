@@ -11,6 +11,9 @@
 #                         and each CMD; sets SERIAL and IMG (a sparse image
 #                         of MIB MiB in $WORK_DIR) too
 #   need_xdiskctl         sets XDISKCTL (the built one unless given), or skips
+#   python_relay          the start of a test of python peers around a relay:
+#                         needs root, python3 and ss; relay b ($RELAY) on a
+#                         free port $PB, keys in $WORK_DIR/keys
 #   veth_netns            a network namespace $NS joined to this one by a
 #                         veth pair: host end $VH with $HOST_IP, namespace
 #                         end $VN with $NS_IP (a /30 of 169.254/16 unused
@@ -63,6 +66,15 @@ XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
 export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 PEER=${PEER:-$SOURCE_DIR/test/peer/dmsg_peer.py}
 [ -x "$XDISK" ] || skip "no daemon binary at $XDISK (build first)"
+
+python_relay() {
+  require_root
+  requires python3
+  requires ss
+  make_keys "$WORK_DIR/keys" 127.0.0.1
+  PB=$(free_port)
+  start_relay RELAY b "$PB" "$WORK_DIR/keys"
+}
 
 veth_netns() {
   requires ip netns list
