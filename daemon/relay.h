@@ -67,7 +67,11 @@ namespace xdisk {
 class Relay : public SpanObserver, public TransactionHandler {
  public:
   static constexpr size_t kHighWaterBytes = 8u << 20;
-  static constexpr size_t kLowWaterBytes = 2u << 20;
+  // Close below the high mark: a relay paused behind a slow far end reads
+  // again after every 2 MiB the far end takes, so that a relay feeding
+  // this one (which sees our pause as a peer taking nothing) sees
+  // progress often enough not to drop its link (see OnDrain).
+  static constexpr size_t kLowWaterBytes = 6u << 20;
   // An importer keeps at most a few hundred requests in flight per path;
   // 8192 is far above any honest peer and bounds the Pairs one link holds
   // (about 200 bytes each, plus both links' transaction entries).
