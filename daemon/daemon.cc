@@ -588,7 +588,7 @@ struct Daemon::Impl {
     config.ping_interval_ms = opts.ping_interval_ms;
     config.dead_timeout_ms = opts.link_timeout_ms;
     if (!opts.no_relay) {
-      relay = std::make_unique<Relay>(Relay::RandomRnss());
+      relay = std::make_unique<Relay>(&loop, Relay::RandomRnss());
       registry.SetRelay(relay.get());
     }
     table = std::make_unique<LinkTable>(&loop, config, &policy, &registry);

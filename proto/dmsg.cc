@@ -413,7 +413,21 @@ LnkConn LnkConn::Decode(std::span<const uint8_t> ext) { return DecodeExt<LnkConn
 
 std::vector<uint8_t> LnkSpan::Encode() const { return EncodeExt(*this); }
 
-LnkSpan LnkSpan::Decode(std::span<const uint8_t> ext) { return DecodeExt<LnkSpan>(ext); }
+LnkSpan LnkSpan::Decode(std::span<const uint8_t> ext) {
+  LnkSpan s = DecodeExt<LnkSpan>(ext);
+  s.received.assign(ext.begin(), ext.end());
+  return s;
+}
+
+std::vector<uint8_t> LnkSpan::Relayed(std::span<const uint8_t> received, uint32_t dist,
+                                      uint32_t rnss) {
+  std::vector<uint8_t> v(received.begin(), received.end());
+  if (v.size() < kSpanExt) v.resize(kSpanExt, 0);
+  std::span<uint8_t> b(v);
+  Put(b, kSpanOffDist, dist);
+  Put(b, kSpanOffRnss, rnss);
+  return v;
+}
 
 std::vector<uint8_t> BlkOpen::Encode() const { return EncodeExt(*this); }
 
@@ -445,6 +459,13 @@ void EncodeHeader(Header hdr, std::span<const uint8_t> ext, std::span<const uint
   out->clear();
   out->resize(HeaderBytes(hdr.cmd));
   BuildHeader(hdr, ext, PaddedAuxCrc(aux), aux.size(), std::span<uint8_t>(*out));
+}
+
+void EncodeHeaderWithAuxCrc(Header hdr, std::span<const uint8_t> ext, size_t aux_bytes,
+                            uint32_t aux_crc, std::vector<uint8_t>* out) {
+  out->clear();
+  out->resize(HeaderBytes(hdr.cmd));
+  BuildHeader(hdr, ext, aux_bytes ? aux_crc : 0, aux_bytes, std::span<uint8_t>(*out));
 }
 
 }  // namespace xdisk::dmsg

@@ -165,8 +165,16 @@ struct LnkSpan {
   uint32_t blksize = 0;      // media.block.blksize
   std::string peer_label;    // block devices: "host/device"
   std::string pfs_label;     // block devices: the serial number
+  // Decode: the extended header bytes as received, for a relay to pass on
+  // unchanged but for dist and rnss (Relayed()). Encode ignores it.
+  std::vector<uint8_t> received;
   std::vector<uint8_t> Encode() const;
   static LnkSpan Decode(std::span<const uint8_t> ext);
+  // `received` with only dist and rnss replaced (zero-padded to the span's
+  // size if shorter): the bytes of a relayed copy, whatever the span type's
+  // media union or the reserved fields hold (§6.3).
+  static std::vector<uint8_t> Relayed(std::span<const uint8_t> received, uint32_t dist,
+                                      uint32_t rnss);
 };
 
 // BLK_OPEN / BLK_CLOSE (§7.2).
@@ -228,6 +236,10 @@ struct Frame {
   Header hdr;
   std::vector<uint8_t> ext;
   ByteBuffer aux;
+  // Set by the decoder when the aux's pad bytes arrived as zeros: then
+  // hdr.aux_crc (verified) is the CRC EncodeHeader would compute for
+  // `aux`, and a relay passing `aux` on unchanged may reuse it.
+  bool aux_crc_reusable = false;
   std::span<const uint8_t> ext_span() const { return ext; }
 };
 
@@ -244,5 +256,8 @@ void EncodeFrame(Header hdr, std::span<const uint8_t> ext, std::span<const uint8
 // followed by PaddedAux(aux.size()) - aux.size() zero bytes (writev).
 void EncodeHeader(Header hdr, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
                   std::vector<uint8_t>* out);
+// The same with the aux CRC given (Frame::aux_crc_reusable), not computed.
+void EncodeHeaderWithAuxCrc(Header hdr, std::span<const uint8_t> ext, size_t aux_bytes,
+                            uint32_t aux_crc, std::vector<uint8_t>* out);
 
 }  // namespace xdisk::dmsg

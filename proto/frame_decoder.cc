@@ -210,6 +210,9 @@ FrameDecoder::Outcome FrameDecoder::Next(Frame* out, DecodeError* err, std::stri
     }
   }
   out->hdr = cur_;
+  out->aux_crc_reusable = cur_.aux_bytes > 0;
+  for (size_t i = cur_.aux_bytes; i < aux_padded_ && out->aux_crc_reusable; ++i)
+    out->aux_crc_reusable = aux[i] == 0;
   out->ext.assign(p + kBaseHeaderBytes, p + hdr_bytes_);
   if (direct_) {
     direct_buf_.resize(cur_.aux_bytes);

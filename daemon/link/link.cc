@@ -407,7 +407,14 @@ Transaction* Link::OpenRelayed(Transaction* parent, TransactionHandler* handler,
     if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
   Transaction* t = txns_.OpenLocal(BaseCmd(f.hdr.cmd), parent);
   t->handler = handler;
-  SendRelayed(t, f);
+  if (!SendRelayed(t, f)) {
+    // Not sent (our side of the stream is finished): the peer never heard
+    // of it, so it goes now, without a handler call, as if never opened.
+    t->handler = nullptr;
+    t->tx_delete = t->rx_delete = true;
+    txns_.MaybeFree(t);
+    return nullptr;
+  }
   return t;
 }
 
@@ -421,7 +428,10 @@ bool Link::SendRelayed(Transaction* t, Frame& f) {
   h.link_verifier = f.hdr.link_verifier;
   bool live = state_ == State::kHandshake || state_ == State::kUp;
   bool ok = txns_.PrepareSend(t, f.hdr.cmd & (kFlagDelete | kFlagAbort), &h) && live;
-  if (ok) ok = Enqueue(h, f.ext, f.aux, &f.aux);
+  // The aux goes on unchanged: its CRC, verified on receipt, needs no
+  // second pass over the bytes (a relay's largest CPU cost after copies).
+  if (ok)
+    ok = Enqueue(h, f.ext, f.aux, &f.aux, nullptr, f.aux_crc_reusable ? &f.hdr.aux_crc : nullptr);
   if (!t->dying) FreeIfClosed(t);
   return ok;
 }
@@ -439,12 +449,16 @@ void Link::SendOneWay(uint32_t cmd) {
 }
 
 bool Link::Enqueue(Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-                   dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold) {
+                   dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold,
+                   const uint32_t* aux_crc) {
   if (state_ != State::kHandshake && state_ != State::kUp) return false;
   if (shutdown_sent_) return false;  // our side of the stream is finished
   h.salt = tx_seq_++ & 0xFF;
   OutMsg m;
-  EncodeHeader(h, ext, aux, &m.header);
+  if (aux_crc != nullptr)
+    EncodeHeaderWithAuxCrc(h, ext, aux.size(), *aux_crc, &m.header);
+  else
+    EncodeHeader(h, ext, aux, &m.header);
   // The link owns what it sends, or holds it: a transaction terminated
   // locally (its parent deleted) may leave its message queued or
   // half-written while the caller, told LOSTLINK, frees or reuses its
@@ -563,8 +577,9 @@ void Link::FlushWrites(bool may_cork) {
   int rc = uv_try_write(stream, w->bufs.data(), static_cast<unsigned>(w->bufs.size()));
   if (rc >= 0 && static_cast<size_t>(rc) == w->bytes) {
     bytes_out_ += w->bytes;
-    last_tx_ms_ = uv_now(loop_);
+    last_tx_ms_ = write_progress_ms_ = uv_now(loop_);
     delete w;  // the kernel has the bytes: holds and owned buffers go
+    CheckDrain();
     if (graceful_) {
       // The half-close goes from the timer: a failing shutdown closes the
       // link, never from inside a caller's Open()/Send().
@@ -587,6 +602,7 @@ void Link::FlushWrites(bool may_cork) {
   // The rest goes through uv_write, from where the socket stopped.
   size_t skip = rc > 0 ? static_cast<size_t>(rc) : 0;
   bytes_out_ += skip;
+  if (skip > 0) write_progress_ms_ = uv_now(loop_);
   size_t first = 0;
   while (skip > 0 && skip >= w->bufs[first].len) skip -= w->bufs[first++].len;
   w->bufs.erase(w->bufs.begin(), w->bufs.begin() + static_cast<std::ptrdiff_t>(first));
@@ -602,7 +618,9 @@ void Link::FlushWrites(bool may_cork) {
     inflight_bytes_ = 0;
     delete w;
     FailOnWriteError(rc);
+    return;
   }
+  CheckDrain();
 }
 
 void Link::FailOnWriteError(int rc) {
@@ -630,7 +648,7 @@ void Link::OnWrite(uv_write_t* req, int status) {
   self->write_inflight_ = false;
   self->inflight_bytes_ = 0;
   self->bytes_out_ += w->bytes;
-  self->last_tx_ms_ = uv_now(self->loop_);
+  self->last_tx_ms_ = self->write_progress_ms_ = uv_now(self->loop_);
   delete w;
   if (status < 0) {
     if (status != UV_ECANCELED) self->Close(std::string("write error: ") + uv_strerror(status));
@@ -639,8 +657,60 @@ void Link::OnWrite(uv_write_t* req, int status) {
   if (self->state_ == State::kHandshake || self->state_ == State::kUp) {
     self->FlushWrites();
     if (self->graceful_ && !self->write_inflight_) self->HalfClose();
-    if (self->on_written_) self->on_written_(*self);
+    self->CheckDrain();
   }
+}
+
+size_t Link::write_queue_bytes() const {
+  // libuv counts down what is left of a write as the socket takes it.
+  const size_t left =
+      write_inflight_ ? uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_))
+                      : 0;
+  return queued_bytes_ + left;
+}
+
+void Link::NotifyWhenDrained(size_t low_bytes, DrainCallback cb) {
+  if (drain_cb_ == nullptr) {
+    // The stall clock starts now: what the peer did before we waited for
+    // it does not count.
+    write_progress_ms_ = uv_now(loop_);
+    written_mark_ = bytes_out_ + inflight_bytes_ - (write_queue_bytes() - queued_bytes_);
+  }
+  drain_cb_ = std::move(cb);
+  drain_low_ = low_bytes;
+  CheckDrain();
+}
+
+void Link::CheckDrain() {
+  if (drain_cb_ == nullptr || drain_due_ || write_queue_bytes() > drain_low_) return;
+  if (state_ != State::kHandshake && state_ != State::kUp) return;
+  // Never from the caller's send: the timer runs the callback.
+  drain_due_ = true;
+  uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+}
+
+bool Link::FireDrain(uint64_t now) {
+  drain_due_ = false;
+  if (drain_cb_ == nullptr) return false;
+  // Progress of the write in flight counts too: a slow peer that takes a
+  // large write bit by bit is not stalled.
+  const uint64_t mark = bytes_out_ + inflight_bytes_ - (write_queue_bytes() - queued_bytes_);
+  if (mark != written_mark_) {
+    written_mark_ = mark;
+    write_progress_ms_ = now;
+  }
+  DrainEvent ev;
+  if (write_queue_bytes() <= drain_low_) {
+    ev = DrainEvent::kDrained;
+  } else if (now - write_progress_ms_ >= config_.dead_timeout_ms) {
+    ev = DrainEvent::kStalled;
+  } else {
+    return false;
+  }
+  DrainCallback cb = std::move(drain_cb_);
+  drain_cb_ = nullptr;
+  cb(*this, ev);
+  return true;
 }
 
 void Link::SetReadPaused(bool paused, uint32_t reason) {
@@ -694,6 +764,9 @@ void Link::OnTimer(uv_timer_t* t) {
     self->Fail(reason);
     return;
   }
+  // The relay's watch may close this link.
+  if (self->FireDrain(now) && self->state_ != State::kHandshake && self->state_ != State::kUp)
+    return;
   if (self->graceful_) {
     if (!self->write_inflight_ && !self->corked_ && self->queue_.empty()) self->HalfClose();
     if (now - self->last_tx_ms_ >= kGracefulCloseMs) self->Close("closed (flush timed out)");
@@ -797,6 +870,7 @@ void Link::Fail(const std::string& reason) {
   reading_ = false;
   queue_.clear();
   queued_bytes_ = 0;
+  drain_cb_ = nullptr;
   // Every open transaction ends as if the peer had sent LOSTLINK (§5.7),
   // children before parents.
   std::vector<Transaction*> all = txns_.SubtreePostOrder(nullptr);

@@ -154,16 +154,26 @@ class Link : public TransactionHandler {
   // `parent`) with its base command, DELETE and ABORT, error, extended
   // header bytes, reserved02 and the 0x18 field as received; CREATE, REPLY
   // and the direction bits are this link's own. f.aux is moved, not copied.
-  // OpenRelayed returns nullptr if the link or `parent` is closing;
-  // SendRelayed false if the message was discarded.
+  // OpenRelayed returns nullptr, leaving nothing open, if the link or
+  // `parent` is closing or the message could not be queued; SendRelayed
+  // false if the message was discarded.
   Transaction* OpenRelayed(Transaction* parent, TransactionHandler* handler, dmsg::Frame& f);
   bool SendRelayed(Transaction* t, dmsg::Frame& f);
 
-  // Called (on the loop thread) after each completed socket write, when
-  // write_queue_bytes() may have dropped: the relay resumes the links it
-  // paused for this one. Set once by the relay; the callback must not close
-  // this link.
-  void SetOnWritten(std::function<void(Link&)> cb) { on_written_ = std::move(cb); }
+  // Write-side backpressure for the relay (daemon/relay.h). Arms a one-shot
+  // watch on this link's unwritten bytes (write_queue_bytes()): `cb` runs
+  // once, with kDrained as soon as they are at most `low_bytes` (at once if
+  // they are already), or with kStalled if the peer took not one byte from
+  // us for the link's dead_timeout_ms while the watch was armed and bytes
+  // were waiting. A new call replaces the armed watch; Close() disarms it.
+  // `cb` runs from the link's own timer, never from inside Open(), Send(),
+  // Reply() or a handler, however the queue drained (a write completion, a
+  // synchronous flush, the link's uncork), so it may send, pause links, or
+  // Close() this link.
+  enum class DrainEvent { kDrained, kStalled };
+  using DrainCallback = std::function<void(Link&, DrainEvent)>;
+  void NotifyWhenDrained(size_t low_bytes, DrainCallback cb);
+  bool drain_watched() const { return drain_cb_ != nullptr; }
 
   State state() const { return state_; }
   bool up() const { return state_ == State::kUp; }
@@ -172,7 +182,9 @@ class Link : public TransactionHandler {
   const std::string& peer() const { return peer_; }  // "127.0.0.1:987"
   // The peer's LNK_CONN (valid once up).
   const dmsg::LnkConn& peer_conn() const { return peer_conn_; }
-  size_t write_queue_bytes() const { return queued_bytes_ + inflight_bytes_; }
+  // Bytes handed to us to send that the kernel has not taken yet: the queue
+  // plus what is left of the write in flight (partial writes count).
+  size_t write_queue_bytes() const;
   uint64_t bytes_in() const { return bytes_in_; }
   uint64_t bytes_out() const { return bytes_out_; }
   uint64_t up_since_ms() const { return up_since_ms_; }
@@ -257,8 +269,10 @@ class Link : public TransactionHandler {
   void FreeIfClosed(Transaction* t);
   void SendConn();
   void SendOneWay(uint32_t cmd);
+  // `aux_crc`, when given, is the aux's CRC already known (a relayed frame).
   bool Enqueue(dmsg::Header h, std::span<const uint8_t> ext, std::span<const uint8_t> aux,
-               dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr);
+               dmsg::ByteBuffer* owned, std::shared_ptr<const void> aux_hold = nullptr,
+               const uint32_t* aux_crc = nullptr);
   // Writes what is queued: at once when nothing is on its way, then corks
   // (`may_cork`) so that what the rest of this loop turn queues goes out
   // together, in one writev, when Uncork() runs.
@@ -315,7 +329,18 @@ class Link : public TransactionHandler {
 
   bool read_paused_ = false;
   uint32_t pause_reasons_ = 0;
-  std::function<void(Link&)> on_written_;
+  // NotifyWhenDrained: the armed watch, whether the timer should look at
+  // it now, and the write progress that tells a stalled peer from a slow one.
+  DrainCallback drain_cb_;
+  size_t drain_low_ = 0;
+  bool drain_due_ = false;
+  uint64_t written_mark_ = 0;       // bytes the kernel took, as of write_progress_ms_
+  uint64_t write_progress_ms_ = 0;  // when the kernel last took bytes (or the watch was armed)
+  // After bytes left the queue: wakes the timer if the watch may fire.
+  void CheckDrain();
+  // From the timer: fires the watch if due; true if it ran (the callback
+  // may have closed the link).
+  bool FireDrain(uint64_t now);
   bool reading_ = false;
   int dispatch_depth_ = 0;
   std::string pending_close_;

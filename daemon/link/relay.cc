@@ -1,5 +1,7 @@
 #include "daemon/link/relay.h"
 
+#include <cassert>
+#include <cstdio>
 #include <random>
 
 #include "daemon/base/log.h"
@@ -8,7 +10,13 @@ namespace xdisk {
 
 using namespace dmsg;
 
-Relay::Relay(uint32_t rnss_constant) : table_(rnss_constant) {}
+Relay::Relay(uv_loop_t* loop, uint32_t rnss_constant) : loop_(loop), table_(rnss_constant) {}
+
+Relay::~Relay() {
+  // The handle's memory is ours: it must be closed (Shutdown, then a loop
+  // run) before we go.
+  assert(check_state_ == HandleState::kNone || check_state_ == HandleState::kClosed);
+}
 
 uint32_t Relay::RandomRnss() {
   std::random_device rd;
@@ -19,17 +27,21 @@ uint32_t Relay::RandomRnss() {
 
 void Relay::OnLinkUp(Link& link) {
   if (shut_down_) return;
+  FlushSpans();
   links_[Id(&link)] = &link;
-  link.SetOnWritten([this](Link& l) { OnWritten(l); });
   const LnkConn& c = link.peer_conn();
   Apply(table_.AddLink(Id(&link), SpanRelay::LinkView{c.peer_type, c.peer_mask, c.peer_id}));
 }
 
 void Relay::OnLinkDown(Link& link) {
   // The link terminated every transaction on it first: our copies there and
-  // its received spans (OnSpanRemoved) are gone already.
+  // its received spans (OnSpanRemoved) are gone already; their removal may
+  // still be queued.
+  FlushSpans();
   links_.erase(Id(&link));
   counters_.erase(&link);
+  txns_of_.erase(&link);
+  refusal_logged_.erase(&link);
   for (auto it = copies_.begin(); it != copies_.end();) {
     if (it->first.first == &link) {
       copy_of_.erase(it->second);
@@ -51,15 +63,29 @@ void Relay::OnLinkDown(Link& link) {
 }
 
 void Relay::OnLocalSpanAdded(const LnkSpan& info) {
-  if (!shut_down_) Apply(table_.AddLocalNode(info));
+  if (shut_down_) return;
+  FlushSpans();
+  Apply(table_.AddLocalNode(info));
 }
 
 void Relay::OnLocalSpanRemoved(const LnkSpan& info) {
-  if (!shut_down_) Apply(table_.RemoveLocalNode(info));
+  if (shut_down_) return;
+  FlushSpans();
+  Apply(table_.RemoveLocalNode(info));
 }
 
 void Relay::Shutdown() {
   shut_down_ = true;
+  pending_.clear();
+  pending_add_.clear();
+  if (check_state_ == HandleState::kOpen) {
+    check_state_ = HandleState::kClosing;
+    uv_close(reinterpret_cast<uv_handle_t*>(&check_), [](uv_handle_t* h) {
+      auto* self = static_cast<Relay*>(h->data);
+      assert(self->check_state_ == HandleState::kClosing);
+      self->check_state_ = HandleState::kClosed;
+    });
+  }
   auto copies = copies_;
   for (auto& [key, t] : copies) Withdraw(key.first, key.second);
 }
@@ -67,13 +93,66 @@ void Relay::Shutdown() {
 void Relay::OnSpanAdded(const RemoteSpan& span) {
   if (shut_down_) return;
   sources_[span.id] = span;
-  Apply(table_.AddSpan(span.id, Id(span.link), span.info));
+  QueueSpan(PendingSpan{true, span.id, Id(span.link), span.info});
 }
 
 void Relay::OnSpanRemoved(const RemoteSpan& span, const std::string&) {
+  // At once: a child opened under a copy must not reach the source's
+  // transaction, which goes now.
   sources_.erase(span.id);
   if (shut_down_) return;
-  Apply(table_.RemoveSpan(span.id));
+  if (auto it = pending_add_.find(span.id); it != pending_add_.end()) {
+    // Opened and withdrawn within one turn: the table never hears of it.
+    pending_[it->second].id = 0;
+    pending_add_.erase(it);
+    return;
+  }
+  QueueSpan(PendingSpan{false, span.id, Id(span.link), {}});
+}
+
+void Relay::QueueSpan(PendingSpan p) {
+  if (p.add) pending_add_[p.id] = pending_.size();
+  pending_.push_back(std::move(p));
+  if (check_state_ == HandleState::kNone) {
+    uv_check_init(loop_, &check_);
+    check_.data = this;
+    check_state_ = HandleState::kOpen;
+  }
+  if (check_state_ == HandleState::kOpen) uv_check_start(&check_, OnCheck);
+}
+
+void Relay::OnCheck(uv_check_t* h) {
+  uv_check_stop(h);
+  static_cast<Relay*>(h->data)->FlushSpans();
+}
+
+void Relay::FlushSpans() {
+  if (pending_.empty()) return;
+  std::vector<PendingSpan> events = std::move(pending_);
+  pending_.clear();
+  pending_add_.clear();
+  std::vector<SpanRelay::Change> changes;
+  for (PendingSpan& e : events) {
+    if (e.id == 0) continue;  // cancelled
+    changes.clear();
+    if (!e.add) {
+      changes = table_.RemoveSpan(e.id);
+    } else if (!table_.AddSpan(e.id, e.link, e.info, &changes)) {
+      auto src = sources_.find(e.id);
+      if (src != sources_.end()) {
+        LogRefusal(*src->second.link, "spans beyond the relay's limit of 4096 per link");
+        sources_.erase(src);
+      }
+      continue;
+    }
+    Apply(changes);
+  }
+}
+
+void Relay::LogRefusal(Link& link, const char* what) {
+  // Once per link: a flooding peer must not flood the log too.
+  if (!refusal_logged_.insert(&link).second) return;
+  XLOG(kWarning, link.name(), "relay: refusing %s (logged once per link)", what);
 }
 
 void Relay::Apply(const std::vector<SpanRelay::Change>& changes) {
@@ -92,7 +171,11 @@ void Relay::Advertise(const SpanRelay::Change& c) {
   auto src = sources_.find(c.source);
   if (l == links_.end() || src == sources_.end()) return;
   Link* link = l->second;
-  std::vector<uint8_t> ext = c.info.Encode();
+  // The source's bytes, only dist and rnss rewritten: reserved fields and
+  // a non-block span's media union pass as received.
+  std::vector<uint8_t> ext = c.info.received.empty()
+                                 ? c.info.Encode()
+                                 : LnkSpan::Relayed(c.info.received, c.info.dist, c.info.rnss);
   // A link that is closing refuses (nullptr); the table forgets it when
   // the link reports down.
   Transaction* t = link->Open(kLnkSpan, nullptr, this, ext);
@@ -136,8 +219,22 @@ TransactionHandler* Relay::OnChildCreate(Link& link, Transaction& parent, Transa
       b_parent = p->ta;
     }
   }
+  int depth = 1;
+  if (auto* p = static_cast<Pair*>(parent.user); p != nullptr) depth = p->depth + 1;
   // Without a far side the CREATE is answered LOSTLINK in OnMessage.
   auto* pair = new Pair{&link, &child, b, b_parent};
+  pair->depth = depth;
+  size_t& open = txns_of_[&link];
+  if (open >= kMaxTxnsPerLink) {
+    pair->refuse = kErrCantCirc;
+    LogRefusal(link, "transactions beyond the relay's limit of 8192 open per link");
+  } else if (depth > kMaxDepth) {
+    pair->refuse = kErrCantCirc;
+    LogRefusal(link, "transactions nested deeper than the relay's limit of 8 levels");
+  } else {
+    ++open;
+    pair->counted = true;
+  }
   child.user = pair;
   child.deferred = true;  // its side closes when the far side's does
   return this;
@@ -160,6 +257,11 @@ void Relay::OnMessage(Link& link, Transaction& t, Frame& f) {
   const size_t aux = f.aux.size();
   bool passed = false;
   Transaction* other = nullptr;
+  if (from_a && !p->opened && p->refuse != 0) {
+    p->opened = true;
+    if (!t.tx_delete && !t.dying) link.Reply(&t, p->refuse, true);
+    return;
+  }
   if (from_a && !p->opened) {
     p->opened = true;
     if (to != nullptr && p->b_parent != nullptr) p->tb = to->OpenRelayed(p->b_parent, this, f);
@@ -193,7 +295,13 @@ void Relay::OnFreed(Link&, Transaction& t) {
   auto* p = static_cast<Pair*>(t.user);
   if (p == nullptr) return;
   t.user = nullptr;
-  if (p->ta == &t) p->ta = nullptr;
+  if (p->ta == &t) {
+    p->ta = nullptr;
+    if (p->counted) {
+      auto n = txns_of_.find(p->a);
+      if (n != txns_of_.end() && n->second > 0) --n->second;
+    }
+  }
   if (p->tb == &t) p->tb = nullptr;
   // The pair goes with its last half; a half never opened counts as gone.
   if (p->ta == nullptr && (p->tb == nullptr)) delete p;
@@ -205,10 +313,28 @@ void Relay::Throttle(Link& from, Link& to) {
     paused_by_[&from].insert(&to);
     from.SetReadPaused(true, Link::kPauseRelay);
   }
+  if (!to.drain_watched())
+    to.NotifyWhenDrained(kLowWaterBytes, [this](Link& l, Link::DrainEvent e) { OnDrain(l, e); });
 }
 
-void Relay::OnWritten(Link& to) {
-  if (to.write_queue_bytes() < kLowWaterBytes) ReleaseWaiters(to);
+void Relay::OnDrain(Link& to, Link::DrainEvent event) {
+  if (event == Link::DrainEvent::kDrained) {
+    ReleaseWaiters(to);
+    return;
+  }
+  // The peer took nothing from us for a whole link timeout while links
+  // waited for it. Waiting longer could be forever: in a ring, relays can
+  // each wait for the next to read (docs/design.md "Relay"). Dropping the
+  // link ends what crossed it (LOSTLINK both ways, importers resend on
+  // another path) and resumes the waiters from OnLinkDown.
+  auto it = paused_for_.find(&to);
+  const size_t waiting = it == paused_for_.end() ? 0 : it->second.size();
+  char why[160];
+  snprintf(why, sizeof why,
+           "relay: the peer took no data for the link timeout while %zu bytes were queued "
+           "for it and %zu link(s) paused for it",
+           to.write_queue_bytes(), waiting);
+  to.Close(why);
 }
 
 void Relay::ReleaseWaiters(Link& to) {

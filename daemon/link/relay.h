@@ -23,17 +23,35 @@
 //
 // Backpressure and memory: after passing a message to link X, if X's write
 // queue holds more than kHighWaterBytes, the link the message came from
-// stops reading (Link::kPauseRelay) until X's queue is below
-// kLowWaterBytes. Since a paused link decodes no further frame, X's queue
+// stops reading (Link::kPauseRelay) until X's queue is at most
+// kLowWaterBytes (Link::NotifyWhenDrained, which notices every way a queue
+// drains). A pause cannot last forever: if X's peer takes no byte from us
+// for the link timeout (--link-timeout, 10 s) while links wait for X, X is
+// dropped (a ring of relays could otherwise wait on each other for ever;
+// see docs/design.md "Relay"). Since a paused link decodes no further frame, X's queue
 // exceeds the high-water mark by at most one message (<= 1 MiB of aux plus
 // a header) per link feeding it; a paused link buffers at most one socket
 // read (256 KiB) plus one partial frame. So relayed data in memory stays
 // below about (kHighWaterBytes + links x 1.3 MiB) per outgoing link.
 //
+// Bounds on what one peer can make us do (docs/design.md "Relay"):
+//   - spans: SpanRelay takes at most kMaxSpansPerLink spans of a link; the
+//     rest are not relayed (logged once per link, counted);
+//   - flapping: received spans are handed to SpanRelay once per loop turn,
+//     after the turn's reads; a span opened and withdrawn within one turn
+//     is never relayed at all, so a peer flapping a span as fast as it can
+//     costs one table update per node and turn, not one per message;
+//   - transactions: at most kMaxTxnsPerLink relayed transactions opened by
+//     one link's peer at a time, and at most kMaxDepth levels below a
+//     relayed span; beyond either the CREATE is answered
+//     LNK_ERROR|DELETE with DMSG_ERR_CANTCIRC (logged once per link).
+//
 // Threading: loop thread only. Lifetime: owned by the daemon, registered
 // with the SpanRegistry, which calls OnLinkUp/OnLinkDown and the local span
 // hooks; must outlive every link (transactions name it as their handler).
 #pragma once
+
+#include <uv.h>
 
 #include <cstdint>
 #include <map>
@@ -49,11 +67,23 @@ namespace xdisk {
 class Relay : public SpanObserver, public TransactionHandler {
  public:
   static constexpr size_t kHighWaterBytes = 8u << 20;
-  static constexpr size_t kLowWaterBytes = 2u << 20;
+  // Close below the high mark: a relay paused behind a slow far end reads
+  // again after every 2 MiB the far end takes, so that a relay feeding
+  // this one (which sees our pause as a peer taking nothing) sees
+  // progress often enough not to drop its link (see OnDrain).
+  static constexpr size_t kLowWaterBytes = 6u << 20;
+  // An importer keeps at most a few hundred requests in flight per path;
+  // 8192 is far above any honest peer and bounds the Pairs one link holds
+  // (about 200 bytes each, plus both links' transaction entries).
+  static constexpr size_t kMaxTxnsPerLink = 8192;
+  // Span -> BLK_OPEN -> BLK_READ is depth 2; DragonFly nests no deeper.
+  static constexpr int kMaxDepth = 8;
 
   // `rnss_constant`: added to the rnss of every relayed span; random per
-  // process and non-zero (RandomRnss()).
-  explicit Relay(uint32_t rnss_constant);
+  // process and non-zero (RandomRnss()). `loop` runs the once-per-turn
+  // span update (a uv_check_t, made on first use and closed by Shutdown()).
+  Relay(uv_loop_t* loop, uint32_t rnss_constant);
+  ~Relay() override;
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
   static uint32_t RandomRnss();
@@ -64,7 +94,9 @@ class Relay : public SpanObserver, public TransactionHandler {
   void OnLocalSpanAdded(const dmsg::LnkSpan& info);
   void OnLocalSpanRemoved(const dmsg::LnkSpan& info);
 
-  // Withdraws every relayed copy and relays nothing more (shutdown).
+  // Withdraws every relayed copy and relays nothing more (shutdown);
+  // closes the relay's handle (the loop must run once more before the
+  // Relay is destroyed).
   void Shutdown();
 
   // SpanObserver: received spans.
@@ -100,17 +132,39 @@ class Relay : public SpanObserver, public TransactionHandler {
     Transaction* b_parent;  // where to open it; valid only until the CREATE is passed on
     Transaction* tb = nullptr;
     bool opened = false;
+    int depth = 1;           // levels below the relayed span
+    uint32_t refuse = 0;     // non-zero: the CREATE is answered with this error
+    bool counted = false;    // counts in txns_of_[a]
   };
+  // A received span, waiting for the turn's end (see "flapping" above).
+  struct PendingSpan {
+    bool add;
+    uint64_t id;
+    uint64_t link;
+    dmsg::LnkSpan info;  // add only
+  };
+  void QueueSpan(PendingSpan p);
+  // Hands the queued span events to the table and carries the changes out.
+  void FlushSpans();
+  static void OnCheck(uv_check_t* h);
+  void LogRefusal(Link& link, const char* what);
   void Apply(const std::vector<SpanRelay::Change>& changes);
   void Advertise(const SpanRelay::Change& c);
   void Withdraw(Link* link, uint64_t source);
   // After passing a message from `from` to `to`: pause `from` if `to` is full.
   void Throttle(Link& from, Link& to);
-  void OnWritten(Link& to);
+  void OnDrain(Link& to, Link::DrainEvent event);
   // Resumes the links paused for `to` that wait for nothing else.
   void ReleaseWaiters(Link& to);
   static uint64_t Id(const Link* l) { return reinterpret_cast<uintptr_t>(l); }
 
+  uv_loop_t* loop_;
+  uv_check_t check_;
+  enum class HandleState { kNone, kOpen, kClosing, kClosed } check_state_ = HandleState::kNone;
+  std::vector<PendingSpan> pending_;
+  std::map<uint64_t, size_t> pending_add_;  // span id -> its add in pending_
+  std::map<const Link*, size_t> txns_of_;   // relayed transactions the link's peer opened
+  std::set<const Link*> refusal_logged_;    // links whose peer was refused something
   SpanRelay table_;
   bool shut_down_ = false;
   std::map<uint64_t, Link*> links_;                            // up links by Id()

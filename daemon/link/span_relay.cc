@@ -24,18 +24,14 @@ uint64_t SpanRelay::BestFor(uint64_t link, const LinkView& view, const NodeKey& 
   if (local_nodes_.count(node)) return 0;
   auto n = nodes_.find(node);
   if (n == nodes_.end()) return 0;
-  uint64_t best = 0;
-  const LnkSpan* best_info = nullptr;
-  for (uint64_t id : n->second) {  // ascending ids: the tie breaker of last resort
-    const Span& s = spans_.at(id);
-    if (s.link == link || !Admits(view, s.info)) continue;
-    if (best_info == nullptr || s.info.dist < best_info->dist ||
-        (s.info.dist == best_info->dist && s.info.rnss < best_info->rnss)) {
-      best = id;
-      best_info = &s.info;
-    }
+  for (const Rank& r : n->second.link_bests) {
+    const Span& s = spans_.at(r.id);
+    if (s.link == link) continue;  // split horizon; the next entry is another link's
+    // The filters other than dist are the same for every span of the node,
+    // and the spans after this one have no lower dist.
+    return Admits(view, s.info) ? r.id : 0;
   }
-  return best;
+  return 0;
 }
 
 void SpanRelay::ReconcileOn(uint64_t link, const LinkView& view, const NodeKey& node,
@@ -65,7 +61,7 @@ void SpanRelay::Reconcile(const NodeKey& node, std::vector<Change>* out) {
 std::vector<SpanRelay::Change> SpanRelay::AddLink(uint64_t link, const LinkView& view) {
   std::vector<Change> out;
   links_[link] = view;
-  for (auto& [node, ids] : nodes_) ReconcileOn(link, view, node, &out);
+  for (auto& [node, spans] : nodes_) ReconcileOn(link, view, node, &out);
   return out;
 }
 
@@ -87,14 +83,24 @@ std::vector<SpanRelay::Change> SpanRelay::RemoveLink(uint64_t link) {
   return out;
 }
 
-std::vector<SpanRelay::Change> SpanRelay::AddSpan(uint64_t span, uint64_t from_link,
-                                                  const LnkSpan& info) {
-  std::vector<Change> out;
+bool SpanRelay::AddSpan(uint64_t span, uint64_t from_link, const LnkSpan& info,
+                        std::vector<Change>* out) {
+  if (spans_.count(span)) return true;
+  size_t& taken = spans_of_link_[from_link];
+  if (taken >= kMaxSpansPerLink) return false;
+  ++taken;
   NodeKey node = KeyOf(info);
   spans_[span] = Span{from_link, info, node};
-  nodes_[node].insert(span);
-  Reconcile(node, &out);
-  return out;
+  NodeSpans& n = nodes_[node];
+  std::set<Rank>& mine = n.by_link[from_link];
+  const Rank rank = RankOf(span, info);
+  if (mine.empty() || rank < *mine.begin()) {
+    if (!mine.empty()) n.link_bests.erase(*mine.begin());
+    n.link_bests.insert(rank);
+  }
+  mine.insert(rank);
+  Reconcile(node, out);
+  return true;
 }
 
 std::vector<SpanRelay::Change> SpanRelay::RemoveSpan(uint64_t span) {
@@ -102,10 +108,21 @@ std::vector<SpanRelay::Change> SpanRelay::RemoveSpan(uint64_t span) {
   auto it = spans_.find(span);
   if (it == spans_.end()) return out;
   NodeKey node = it->second.node;
+  const uint64_t link = it->second.link;
+  const Rank rank = RankOf(span, it->second.info);
   spans_.erase(it);
+  if (auto t = spans_of_link_.find(link); t != spans_of_link_.end() && --t->second == 0)
+    spans_of_link_.erase(t);
   auto n = nodes_.find(node);
-  n->second.erase(span);
-  if (n->second.empty()) nodes_.erase(n);
+  auto mine = n->second.by_link.find(link);
+  const bool was_best = *mine->second.begin() == rank;
+  mine->second.erase(rank);
+  if (was_best) {
+    n->second.link_bests.erase(rank);
+    if (!mine->second.empty()) n->second.link_bests.insert(*mine->second.begin());
+  }
+  if (mine->second.empty()) n->second.by_link.erase(mine);
+  if (n->second.by_link.empty()) nodes_.erase(n);
   Reconcile(node, &out);
   return out;
 }

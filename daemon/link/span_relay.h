@@ -29,6 +29,11 @@
 // that an importer downstream sees its next path before the old one goes.
 // A withdrawal names the link and the source span whose copy goes.
 //
+// Bounds: at most kMaxSpansPerLink received spans of one link are taken
+// (AddSpan refuses the rest, until some go); finding the best span of a
+// node for a link is logarithmic in the node's spans, whatever their
+// number and however many share one link.
+//
 // Threading: none (the caller's loop thread).
 #pragma once
 
@@ -47,6 +52,11 @@ class SpanRelay {
  public:
   // The largest dist a relayed copy may carry.
   static constexpr uint32_t kMaxDist = 16;
+  // Received spans taken per link. DragonFly's mesh carries one span per
+  // exported disk and per PFS; 4096 leaves room for large hosts and for
+  // what they relay, and bounds what one peer can make us keep and pass
+  // on (docs/design.md "Relay").
+  static constexpr size_t kMaxSpansPerLink = 4096;
 
   // What the table needs of a link: the peer's LNK_CONN.
   struct LinkView {
@@ -86,8 +96,17 @@ class SpanRelay {
   std::vector<Change> RemoveLink(uint64_t link);
 
   // A span was received on `from_link` (which need not be an AddLink'ed
-  // link: spans may arrive before our side calls the link up).
-  std::vector<Change> AddSpan(uint64_t span, uint64_t from_link, const dmsg::LnkSpan& info);
+  // link: spans may arrive before our side calls the link up). Returns
+  // false, taking nothing, if `from_link` has kMaxSpansPerLink spans
+  // already (a later RemoveSpan of it is then a no-op).
+  bool AddSpan(uint64_t span, uint64_t from_link, const dmsg::LnkSpan& info,
+               std::vector<Change>* out);
+  // The same, for tests: the changes, empty if refused.
+  std::vector<Change> AddSpan(uint64_t span, uint64_t from_link, const dmsg::LnkSpan& info) {
+    std::vector<Change> out;
+    AddSpan(span, from_link, info, &out);
+    return out;
+  }
   // The span was withdrawn or its link lost: its copies are withdrawn and
   // the next best of its node advertised in their place.
   std::vector<Change> RemoveSpan(uint64_t span);
@@ -116,6 +135,25 @@ class SpanRelay {
     dmsg::LnkSpan info;
     NodeKey node;
   };
+  // The order of preference: lower dist, then lower rnss, then lower id.
+  struct Rank {
+    uint32_t dist;
+    uint32_t rnss;
+    uint64_t id;
+    auto operator<=>(const Rank&) const = default;
+  };
+  // A node's spans by link, and the best of each link in one ordered set:
+  // the best span for a link is the first of `link_bests` not from that
+  // link (split horizon skips at most one entry), and whether the rules
+  // admit it depends only on its dist (the other filters are the node's),
+  // so no other need be looked at.
+  struct NodeSpans {
+    std::map<uint64_t, std::set<Rank>> by_link;
+    std::set<Rank> link_bests;
+  };
+  static Rank RankOf(uint64_t id, const dmsg::LnkSpan& info) {
+    return Rank{info.dist, info.rnss, id};
+  }
   static NodeKey KeyOf(const dmsg::LnkSpan& info);
   // The span to relay to `link` for `node`, or 0.
   uint64_t BestFor(uint64_t link, const LinkView& view, const NodeKey& node) const;
@@ -128,7 +166,8 @@ class SpanRelay {
   uint32_t rnss_constant_;
   std::map<uint64_t, LinkView> links_;
   std::map<uint64_t, Span> spans_;
-  std::map<NodeKey, std::set<uint64_t>> nodes_;  // node -> its span ids
+  std::map<NodeKey, NodeSpans> nodes_;
+  std::map<uint64_t, size_t> spans_of_link_;  // received spans taken, by link
   std::map<NodeKey, int> local_nodes_;
   // (link, node) -> the source span relayed there.
   std::map<std::pair<uint64_t, NodeKey>, uint64_t> relayed_;

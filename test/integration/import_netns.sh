@@ -13,31 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 disk_test netns1 1024 fio ip
-requires ip netns list
-
-log "namespace, veth pair and addresses"
-# A /30 out of 169.254.0.0/16 that no interface here uses yet.
-for _ in $(seq 1 20); do
-  N=$((2 + RANDOM % 160)) # below 169.254.169.0/24, where clouds keep metadata
-  ip -4 -o addr show | grep -q " 169\.254\.$N\." || break
-done
-SUFFIX=$$-$RANDOM
-NS=xd-$SUFFIX
-VH=xdh$((RANDOM % 100000)) # host end (names are at most 15 characters)
-VN=xdn${VH#xdh}            # namespace end
-HOST_IP=169.254.$N.1
-NS_IP=169.254.$N.2
-ip netns add "$NS"
-cleanup_fn ip netns del "$NS"
-ip link add "$VH" type veth peer name "$VN" netns "$NS"
-# Deleting the namespace deletes its end, and with it the pair; this covers
-# the case where the namespace is gone but the host end is not.
-cleanup_fn ip link del "$VH"
-ip addr add "$HOST_IP/30" dev "$VH"
-ip link set "$VH" up
-ip -n "$NS" addr add "$NS_IP/30" dev "$VN"
-ip -n "$NS" link set "$VN" up
-ip -n "$NS" link set lo up
+veth_netns
 
 PORT=$(free_port)
 # Each side allows the other's veth address.

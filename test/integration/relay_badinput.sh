@@ -1,20 +1,20 @@
 #!/bin/bash
 # Hostile span input on a relay. A python peer (the independent oracle's
 # Link) connected to relay B advertises 3000 spans, 5 spans with dist 15 and
-# 5 with dist 16, and flaps one span (open, DELETE) 2000 times as fast as
-# it can. A strict python client on B's other side (it drops the link on
-# any §5.4 violation) must end up with exactly the 3000 + 5 relayable spans,
-# the dist-15 ones arriving with dist 16, none of dist 16 relayed, no
-# flapping span left; B stays up with bounded memory, and once the flooder
-# goes the client sees every copy withdrawn. B exits 0 on SIGTERM.
+# 5 with dist 16, flaps one span (open, DELETE) 2000 times as fast as it
+# can, sends two spans whose reserved bytes (and, for a HAMMER2 span, media
+# union) are noise, then 1100 more spans: past B's limit of 4096 spans per
+# link by 16. A strict python client on B's other side (it drops the link
+# on any §5.4 violation) must end up with exactly the 3000 + 5 + 2 + 1084
+# relayable spans, the dist-15 ones arriving with dist 16, none of dist 16
+# relayed, no flapping span left, the two noisy spans byte for byte as sent
+# but for dist and rnss; B logs the refusal once, stays up with bounded
+# memory, and once the flooder goes the client sees every copy withdrawn.
+# B exits 0 on SIGTERM.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
-peer_test python3 ss
-
-make_keys "$WORK_DIR/keys" 127.0.0.1
-PB=$(free_port)
-start_relay RELAY b "$PB" "$WORK_DIR/keys"
+python_relay
 
 cat >"$WORK_DIR/flood.py" <<'EOF'
 import json, os, sys, time
@@ -30,8 +30,11 @@ def wait_for(pred, what, timeout=30):
             raise SystemExit("timed out waiting for " + what)
         time.sleep(0.05)
 
+# The client keeps each span's bytes as received.
+unpack = p.unpack_span
+p.unpack_span = lambda ext: dict(unpack(ext), raw=bytes(ext).hex())
 client = p.Link.connect("127.0.0.1", port, peer_type=p.PEER_CLIENT,
-                        peer_mask=1 << p.PEER_BLOCK, label="test/client", strict=True,
+                        peer_mask=(1 << p.PEER_BLOCK) | (1 << p.PEER_HAMMER2), label="test/client", strict=True,
                         name="client").start()
 client.wait_ready()
 flood = p.Link.connect("127.0.0.1", port, peer_type=p.PEER_BLOCK, peer_mask=0,
@@ -51,12 +54,26 @@ for i in range(5):
 for _ in range(2000):
     t = flood.open_trans(None, p.LNK_SPAN, ext=span("flap"), kind="span")
     flood.send_on(t, p.LNK_ERROR, p.F_DELETE)
+# Noise where the relay must not look: reserved02 (0x28), the media union
+# after media_bytes (0x44..0x70), and a HAMMER2 span's whole media union.
+noisy = {}
+for name, ptype in (("noisyblk", p.PEER_BLOCK), ("noisyh2", p.PEER_HAMMER2)):
+    b = bytearray(span(name))
+    b[0x21] = ptype
+    noise = os.urandom(0x70)
+    lo = 0x38 if ptype == p.PEER_HAMMER2 else 0x44
+    b[0x28:0x30] = noise[0x28:0x30]
+    b[lo:0x70] = noise[lo:0x70]
+    noisy[name] = bytes(b)
+    flood.open_trans(None, p.LNK_SPAN, ext=noisy[name], kind="span")
+for i in range(1100):
+    flood.open_trans(None, p.LNK_SPAN, ext=span("c%04d" % i), kind="span")
 
 def relayed():
     with client.lock:
         return list(client.spans.values())
-wait_for(lambda: len(relayed()) >= 3005 and not any(s["pfs_label"] == "flap" for s in relayed()),
-         "3005 relayed spans")
+wait_for(lambda: len(relayed()) >= 4091 and not any(s["pfs_label"] == "flap" for s in relayed()),
+         "4091 relayed spans")
 time.sleep(1)
 got = relayed()
 by = {s["pfs_label"]: s for s in got}
@@ -64,6 +81,12 @@ report = dict(spans=len(got), far=sum(1 for s in got if s["pfs_label"].startswit
               flap=sum(1 for s in got if s["pfs_label"] == "flap"),
               edge_dist=sorted({s["dist"] for s in got if s["pfs_label"].startswith("edge")}),
               flood_dist=sorted({s["dist"] for s in got if s["pfs_label"].startswith("s")}),
+              # Bytes that differ from what the flooder sent, outside dist
+              # and rnss (0x30..0x38).
+              noisy_diff=sorted(
+                  i for name, sent in noisy.items() for i, (x, y) in
+                  enumerate(zip(bytes.fromhex(by[name]["raw"]) if name in by else b"", sent))
+                  if x != y and not 0x30 <= i < 0x38) if all(n in by for n in noisy) else "missing",
               client_violations=client.violations)
 print(json.dumps(report), flush=True)
 # The shell checks the relay now; it says "go" to end the flooder.
@@ -83,14 +106,17 @@ cat "$WORK_DIR/flood.out" >&2
 [ -s "$WORK_DIR/flood.out" ] || { cat "$WORK_DIR/flood.err" >&2; fail "the flooder failed"; }
 require_alive "$RELAY" "under the span flood"
 check() { json "$WORK_DIR/flood.out" "$1"; }
-[ "$(check spans)" = 3005 ] || fail "the client got $(check spans) spans, want 3005"
+[ "$(check spans)" = 4091 ] || fail "the client got $(check spans) spans, want 4091"
+[ "$(check noisy_diff)" = "[]" ] || fail "relayed span bytes changed: $(check noisy_diff)"
+[ "$(grep -c "refusing spans beyond the relay's limit of 4096 per link" "$WORK_DIR/b.log")" = 1 ] ||
+  fail "B did not log the span limit once"
 [ "$(check far)" = 0 ] || fail "spans with dist 16 were relayed"
 [ "$(check flap)" = 0 ] || fail "the flapping span is still relayed"
 [ "$(check edge_dist)" = "[16]" ] || fail "dist-15 spans arrived with $(check edge_dist)"
 [ "$(check flood_dist)" = "[1]" ] || fail "the flood's spans arrived with $(check flood_dist)"
 [ "$(check client_violations)" = "[]" ] || fail "the client saw violations: $(check client_violations)"
 n=$(CTL=$WORK_DIR/b.sock ctl --json spans | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["relayed"]))')
-[ "$n" = 3005 ] || fail "xdiskctl spans lists $n copies, want 3005"
+[ "$n" = 4091 ] || fail "xdiskctl spans lists $n copies, want 4091"
 rss=$(awk '/^VmRSS/ {print $2}' "/proc/$RELAY/status")
 log "B relays $n spans, VmRSS ${rss} kB"
 [ "$rss" -lt $((200 * 1024)) ] || fail "B uses ${rss} kB"
@@ -103,5 +129,5 @@ n=$(CTL=$WORK_DIR/b.sock ctl --json spans | python3 -c 'import json,sys; print(l
 [ "$n" = 0 ] || fail "xdiskctl spans still lists $n copies"
 
 stop_all "$RELAY"
-scan_logs ""
+scan_logs "refusing spans beyond the relay's limit"
 log "PASS"

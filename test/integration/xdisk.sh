@@ -13,6 +13,13 @@
 #                         and each CMD; sets SERIAL and IMG (a sparse image
 #                         of MIB MiB in $WORK_DIR) too
 #   need_xdiskctl         sets XDISKCTL (the built one unless given), or skips
+#   python_relay          the start of a test of python peers around a relay:
+#                         needs root, python3 and ss; relay b ($RELAY) on a
+#                         free port $PB, keys in $WORK_DIR/keys
+#   veth_netns            a network namespace $NS joined to this one by a
+#                         veth pair: host end $VH with $HOST_IP, namespace
+#                         end $VN with $NS_IP (a /30 of 169.254/16 unused
+#                         here); both removed at cleanup
 #   wait_fio PID OUT SEC  until the background fio PID ends; fails unless it
 #                         exits 0 within SEC with "err= 0" in its output OUT
 #   start_fio_verify SIZE IO_SIZE  fio in the background (pid in FIO): 4 KiB
@@ -82,6 +89,40 @@ XDISK=${XDISK:-$BUILD_DIR/daemon/xdisk-fuse}
 export MALLOC_PERTURB_=${MALLOC_PERTURB_:-165}
 PEER=${PEER:-$SOURCE_DIR/test/peer/dmsg_peer.py}
 [ -x "$XDISK" ] || skip "no daemon binary at $XDISK (build first)"
+
+python_relay() {
+  peer_test python3 ss
+  make_keys "$WORK_DIR/keys" 127.0.0.1
+  PB=$(free_port)
+  start_relay RELAY b "$PB" "$WORK_DIR/keys"
+}
+
+veth_netns() {
+  requires ip netns list
+  log "namespace, veth pair and addresses"
+  # A /30 out of 169.254.0.0/16 that no interface here uses yet.
+  local n
+  for _ in $(seq 1 20); do
+    n=$((2 + RANDOM % 160)) # below 169.254.169.0/24, where clouds keep metadata
+    ip -4 -o addr show | grep -q " 169\.254\.$n\." || break
+  done
+  NS=xd-$$-$RANDOM
+  VH=xdh$((RANDOM % 100000)) # host end (names are at most 15 characters)
+  VN=xdn${VH#xdh}            # namespace end
+  HOST_IP=169.254.$n.1
+  NS_IP=169.254.$n.2
+  ip netns add "$NS"
+  cleanup_fn ip netns del "$NS"
+  ip link add "$VH" type veth peer name "$VN" netns "$NS"
+  # Deleting the namespace deletes its end, and with it the pair; this
+  # covers the case where the namespace is gone but the host end is not.
+  cleanup_fn ip link del "$VH"
+  ip addr add "$HOST_IP/30" dev "$VH"
+  ip link set "$VH" up
+  ip -n "$NS" addr add "$NS_IP/30" dev "$VN"
+  ip -n "$NS" link set "$VN" up
+  ip -n "$NS" link set lo up
+}
 
 make_keys() {
   local dir=$1

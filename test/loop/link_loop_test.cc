@@ -8,9 +8,12 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "daemon/link/link_table.h"
+#include "daemon/link/relay.h"
 #include "daemon/link/span_registry.h"
 #include "proto/rsa_handshake.h"
 
@@ -114,11 +117,17 @@ struct TestClient : SpanObserver, TransactionHandler {
 };
 
 struct Side {
-  Side(uv_loop_t* loop, const std::string& keys, const char* label)
-      : policy(keys), table(loop, Config(label), &policy, &registry) {}
-  static LinkConfig Config(const char* label) {
+  // `relay`, when given, makes this side a relay (it must outlive the side).
+  Side(uv_loop_t* loop, const std::string& keys, const char* label,
+       uint64_t dead_timeout_ms = 10000, Relay* relay = nullptr)
+      : policy(keys), table(loop, Config(label, dead_timeout_ms), &policy, &registry) {
+    if (relay) registry.SetRelay(relay);
+  }
+  static LinkConfig Config(const char* label, uint64_t dead_timeout_ms) {
     LinkConfig c;
     c.label = label;
+    c.dead_timeout_ms = dead_timeout_ms;
+    c.ping_interval_ms = std::min<uint64_t>(c.ping_interval_ms, dead_timeout_ms / 5);
     return c;
   }
   PeerPolicy policy;
@@ -556,4 +565,246 @@ TEST_CASE("TLS on one side and DragonFly's scheme on the other is refused on bot
     ShutdownBoth(&loop, server, client);
   }
   CloseLoop(&loop, skeys + " " + ckeys);
+}
+
+namespace {
+
+// A disk that stops reading its link at the first write (as the exporter
+// does when its I/O budget is spent) and answers every write it reads.
+struct StallingService : TransactionHandler {
+  Link* link = nullptr;
+  int writes = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error == kErrLostLink || !(f.hdr.cmd & kFlagCreate)) return;
+    if (t.cmd == kBlkOpen) l.Reply(&t, 0, false);
+    if (t.cmd != kBlkWrite) return;
+    ++writes;
+    if (link == nullptr) {
+      link = &l;
+      l.SetReadPaused(true);
+    }
+    l.Reply(&t, 0, true);
+  }
+};
+
+// Server and client both linked to a relay; the client opens the relayed
+// disk (dist 1) and queues kCount 1 MiB writes through the relay to a
+// StallingService, more than the relay's high-water mark and the sockets
+// between hold.
+struct RelayedWrites {
+  static constexpr int kCount = 64;
+  RelayedWrites(uv_loop_t* loop, const std::string& keys, uint64_t relay_dead_timeout_ms)
+      : relay(loop, Relay::RandomRnss()),
+        relay_side(loop, keys, "test/relay", relay_dead_timeout_ms, &relay),
+        server(loop, keys, "test/server", 2000),
+        client(loop, keys, "test/client", 2000) {
+    client.registry.AddObserver(&observer);
+    REQUIRE(relay_side.table.Listen({"127.0.0.1", 0}).ok());
+    server.registry.AddLocalSpan(BlockSpan("stalling"), &service);
+    server.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
+    const RemoteSpan rs = FirstSpan(loop, relay_side, client, observer);
+    REQUIRE(rs.info.dist == 1);
+    Transaction* open = OpenDisk(loop, rs, observer, kBlkModeRead | kBlkModeWrite);
+    auto data = std::make_shared<std::vector<uint8_t>>(1 << 20, 0x11);
+    BlkIo io;
+    io.bytes = 1 << 20;
+    for (int i = 0; i < kCount; ++i) {
+      io.offset = static_cast<uint64_t>(i) << 20;
+      REQUIRE(rs.link->Open(kBlkWrite, open, &observer, io.Encode(), *data, kFlagDelete, data) !=
+              nullptr);
+    }
+    client_link = rs.link;
+  }
+  void Shutdown(uv_loop_t* loop) {
+    relay.Shutdown();
+    int done = 0;
+    for (Side* s : {&client, &server, &relay_side}) s->table.Shutdown([&] { ++done; });
+    RunUntil(loop, [&] { return done == 3; });
+    CHECK(done == 3);
+  }
+  Link* client_link = nullptr;
+  Relay relay;
+  Side relay_side, server, client;
+  StallingService service;
+  TestClient observer;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "a relay pause cannot last forever: a far link that takes nothing for the link "
+    "timeout is dropped and the paused side is answered LOSTLINK",
+    "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayedWrites w(&loop, keys, 1500);
+    // The server keeps pinging the relay but never reads again: without a
+    // bound the relay would keep the client paused for ever.
+    RunUntil(
+        &loop, [&] { return w.observer.lostlink > 0; }, 15000);
+    CHECK(w.observer.lostlink > 0);
+    CHECK(w.observer.write_ok < RelayedWrites::kCount);
+    CHECK(w.client_link->up());  // only the stalled far link went
+    w.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
+}
+
+TEST_CASE("a relay resumes the paused side once the far link drains, whichever way it drains",
+          "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayedWrites w(&loop, keys, 10000);
+    // Let the relay fill its queue for the server and pause the client.
+    Link* to_server = nullptr;
+    RunUntil(&loop, [&] {
+      for (Link* l : w.relay_side.table.links())
+        if (l->write_queue_bytes() > Relay::kHighWaterBytes) to_server = l;
+      return to_server != nullptr && w.service.link != nullptr;
+    });
+    REQUIRE(to_server != nullptr);
+    REQUIRE(w.service.link != nullptr);
+    w.service.link->SetReadPaused(false);
+    RunUntil(
+        &loop, [&] { return w.observer.write_ok == RelayedWrites::kCount; }, 15000);
+    CHECK(w.observer.write_ok == RelayedWrites::kCount);
+    CHECK(w.observer.lostlink == 0);
+    w.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
+}
+
+namespace {
+
+// Acknowledges every transaction opened under its span and keeps it open.
+struct HoldingService : TransactionHandler {
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error != kErrLostLink && (f.hdr.cmd & kFlagCreate)) l.Reply(&t, 0, false);
+  }
+};
+
+// Counts the first reply of each transaction by error.
+struct ReplyCounter : TransactionHandler, SpanObserver {
+  std::vector<RemoteSpan> spans;
+  int added = 0;
+  std::map<uint32_t, int> by_error;
+  int replies = 0;
+  void OnSpanAdded(const RemoteSpan& s) override {
+    ++added;
+    spans.push_back(s);
+  }
+  void OnSpanRemoved(const RemoteSpan& s, const std::string&) override {
+    std::erase_if(spans, [&](const RemoteSpan& x) { return x.id == s.id; });
+  }
+  void OnMessage(Link&, Transaction&, Frame& f) override {
+    if (f.hdr.cmd & kFlagCreate) {
+      ++replies;
+      ++by_error[f.hdr.error];
+    }
+  }
+};
+
+// A relay with a server and a client linked to it; the client sees the
+// server's span "held" relayed, with HoldingService behind it.
+struct RelayTriangle {
+  RelayTriangle(uv_loop_t* loop, const std::string& keys)
+      : relay(loop, Relay::RandomRnss()),
+        relay_side(loop, keys, "test/relay", 10000, &relay),
+        server(loop, keys, "test/server"),
+        client(loop, keys, "test/client") {
+    client.registry.AddObserver(&counter);
+    REQUIRE(relay_side.table.Listen({"127.0.0.1", 0}).ok());
+    server.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
+    client.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
+    RunUntil(loop, [&] {
+      for (Side* s : {&server, &client})
+        if (s->table.links().empty() || !s->table.links()[0]->up()) return false;
+      return true;
+    });
+  }
+  void Shutdown(uv_loop_t* loop) {
+    relay.Shutdown();
+    int done = 0;
+    for (Side* s : {&client, &server, &relay_side}) s->table.Shutdown([&] { ++done; });
+    RunUntil(loop, [&] { return done == 3; });
+    CHECK(done == 3);
+  }
+  Relay relay;
+  Side relay_side, server, client;
+  HoldingService service;
+  ReplyCounter counter;
+};
+
+}  // namespace
+
+TEST_CASE("a relay refuses transactions beyond its per-link count and depth with CANTCIRC",
+          "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayTriangle t(&loop, keys);
+    t.server.registry.AddLocalSpan(BlockSpan("held"), &t.service);
+    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
+    REQUIRE(t.counter.spans.size() == 1);
+    const RemoteSpan rs = t.counter.spans[0];
+    // Depth: level 1 (the open) to 9, each under the last; level 9 is one
+    // too deep.
+    Transaction* parent = rs.txn;
+    for (int level = 1; level <= Relay::kMaxDepth + 1; ++level) {
+      parent = rs.link->Open(kBlkOpen, parent, &t.counter, BlkOpen().Encode());
+      REQUIRE(parent != nullptr);
+      RunUntil(&loop, [&] { return t.counter.replies == level; });
+      REQUIRE(t.counter.replies == level);
+    }
+    CHECK(t.counter.by_error[0] == Relay::kMaxDepth);
+    CHECK(t.counter.by_error[kErrCantCirc] == 1);
+    // Count: 8 open so far; 8192 - 8 more fit, the next 5 do not.
+    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &t.counter, BlkOpen().Encode());
+    RunUntil(&loop, [&] { return t.counter.replies == Relay::kMaxDepth + 2; });
+    const int more = static_cast<int>(Relay::kMaxTxnsPerLink) - Relay::kMaxDepth - 1 + 5;
+    BlkIo io;
+    io.bytes = 512;
+    for (int i = 0; i < more; ++i)
+      REQUIRE(rs.link->Open(kBlkRead, open, &t.counter, io.Encode()) != nullptr);
+    const int want = Relay::kMaxDepth + 2 + more;
+    RunUntil(
+        &loop, [&] { return t.counter.replies == want; }, 20000);
+    CHECK(t.counter.replies == want);
+    CHECK(t.counter.by_error[kErrCantCirc] == 1 + 5);
+    t.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
+}
+
+TEST_CASE("a span flapped within one turn is never relayed; the last state is", "[relay_loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  std::string keys = MakeKeysDir(true);
+  {
+    RelayTriangle t(&loop, keys);
+    // 1000 opens and withdrawals with the loop not running: they reach the
+    // relay in a few reads of one turn.
+    for (int i = 0; i < 1000; ++i)
+      t.server.registry.RemoveLocalSpan(
+          t.server.registry.AddLocalSpan(BlockSpan("flap"), &t.service));
+    t.server.registry.AddLocalSpan(BlockSpan("stays"), &t.service);
+    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
+    RunFor(&loop, 300);
+    REQUIRE(t.counter.spans.size() == 1);
+    CHECK(t.counter.spans[0].info.pfs_label == "stays");
+    CHECK(t.counter.added < 20);  // without coalescing: about 1000
+    t.Shutdown(&loop);
+  }
+  CloseLoop(&loop, keys);
 }

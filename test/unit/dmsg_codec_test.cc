@@ -383,6 +383,27 @@ TEST_CASE("LNK_SPAN encodes to 384 bytes with fields at the §6.3 offsets", "[co
   CHECK(std::string(reinterpret_cast<const char*>(&ext[0x130 - 64])) == "XF-SERIAL-1");
 }
 
+TEST_CASE("A relayed LNK_SPAN keeps every received byte but dist and rnss", "[codec]") {
+  // Every byte non-zero, reserved fields and a foreign media union too.
+  Bytes received(384);
+  for (size_t i = 0; i < received.size(); ++i) received[i] = static_cast<uint8_t>(i * 7 + 1);
+  const LnkSpan decoded = LnkSpan::Decode(received);
+  CHECK(decoded.received == received);
+  const Bytes relayed = LnkSpan::Relayed(decoded.received, decoded.dist + 1, 0xA1B2C3D4);
+  REQUIRE(relayed.size() == received.size());
+  CHECK(Le32(relayed, 0x70 - 64) == decoded.dist + 1);
+  CHECK(Le32(relayed, 0x74 - 64) == 0xA1B2C3D4u);
+  for (size_t i = 0; i < received.size(); ++i) {
+    if (i >= 0x30 && i < 0x38) continue;  // dist, rnss
+    INFO("byte " << i);
+    CHECK(relayed[i] == received[i]);
+  }
+  // A short extended header is padded as the decoder reads it.
+  const Bytes shorter = LnkSpan::Relayed(Bytes(received.begin(), received.begin() + 0x40), 2, 3);
+  CHECK(shorter.size() == 384u);
+  CHECK(shorter[0x41] == 0);
+}
+
 TEST_CASE("LNK_SPAN round-trips through a full frame", "[codec]") {
   LnkSpan s;
   s.peer_id = Counting(5);

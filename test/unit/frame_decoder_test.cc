@@ -265,6 +265,30 @@ TEST_CASE("Non-zero aux padding is accepted when aux_crc covers it", "[decoder]"
   CHECK(r.outcome == Outcome::kFrame);
 }
 
+TEST_CASE("The aux CRC is offered for reuse only when the pad arrived as zeros", "[decoder]") {
+  Bytes wire = WriteFrame(10);
+  for (bool zero_pad : {true, false}) {
+    INFO("zero pad " << zero_pad);
+    if (!zero_pad) {
+      wire[128 + 20] = 0xEE;  // a pad byte
+      FixChecksums(wire);
+    }
+    FrameDecoder d;
+    d.Feed(wire);
+    Frame f;
+    DecodeError err;
+    REQUIRE(d.Next(&f, &err) == Outcome::kFrame);
+    CHECK(f.aux_crc_reusable == zero_pad);
+    if (zero_pad) {
+      // Reused, it gives the header the encoder computes.
+      Bytes computed, reused;
+      EncodeHeader(f.hdr, f.ext, f.aux, &computed);
+      EncodeHeaderWithAuxCrc(f.hdr, f.ext, f.aux.size(), f.hdr.aux_crc, &reused);
+      CHECK(computed == reused);
+    }
+  }
+}
+
 TEST_CASE("Frames before a corrupt one are delivered, then the error", "[decoder]") {
   Bytes good, bad = WriteFrame();
   Header h;
@@ -609,6 +633,7 @@ TEST_CASE("Large auxes received directly decode like buffered ones, any chunking
       REQUIRE(d.buffered() == off - handed);
     }
     if (socket_style && max >= 70000) CHECK(saw_direct);
+    for (const Frame& g : got) CHECK(g.aux_crc_reusable == !g.aux.empty());  // zero pads
     CHECK(d.buffered() == 0);
     CheckSameFrames(got, msgs);
   }

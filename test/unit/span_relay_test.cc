@@ -263,3 +263,51 @@ TEST_CASE("relay: a ring converges and empties when the origin goes", "[relay]")
     CHECK(x.table.relayed().empty());
   }
 }
+
+TEST_CASE("relay: at most kMaxSpansPerLink spans of one link are taken, until some go",
+          "[relay]") {
+  SpanRelay r(kR);
+  AddRouters(r, {1, 2});
+  constexpr size_t kMax = SpanRelay::kMaxSpansPerLink;
+  std::vector<SpanRelay::Change> out;
+  for (size_t i = 0; i < kMax; ++i) {
+    std::string serial = "s";  // piece by piece: gcc 12 -O3 warns on "s" + string
+    serial += std::to_string(i);
+    REQUIRE(r.AddSpan(1000 + i, 1, Disk(serial), &out));
+  }
+  CHECK(Count(out, Kind::kAdvertise, 2) == static_cast<int>(kMax));
+  out.clear();
+  CHECK_FALSE(r.AddSpan(1, 1, Disk("over"), &out));
+  CHECK(out.empty());
+  CHECK(r.span_count() == kMax);
+  CHECK(r.RemoveSpan(1).empty());  // refused: nothing to remove
+  // Another link has its own allowance; a span that goes makes room.
+  CHECK(r.AddSpan(2, 2, Disk("other"), &out));
+  r.RemoveSpan(1000);
+  CHECK(r.AddSpan(3, 1, Disk("over"), &out));
+  CHECK(Find(out, Kind::kAdvertise, 2) != nullptr);
+}
+
+TEST_CASE("relay: many spans of one node on one link: the best elsewhere wins, in order",
+          "[relay]") {
+  // 4000 copies of one node on link 1 (the case a quadratic search made
+  // slow), one worse one on link 2: link 2 gets link 1's best, link 1 gets
+  // link 2's span; removing link 1's bests one by one moves link 2's copy
+  // to the next best of link 1.
+  SpanRelay r(kR);
+  AddRouters(r, {1, 2});
+  for (uint32_t i = 0; i < 4000; ++i) r.AddSpan(10 + i, 1, Disk("s1", 1, 4000 - i));
+  r.AddSpan(5, 2, Disk("s1", 3));
+  auto copies = [&] {
+    std::map<uint64_t, uint64_t> m;
+    for (auto& rel : r.relayed()) m[rel.link] = rel.source;
+    return m;
+  };
+  CHECK(copies()[2] == 10 + 3999);  // dist 1, lowest rnss
+  CHECK(copies()[1] == 5);
+  r.RemoveSpan(10 + 3999);
+  CHECK(copies()[2] == 10 + 3998);
+  for (uint32_t i = 0; i < 3999; ++i) r.RemoveSpan(10 + i);
+  CHECK(copies().count(2) == 0);
+  CHECK(copies()[1] == 5);
+}
