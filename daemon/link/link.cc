@@ -48,32 +48,31 @@ Link::Link(uv_loop_t* loop, LinkObserver* observer, const LinkConfig& config, Di
 Link::~Link() = default;
 
 int Link::Init() {
-  int rc = uv_tcp_init(loop_, &tcp_);
+  int rc = tcp_.Open(uv_tcp_init, loop_);
   if (rc < 0) return rc;
-  uv_timer_init(loop_, &timer_);
-  uv_prepare_init(loop_, &uncork_prepare_);
-  uv_check_init(loop_, &uncork_check_);
-  tcp_.data = this;
-  timer_.data = this;
-  uncork_prepare_.data = this;
-  uncork_check_.data = this;
-  handles_inited_ = true;
+  timer_.Open(uv_timer_init, loop_);
+  uncork_prepare_.Open(uv_prepare_init, loop_);
+  uncork_check_.Open(uv_check_init, loop_);
+  tcp_.get()->data = this;
+  timer_.get()->data = this;
+  uncork_prepare_.get()->data = this;
+  uncork_check_.get()->data = this;
   return 0;
 }
 
 void Link::Start() {
   // Block traffic is latency-bound request/response: never wait for Nagle.
-  uv_tcp_nodelay(&tcp_, 1);
-  uv_tcp_keepalive(&tcp_, 1, 10);
+  uv_tcp_nodelay(tcp_.get(), 1);
+  uv_tcp_keepalive(tcp_.get(), 1, 10);
   last_rx_ms_ = last_tx_ms_ = started_ms_ = uv_now(loop_);
   state_ = keys_ ? State::kCrypto : State::kHandshake;
-  int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), OnAlloc, OnRead);
+  int rc = uv_read_start(tcp_.stream(), OnAlloc, OnRead);
   if (rc < 0) {
     Close(std::string("cannot read: ") + uv_strerror(rc));
     return;
   }
   reading_ = true;
-  uv_timer_start(&timer_, OnTimer, kTimerTickMs, kTimerTickMs);
+  uv_timer_start(timer_.get(), OnTimer, kTimerTickMs, kTimerTickMs);
   if (keys_) {
     if (keys_->tls13) {
       StartTls();
@@ -564,13 +563,13 @@ void Link::FlushWrites(bool may_cork) {
     if (!st.ok()) {
       delete w;
       if (pending_close_.empty()) pending_close_ = st.message();
-      uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+      Wake();
       return;
     }
     w->bufs.assign(1, uv_buf_init(reinterpret_cast<char*>(wire.data()), wire.size()));
     w->bytes = wire.size();
   }
-  auto* stream = reinterpret_cast<uv_stream_t*>(&tcp_);
+  auto* stream = tcp_.stream();
   // Usually the socket takes it all at once: write it here. uv_write()
   // would do the same, but then re-register the socket with epoll after
   // completing (one epoll_ctl per write, measured at QD1 on both daemons).
@@ -583,14 +582,14 @@ void Link::FlushWrites(bool may_cork) {
     if (graceful_) {
       // The half-close goes from the timer: a failing shutdown closes the
       // link, never from inside a caller's Open()/Send().
-      uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+      Wake();
     } else if (may_cork) {
       // As uv_write's completion would: the rest of this turn batches.
       // A prepare handle ends the cork before the loop can wait, a check
       // handle right after the turn's poll callbacks.
       corked_ = true;
-      uv_prepare_start(&uncork_prepare_, OnUncorkPrepare);
-      uv_check_start(&uncork_check_, OnUncorkCheck);
+      uv_prepare_start(uncork_prepare_.get(), OnUncorkPrepare);
+      uv_check_start(uncork_check_.get(), OnUncorkCheck);
     }
     return;
   }
@@ -627,7 +626,7 @@ void Link::FailOnWriteError(int rc) {
   // We may be inside Open()/Send() of a caller that still holds its
   // transaction: fail from the timer, never from the send path.
   if (pending_close_.empty()) pending_close_ = std::string("write error: ") + uv_strerror(rc);
-  uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+  Wake();
 }
 
 void Link::OnUncorkPrepare(uv_prepare_t* h) { static_cast<Link*>(h->data)->Uncork(); }
@@ -635,8 +634,8 @@ void Link::OnUncorkCheck(uv_check_t* h) { static_cast<Link*>(h->data)->Uncork();
 
 void Link::Uncork() {
   corked_ = false;
-  uv_prepare_stop(&uncork_prepare_);
-  uv_check_stop(&uncork_check_);
+  uv_prepare_stop(uncork_prepare_.get());
+  uv_check_stop(uncork_check_.get());
   // No new cork from here: started in the prepare phase it would only end
   // after the loop waited, with bytes held back.
   if (state_ == State::kHandshake || state_ == State::kUp) FlushWrites(false);
@@ -664,8 +663,7 @@ void Link::OnWrite(uv_write_t* req, int status) {
 size_t Link::write_queue_bytes() const {
   // libuv counts down what is left of a write as the socket takes it.
   const size_t left =
-      write_inflight_ ? uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_))
-                      : 0;
+      write_inflight_ && tcp_.is_open() ? uv_stream_get_write_queue_size(tcp_.stream()) : 0;
   return queued_bytes_ + left;
 }
 
@@ -686,7 +684,7 @@ void Link::CheckDrain() {
   if (state_ != State::kHandshake && state_ != State::kUp) return;
   // Never from the caller's send: the timer runs the callback.
   drain_due_ = true;
-  uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+  Wake();
 }
 
 bool Link::FireDrain(uint64_t now) {
@@ -719,7 +717,7 @@ void Link::SetReadPaused(bool paused, uint32_t reason) {
   if (paused == read_paused_) return;
   read_paused_ = paused;
   if (state_ != State::kHandshake && state_ != State::kUp) return;
-  auto* s = reinterpret_cast<uv_stream_t*>(&tcp_);
+  auto* s = tcp_.stream();
   if (paused) {
     uv_read_stop(s);
     reading_ = false;
@@ -730,7 +728,7 @@ void Link::SetReadPaused(bool paused, uint32_t reason) {
     last_rx_ms_ = uv_now(loop_);
     // Frames already buffered are decoded on the next timer tick, never
     // from inside the caller's callback (no re-entry into handlers).
-    uv_timer_start(&timer_, OnTimer, 0, kTimerTickMs);
+    Wake();
   }
 }
 
@@ -840,11 +838,10 @@ void Link::HalfClose() {
   // Send FIN but keep reading until the peer closes too (or the graceful
   // timer fires): the peer's answers to our last DELETEs then arrive instead
   // of meeting a closed socket and a reset.
-  if (shutdown_sent_) return;
+  if (shutdown_sent_ || !tcp_.is_open()) return;
   shutdown_sent_ = true;
   shutdown_req_.data = this;
-  int rc = uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_),
-                       [](uv_shutdown_t*, int) {});
+  int rc = uv_shutdown(&shutdown_req_, tcp_.stream(), [](uv_shutdown_t*, int) {});
   if (rc < 0) Close(graceful_reason_);
 }
 
@@ -866,7 +863,7 @@ void Link::Fail(const std::string& reason) {
   } else {
     XLOG(kWarning, name_, "dropping link: %s", reason.c_str());
   }
-  if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  if (reading_) uv_read_stop(tcp_.stream());
   reading_ = false;
   queue_.clear();
   queued_bytes_ = 0;
@@ -883,25 +880,27 @@ void Link::Fail(const std::string& reason) {
 }
 
 void Link::CloseHandles() {
-  if (!handles_inited_) {
+  if (!tcp_.is_open()) {
     state_ = State::kClosed;
     observer_->OnLinkClosed(*this);
     return;
   }
-  handles_inited_ = false;
+  // The link is deleted by its owner once libuv is done with all four
+  // (uv_close stops the timer, prepare and check handles).
   open_handles_ = 4;
-  uv_timer_stop(&timer_);
-  uv_prepare_stop(&uncork_prepare_);
-  uv_check_stop(&uncork_check_);
   corked_ = false;
-  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), OnClose);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), OnClose);
-  uv_close(reinterpret_cast<uv_handle_t*>(&uncork_prepare_), OnClose);
-  uv_close(reinterpret_cast<uv_handle_t*>(&uncork_check_), OnClose);
+  tcp_.Close(OnClose, this);
+  timer_.Close(OnClose, this);
+  uncork_prepare_.Close(OnClose, this);
+  uncork_check_.Close(OnClose, this);
 }
 
-void Link::OnClose(uv_handle_t* h) {
-  Link* self = static_cast<Link*>(h->data);
+void Link::Wake() {
+  if (timer_.is_open()) uv_timer_start(timer_.get(), OnTimer, 0, kTimerTickMs);
+}
+
+void Link::OnClose(void* link) {
+  Link* self = static_cast<Link*>(link);
   if (--self->open_handles_ > 0) return;
   self->state_ = State::kClosed;
   self->observer_->OnLinkClosed(*self);  // may delete self

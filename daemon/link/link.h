@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/uv_handle.h"
 #include "daemon/link/link_keys.h"
 #include "daemon/link/link_timing.h"
 #include "daemon/link/spare_buffer.h"
@@ -90,7 +91,7 @@ class Link : public TransactionHandler {
   // Initialises the handles; returns a negative libuv error on failure (then
   // call Close()).
   int Init();
-  uv_tcp_t* tcp() { return &tcp_; }
+  uv_tcp_t* tcp() { return tcp_.get(); }
 
   // Names the peer once it is known (accepted sockets). Before Start().
   void SetPeerName(const std::string& peer) {
@@ -160,7 +161,7 @@ class Link : public TransactionHandler {
   Transaction* OpenRelayed(Transaction* parent, TransactionHandler* handler, dmsg::Frame& f);
   bool SendRelayed(Transaction* t, dmsg::Frame& f);
 
-  // Write-side backpressure for the relay (daemon/relay.h). Arms a one-shot
+  // Write-side backpressure for the relay (daemon/link/relay.h). Arms a one-shot
   // watch on this link's unwritten bytes (write_queue_bytes()): `cb` runs
   // once, with kDrained as soon as they are at most `low_bytes` (at once if
   // they are already), or with kStalled if the peer took not one byte from
@@ -233,7 +234,10 @@ class Link : public TransactionHandler {
   // A write failed: the link fails from the timer (FlushWrites writes
   // nothing more meanwhile).
   void FailOnWriteError(int rc);
-  static void OnClose(uv_handle_t* h);
+  static void OnClose(void* link);
+  // Runs the timer at once (a pending close, a half-close, buffered
+  // frames), unless the handles are closed already.
+  void Wake();
 
   // The RSA handshake or TLS (daemon/link/link_handshake.cc).
   void StartHandshake();
@@ -289,13 +293,12 @@ class Link : public TransactionHandler {
   std::string peer_;
   std::string name_;
   State state_ = State::kConnecting;
-  uv_tcp_t tcp_;
-  uv_timer_t timer_;
-  uv_prepare_t uncork_prepare_;
-  uv_check_t uncork_check_;
+  UvHandle<uv_tcp_t> tcp_;
+  UvHandle<uv_timer_t> timer_;
+  UvHandle<uv_prepare_t> uncork_prepare_;
+  UvHandle<uv_check_t> uncork_check_;
   bool corked_ = false;
   int open_handles_ = 0;
-  bool handles_inited_ = false;
 
   // Encryption (all null/empty on a plaintext link).
   std::shared_ptr<const LinkKeys> keys_;

@@ -183,7 +183,7 @@ void Link::MaybeOffload() {
   };
   int fd = -1;
   if (!ktls_attached_) {
-    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) != 0) {
+    if (uv_fileno(tcp_.handle(), &fd) != 0) {
       give_up(Status::Unavailable("no socket descriptor"));
       return;
     }
@@ -194,7 +194,7 @@ void Link::MaybeOffload() {
     }
     ktls_attached_ = true;
   }
-  uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd);
+  uv_fileno(tcp_.handle(), &fd);
   using D = dfcrypto::TlsStream::Direction;
   auto hand_over = [&](D dir, bool* done) {
     auto keys = tls_->ExportKeys(dir);

@@ -1,6 +1,5 @@
 #include "daemon/link/relay.h"
 
-#include <cassert>
 #include <cstdio>
 #include <random>
 
@@ -12,11 +11,7 @@ using namespace dmsg;
 
 Relay::Relay(uv_loop_t* loop, uint32_t rnss_constant) : loop_(loop), table_(rnss_constant) {}
 
-Relay::~Relay() {
-  // The handle's memory is ours: it must be closed (Shutdown, then a loop
-  // run) before we go.
-  assert(check_state_ == HandleState::kNone || check_state_ == HandleState::kClosed);
-}
+Relay::~Relay() = default;
 
 uint32_t Relay::RandomRnss() {
   std::random_device rd;
@@ -78,14 +73,7 @@ void Relay::Shutdown() {
   shut_down_ = true;
   pending_.clear();
   pending_add_.clear();
-  if (check_state_ == HandleState::kOpen) {
-    check_state_ = HandleState::kClosing;
-    uv_close(reinterpret_cast<uv_handle_t*>(&check_), [](uv_handle_t* h) {
-      auto* self = static_cast<Relay*>(h->data);
-      assert(self->check_state_ == HandleState::kClosing);
-      self->check_state_ = HandleState::kClosed;
-    });
-  }
+  check_.Close();
   auto copies = copies_;
   for (auto& [key, t] : copies) Withdraw(key.first, key.second);
 }
@@ -113,12 +101,9 @@ void Relay::OnSpanRemoved(const RemoteSpan& span, const std::string&) {
 void Relay::QueueSpan(PendingSpan p) {
   if (p.add) pending_add_[p.id] = pending_.size();
   pending_.push_back(std::move(p));
-  if (check_state_ == HandleState::kNone) {
-    uv_check_init(loop_, &check_);
-    check_.data = this;
-    check_state_ = HandleState::kOpen;
-  }
-  if (check_state_ == HandleState::kOpen) uv_check_start(&check_, OnCheck);
+  if (shut_down_) return;
+  if (!check_.is_open() && check_.Open(uv_check_init, loop_) == 0) check_.get()->data = this;
+  if (check_.is_open()) uv_check_start(check_.get(), OnCheck);
 }
 
 void Relay::OnCheck(uv_check_t* h) {

@@ -59,6 +59,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/uv_handle.h"
 #include "daemon/link/span_registry.h"
 #include "daemon/link/span_relay.h"
 
@@ -132,9 +133,9 @@ class Relay : public SpanObserver, public TransactionHandler {
     Transaction* b_parent;  // where to open it; valid only until the CREATE is passed on
     Transaction* tb = nullptr;
     bool opened = false;
-    int depth = 1;           // levels below the relayed span
-    uint32_t refuse = 0;     // non-zero: the CREATE is answered with this error
-    bool counted = false;    // counts in txns_of_[a]
+    int depth = 1;         // levels below the relayed span
+    uint32_t refuse = 0;   // non-zero: the CREATE is answered with this error
+    bool counted = false;  // counts in txns_of_[a]
   };
   // A received span, waiting for the turn's end (see "flapping" above).
   struct PendingSpan {
@@ -159,8 +160,7 @@ class Relay : public SpanObserver, public TransactionHandler {
   static uint64_t Id(const Link* l) { return reinterpret_cast<uintptr_t>(l); }
 
   uv_loop_t* loop_;
-  uv_check_t check_;
-  enum class HandleState { kNone, kOpen, kClosing, kClosed } check_state_ = HandleState::kNone;
+  UvHandle<uv_check_t> check_;
   std::vector<PendingSpan> pending_;
   std::map<uint64_t, size_t> pending_add_;  // span id -> its add in pending_
   std::map<const Link*, size_t> txns_of_;   // relayed transactions the link's peer opened
