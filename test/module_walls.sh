@@ -33,6 +33,13 @@ while IFS= read -r file; do
   allow="$dir/ $(allowed "$dir")"
   while IFS= read -r inc; do
     case $inc in config.h) continue ;; esac
+    # A relative path would pass every prefix below unseen: refuse it.
+    case $inc in ../* | */../* | ./*)
+      echo "FAIL: $file includes \"$inc\": name our headers from the root (\"daemon/...\")" >&2
+      failed=1
+      continue
+      ;;
+    esac
     case $inc in proto/* | fusedev/* | daemon/*) ;; *) continue ;; esac
     ok=0
     for prefix in $allow; do

@@ -24,6 +24,7 @@
 
 #include <uv.h>
 
+#include <cassert>
 #include <type_traits>
 #include <utility>
 
@@ -44,6 +45,7 @@ class UvHandle {
   // stays open and the libuv error is returned. Must not be open already.
   template <typename Init, typename... Args>
   int Open(Init init, uv_loop_t* loop, Args&&... args) {
+    assert(box_ == nullptr);  // opening twice would leak an open handle
     Box* box = new Box;
     int rc = init(loop, &box->h, std::forward<Args>(args)...);
     if (rc < 0) {
@@ -55,10 +57,13 @@ class UvHandle {
   }
 
   bool is_open() const { return box_ != nullptr; }
-  // The handle; valid while is_open().
-  H* get() const { return &box_->h; }
-  uv_handle_t* handle() const { return reinterpret_cast<uv_handle_t*>(&box_->h); }
-  uv_stream_t* stream() const { return reinterpret_cast<uv_stream_t*>(&box_->h); }
+  // The handle. REQUIRES: is_open().
+  H* get() const {
+    assert(box_ != nullptr);
+    return &box_->h;
+  }
+  uv_handle_t* handle() const { return reinterpret_cast<uv_handle_t*>(get()); }
+  uv_stream_t* stream() const { return reinterpret_cast<uv_stream_t*>(get()); }
 
   void Close(ClosedFn on_closed = nullptr, void* ctx = nullptr) {
     if (box_ == nullptr) return;

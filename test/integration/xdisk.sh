@@ -414,12 +414,14 @@ start_proxied_pair() {
 }
 
 fio_verify() {
+  local rc=0
   (cd "$WORK_DIR" && timeout -k 5 300 fio --name="$1" --filename="$MNT/xa0" --ioengine=libaio \
     --direct=1 --rw=randwrite --bs=64k --size=64M --iodepth=8 --verify=crc32c --verify_fatal=1 \
-    --output="$WORK_DIR/fio.out") || {
+    --output="$WORK_DIR/fio.out") || rc=$?
+  if [ "$rc" -ne 0 ]; then
     cat "$WORK_DIR/fio.out" >&2 || true
-    fail "fio: exit status $?"
-  }
+    fail "fio: exit status $rc"
+  fi
   grep -q "err= 0" "$WORK_DIR/fio.out" || fail "fio: $(cat "$WORK_DIR/fio.out")"
 }
 
