@@ -13,6 +13,8 @@ source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/xdisk.sh"
 python_relay
 
+# Deliberate repeat: each python peer program starts like relay_lostlink's
+# and relay_badinput's (import dmsg_peer from the repository, port from argv).
 cat >"$WORK_DIR/lostlink.py" <<'PYEOF'
 import json, os, sys, time
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
