@@ -10,20 +10,11 @@
 #include <cstring>
 
 #include "proto/frame_decoder.h"
+#include "proto/openssl_error.h"
 
 namespace xdisk::dfcrypto {
 
 namespace {
-
-// The first OpenSSL error on this thread's queue, and the queue cleared, so
-// that one failure is not blamed on the next caller.
-std::string OpenSslError() {
-  unsigned long e = ERR_get_error();
-  char buf[256] = "unknown OpenSSL error";
-  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return buf;
-}
 
 // Encrypted private keys are not supported: without this callback OpenSSL
 // would prompt on the daemon's terminal.
@@ -60,14 +51,14 @@ uint16_t GetU16(const HandshakeBlock& b, size_t off) {
 Status RawRsa(const RsaKey& k, bool use_private, const uint8_t* in, uint8_t* out) {
   const size_t b = k.modulus_bytes();
   PkeyCtxPtr ctx(EVP_PKEY_CTX_new(k.pkey(), nullptr));
-  if (!ctx) return Status::Protocol("RSA failure: " + OpenSslError());
+  if (!ctx) return Status::Protocol("RSA failure: " + TakeOpenSslError());
   int ok = use_private ? EVP_PKEY_decrypt_init(ctx.get()) : EVP_PKEY_encrypt_init(ctx.get());
   if (ok == 1) ok = EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_NO_PADDING);
   size_t outlen = b;
   if (ok == 1)
     ok = use_private ? EVP_PKEY_decrypt(ctx.get(), out, &outlen, in, b)
                      : EVP_PKEY_encrypt(ctx.get(), out, &outlen, in, b);
-  if (ok != 1 || outlen != b) return Status::Protocol("RSA failure: " + OpenSslError());
+  if (ok != 1 || outlen != b) return Status::Protocol("RSA failure: " + TakeOpenSslError());
   return Status::Ok();
 }
 
@@ -88,7 +79,7 @@ Result<RsaKey> RsaKey::FromPem(std::string_view pem, const std::string& name, bo
   }
   if (p == nullptr) {
     return Status::InvalidArgument(name + ": not a PEM " + (is_private ? "private" : "public") +
-                                   " key (" + OpenSslError() + ")");
+                                   " key (" + TakeOpenSslError() + ")");
   }
   RsaKey k;
   k.pkey_.reset(p);
@@ -132,7 +123,7 @@ std::string RsaKey::PrivatePem() const {
 Result<RsaKey> RsaKey::Generate(int bits) {
   if (bits < 2048) return Status::InvalidArgument("RSA keys must have at least 2048 bits");
   EVP_PKEY* p = EVP_RSA_gen(static_cast<unsigned>(bits));
-  if (p == nullptr) return Status::Protocol("RSA key generation failed: " + OpenSslError());
+  if (p == nullptr) return Status::Protocol("RSA key generation failed: " + TakeOpenSslError());
   RsaKey k;
   k.pkey_.reset(p);
   k.has_private_ = true;

@@ -13,17 +13,11 @@
 #include <cstring>
 #include <string_view>
 
+#include "proto/openssl_error.h"
+
 namespace xdisk::dfcrypto {
 
 namespace {
-
-std::string SslError() {
-  unsigned long e = ERR_get_error();
-  char buf[256] = "unknown OpenSSL error";
-  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return buf;
-}
 
 // A self-signed certificate for `key`: TLS needs a certificate to carry the
 // key, but nobody checks anything in it except the key (see OnVerify).
@@ -66,8 +60,8 @@ bool ExpandLabel(const EVP_MD* md, const std::vector<uint8_t>& secret, std::stri
   int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)),
-                                       0),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                       const_cast<char*>(EVP_MD_get0_name(md)), 0),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret.data()),
                                         secret.size()),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
@@ -101,7 +95,7 @@ std::vector<uint8_t> FromHex(std::string_view hex) {
 // every byte it grows by and move unread bytes on every write; at 1 MiB
 // per request that cost more CPU than the AES-GCM itself.
 struct TlsStream::Io {
-  std::span<const uint8_t> in;        // wire bytes not yet taken by OpenSSL
+  std::span<const uint8_t> in;          // wire bytes not yet taken by OpenSSL
   std::vector<uint8_t>* out = nullptr;  // where OpenSSL's output goes
 };
 
@@ -138,9 +132,12 @@ int IoRead(BIO* b, char* data, int len) {
 long IoCtrl(BIO* b, int cmd, long, void*) {
   auto* io = static_cast<TlsStream::Io*>(BIO_get_data(b));
   switch (cmd) {
-    case BIO_CTRL_PENDING: return static_cast<long>(io->in.size());
-    case BIO_CTRL_FLUSH: return 1;
-    default: return 0;
+    case BIO_CTRL_PENDING:
+      return static_cast<long>(io->in.size());
+    case BIO_CTRL_FLUSH:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -193,8 +190,7 @@ void TlsStream::OnKeylog(const SSL* ssl, const char* line) {
   *into = FromHex(l.substr(sp + 1));
 }
 
-void TlsStream::OnRecord(int write_p, int, int content_type, const void*, size_t, SSL*,
-                         void* arg) {
+void TlsStream::OnRecord(int write_p, int, int content_type, const void*, size_t, SSL*, void* arg) {
   // Called once per record header, read or written. After the handshake
   // every record is under the application traffic keys (no tickets, no key
   // updates, and neither side sends data before its handshake is done), so
@@ -224,7 +220,7 @@ Result<TlsStream::TrafficKeys> TlsStream::ExportKeys(Direction dir) const {
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
   if (md == nullptr || !ExpandLabel(md, secret, "key", k.key.data(), k.key_bytes) ||
       !ExpandLabel(md, secret, "iv", k.iv.data(), k.iv.size()))
-    return Status::Unavailable("TLS keys: HKDF failed: " + SslError());
+    return Status::Unavailable("TLS keys: HKDF failed: " + TakeOpenSslError());
   k.seq = dir == Direction::kSend ? tx_records_ : rx_records_;
   return k;
 }
@@ -258,7 +254,7 @@ Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& ow
   t->peer_public_ = peer_public.pkey();
   EVP_PKEY_up_ref(t->peer_public_);
   t->ctx_ = SSL_CTX_new(role == Role::kClient ? TLS_client_method() : TLS_server_method());
-  if (t->ctx_ == nullptr) return Status::Protocol("TLS setup failed: " + SslError());
+  if (t->ctx_ == nullptr) return Status::Protocol("TLS setup failed: " + TakeOpenSslError());
   // TLS 1.3 only: ephemeral key exchange (forward secrecy) and no legacy
   // negotiation to get wrong. No tickets: every link is a full handshake,
   // and nothing arrives after it that would need an answer.
@@ -274,10 +270,10 @@ Result<std::unique_ptr<TlsStream>> TlsStream::Create(Role role, const RsaKey& ow
   bool ok = cert != nullptr && SSL_CTX_use_certificate(t->ctx_, cert) == 1 &&
             SSL_CTX_use_PrivateKey(t->ctx_, own_private.pkey()) == 1;
   X509_free(cert);
-  if (!ok) return Status::Protocol("TLS certificate setup failed: " + SslError());
+  if (!ok) return Status::Protocol("TLS certificate setup failed: " + TakeOpenSslError());
   SSL_CTX_set_verify(t->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, OnVerify);
   t->ssl_ = SSL_new(t->ctx_);
-  if (t->ssl_ == nullptr) return Status::Protocol("TLS setup failed: " + SslError());
+  if (t->ssl_ == nullptr) return Status::Protocol("TLS setup failed: " + TakeOpenSslError());
   t->io_ = std::make_unique<Io>();
   BIO* bio = IoMethod() != nullptr ? BIO_new(IoMethod()) : nullptr;
   if (bio == nullptr) return Status::Protocol("TLS setup failed: out of memory");
@@ -326,7 +322,7 @@ Status TlsStream::Drive(PlainSink* plain, std::vector<uint8_t>* to_send) {
                       ? Status::Protocol(
                             "key mismatch: the peer's TLS certificate does not carry its key on "
                             "file")
-                      : Status::Protocol("TLS handshake failed: " + SslError());
+                      : Status::Protocol("TLS handshake failed: " + TakeOpenSslError());
         return failed_;
       }
     }
@@ -344,8 +340,9 @@ Status TlsStream::Drive(PlainSink* plain, std::vector<uint8_t>* to_send) {
       }
       int e = SSL_get_error(ssl_, r);
       if (e == SSL_ERROR_WANT_READ) break;
-      failed_ = e == SSL_ERROR_ZERO_RETURN ? Status::Protocol("the peer ended the TLS session")
-                                           : Status::Corruption("TLS record failed: " + SslError());
+      failed_ = e == SSL_ERROR_ZERO_RETURN
+                    ? Status::Protocol("the peer ended the TLS session")
+                    : Status::Corruption("TLS record failed: " + TakeOpenSslError());
       return failed_;
     }
   }
@@ -361,11 +358,10 @@ Status TlsStream::Seal(std::span<const uint8_t> plain, std::vector<uint8_t>* wir
                                  static_cast<int>(plain.size());
   io_->out = nullptr;
   if (!ok) {
-    failed_ = Status::Protocol("TLS write failed: " + SslError());
+    failed_ = Status::Protocol("TLS write failed: " + TakeOpenSslError());
     return failed_;
   }
   return Status::Ok();
 }
-
 
 }  // namespace xdisk::dfcrypto
