@@ -1082,11 +1082,12 @@ TEST_CASE(
     "write is answered and the drop is logged with its reason",
     "[.][relay_ring_lock]") {
   // HIDDEN (not run by the suites): this does not reproduce the lock yet.
-  // With kRingLinkTimeoutMs = 4000 all 3 x 48 writes complete once the
-  // disks read again, no link is dropped, and the checks on a drop fail;
-  // with 1500 under the sanitizers links were dropped for silence ("no
-  // data received"), not by the stall bound. Kept as the starting point
-  // for a ring that really locks (see the relay3 note).
+  // Seen under the sanitizers: disks paused 0.8 s, link timeout 4 s: all
+  // 3 x 48 writes complete, no link dropped; link timeout 1.5 s, or disks
+  // paused 3 s with 4 s: a ring link is dropped for silence ("no data
+  // received for 4102 ms", by the side that sends the writes, while not
+  // read-paused), not by the stall bound. Not explained yet (see the
+  // relay3 note); kept as the starting point for the next attempt.
   uv_loop_t loop;
   REQUIRE(uv_loop_init(&loop) == 0);
   std::string keys = MakeKeysDir(true);
@@ -1122,9 +1123,8 @@ TEST_CASE(
       clients[i]->registry.AddObserver(&writers[i]);
       clients[i]->table.Connect({"127.0.0.1", port(i)});
     }
-    RunUntil(&loop, [&] {
-      return writers[0].seen && writers[1].seen && writers[2].seen;
-    });
+    RunUntil(
+        &loop, [&] { return writers[0].seen && writers[1].seen && writers[2].seen; }, 15000);
     // All three opens first: once writes flow, the ring may lock.
     Transaction* opens[3];
     BlkOpen o;
@@ -1138,7 +1138,7 @@ TEST_CASE(
       RunUntil(&loop, [&] { return w.open_ok == 1; });
       REQUIRE(w.open_ok == 1);
     }
-    // The disks are slow at first: they read nothing for 0.8 s (less than
+    // The disks are slow at first: they read nothing for 3 s (less than
     // the relays' link timeout, so none of them is dropped for it). Each
     // relay's queue to its disk fills, so it stops reading the ring link
     // the writes come in on; then its queue for the next relay fills with
@@ -1151,7 +1151,7 @@ TEST_CASE(
       s->table.links()[0]->SetReadPaused(true);
     }
     for (int i = 0; i < 3; ++i) writers[i].WriteAll(opens[i], data[writers[i].disk]);
-    RunFor(&loop, 800);
+    RunFor(&loop, 3000);
     for (auto& s : servers) s->table.links()[0]->SetReadPaused(false);
     RunUntil(
         &loop,
