@@ -186,6 +186,12 @@ class Link : public TransactionHandler {
   // Bytes handed to us to send that the kernel has not taken yet: the queue
   // plus what is left of the write in flight (partial writes count).
   size_t write_queue_bytes() const;
+  // Encrypted links: the capacity their write buffers keep between writes
+  // (grown by a burst, given back after a second without a write; see
+  // SpareBuffer). Read by tests and diagnostics only.
+  size_t write_buffer_capacity() const {
+    return spare_sealed_.capacity() + tls_staged_.capacity();
+  }
   uint64_t bytes_in() const { return bytes_in_; }
   uint64_t bytes_out() const { return bytes_out_; }
   uint64_t up_since_ms() const { return up_since_ms_; }
