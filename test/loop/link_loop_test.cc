@@ -740,6 +740,14 @@ struct RelayTriangle {
       return true;
     });
   }
+  // The server offers a span served by `service`; returns it as the client
+  // sees it, through the relay.
+  RemoteSpan OfferHeldSpan(uv_loop_t* loop) {
+    server.registry.AddLocalSpan(BlockSpan("held"), &service);
+    RunUntil(loop, [&] { return counter.spans.size() == 1; });
+    REQUIRE(counter.spans.size() == 1);
+    return counter.spans[0];
+  }
   void Shutdown(uv_loop_t* loop) {
     relay.Shutdown();
     int done = 0;
@@ -760,10 +768,7 @@ TEST_CASE_METHOD(LoopWithKeys,
                  "[relay_loop]") {
   {
     RelayTriangle t(&loop, keys);
-    t.server.registry.AddLocalSpan(BlockSpan("held"), &t.service);
-    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
-    REQUIRE(t.counter.spans.size() == 1);
-    const RemoteSpan rs = t.counter.spans[0];
+    const RemoteSpan rs = t.OfferHeldSpan(&loop);
     // Depth: level 1 (the open) to 9, each under the last; level 9 is one
     // too deep.
     Transaction* parent = rs.txn;
@@ -829,10 +834,7 @@ TEST_CASE_METHOD(
     "[relay_loop]") {
   {
     RelayTriangle t(&loop, keys);
-    t.server.registry.AddLocalSpan(BlockSpan("held"), &t.service);
-    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
-    REQUIRE(t.counter.spans.size() == 1);
-    const RemoteSpan rs = t.counter.spans[0];
+    const RemoteSpan rs = t.OfferHeldSpan(&loop);
     Link* to_server = LinkTo(t.relay_side, "test/server");
     Link* to_client = LinkTo(t.relay_side, "test/client");
     REQUIRE(to_server != nullptr);
