@@ -1,18 +1,14 @@
 // Loop tests: two link tables in one process over loopback TCP, exchanging
 // LNK_CONN, spans and a stacked transaction; then one side is killed. Every
 // test ends with uv_loop_close() == 0.
-#include <fcntl.h>
 #include <stdlib.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
-#include <cstring>
 #include <exception>
 #include <fstream>
 #include <functional>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -864,6 +860,7 @@ TEST_CASE_METHOD(
     CHECK(to_server->transactions().size() == server_txns);     // no half-open mirror
     CHECK(to_client->transactions().size() == client_txns);     // the client's half freed
     CHECK(t.relay.counters(to_server).txns == 0);               // nothing counted as relayed
+    CHECK(t.counter.replies == 1);                              // and answered only once
     t.server.table.links()[0]->SetReadPaused(false);
     t.Shutdown(&loop);
   }
