@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <functional>
@@ -928,4 +929,266 @@ TEST_CASE("an encrypted relay's write buffers grow under a 1 MiB burst and shrin
     t.Shutdown(&loop);
   }
   CloseLoop(&loop, keys);
+}
+
+// ---- A ring of three relays pausing each other ----
+
+namespace {
+
+// The bytes of the write at `offset` to ring disk `disk`.
+uint8_t RingByte(int disk, uint64_t offset, size_t i) {
+  return static_cast<uint8_t>((offset >> 20) * 7 + static_cast<uint64_t>(disk) * 31 + i % 251);
+}
+
+using RingData = std::vector<std::shared_ptr<std::vector<uint8_t>>>;
+
+// The writes to ring disk `disk`, made before the loop runs (filling them
+// while it runs would starve every link long enough to look silent).
+RingData MakeRingData(int disk, int count) {
+  RingData v;
+  for (int w = 0; w < count; ++w) {
+    const uint64_t offset = static_cast<uint64_t>(w) << 20;
+    auto data = std::make_shared<std::vector<uint8_t>>(1 << 20);
+    for (size_t b = 0; b < data->size(); ++b) (*data)[b] = RingByte(disk, offset, b);
+    v.push_back(std::move(data));
+  }
+  return v;
+}
+
+// A fast disk: answers every write at once and checks its bytes.
+struct RingDisk : TransactionHandler {
+  int disk = 0;
+  const RingData* expect = nullptr;
+  int written = 0, corrupt = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error == kErrLostLink || !(f.hdr.cmd & kFlagCreate)) return;
+    if (t.cmd == kBlkWrite) {
+      BlkIo io = BlkIo::Decode(f.ext_span());
+      const size_t w = io.offset >> 20;
+      const bool ok = w < expect->size() && f.aux.size() == (*expect)[w]->size() &&
+                      memcmp(f.aux.data(), (*expect)[w]->data(), f.aux.size()) == 0;
+      ok ? ++written : ++corrupt;
+    }
+    l.Reply(&t, 0, t.cmd == kBlkWrite);
+  }
+};
+
+// A client that writes kWrites x 1 MiB to one disk, all at once, and
+// counts how each write ends.
+struct RingClient : SpanObserver, TransactionHandler {
+  static constexpr int kWrites = 48;
+  std::string want;  // the disk's serial
+  int disk = 0;
+  RemoteSpan span;
+  bool seen = false;
+  int open_ok = 0, write_ok = 0, write_lost = 0, other = 0;
+  void OnSpanAdded(const RemoteSpan& s) override {
+    if (s.info.pfs_label == want) {
+      span = s;
+      seen = true;
+    }
+  }
+  void OnSpanRemoved(const RemoteSpan& s, const std::string&) override {
+    if (seen && s.id == span.id) seen = false;
+  }
+  void OnMessage(Link&, Transaction& t, Frame& f) override {
+    if (t.cmd == kBlkOpen) {
+      if ((f.hdr.cmd & kFlagCreate) && f.hdr.error == 0) ++open_ok;
+      return;
+    }
+    if (!(f.hdr.cmd & kFlagDelete)) return;
+    if (f.hdr.error == 0)
+      ++write_ok;
+    else if (f.hdr.error == kErrLostLink)
+      ++write_lost;
+    else
+      ++other;
+  }
+  int answered() const { return write_ok + write_lost + other; }
+  void WriteAll(Transaction* open, const RingData& data) {
+    BlkIo io;
+    io.bytes = 1 << 20;
+    for (int i = 0; i < kWrites; ++i) {
+      io.offset = static_cast<uint64_t>(i) << 20;
+      REQUIRE(span.link->Open(kBlkWrite, open, this, io.Encode(), *data[i], kFlagDelete, data[i]) !=
+              nullptr);
+    }
+  }
+};
+
+// The relays' link timeout: long enough that a loop turn moving many MiB
+// under the sanitizers never looks like a silent peer.
+constexpr uint64_t kRingLinkTimeoutMs = 4000;
+
+// A relay of the ring: links to its predecessor in the ring take spans
+// (`in`, which listens; peer_mask all), links to its successor take none
+// (`out`, which connects; peer_mask 0). Spans thus go round one way only,
+// and transactions the other way: a disk two hops ahead is reached through
+// the relay between, which passes the writes from one ring link to the
+// other. Both tables report to one registry and one relay, so the node is
+// one relay with per-link LNK_CONN masks.
+struct RingNode {
+  RingNode(uv_loop_t* loop, const std::string& keys, const std::string& label)
+      : relay(loop, Relay::RandomRnss()),
+        policy(keys),
+        in(loop, Config(label, ~0ull), &policy, &registry),
+        out(loop, Config(label, 0), &policy, &registry) {
+    registry.SetRelay(&relay);
+  }
+  static LinkConfig Config(const std::string& label, uint64_t mask) {
+    LinkConfig c = Side::Config("", kRingLinkTimeoutMs);
+    c.label = label;
+    c.peer_mask = mask;
+    return c;
+  }
+  Relay relay;
+  PeerPolicy policy;
+  SpanRegistry registry;
+  LinkTable in, out;
+};
+
+// Sends the process's stderr (where the daemon's log goes) to a file while
+// it lives.
+struct CaptureStderr {
+  explicit CaptureStderr(const std::string& path) : path(path) {
+    fflush(stderr);
+    saved = dup(2);
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+  }
+  ~CaptureStderr() { Restore(); }
+  std::string Restore() {
+    if (saved >= 0) {
+      fflush(stderr);
+      dup2(saved, 2);
+      close(saved);
+      saved = -1;
+    }
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  std::string path;
+  int saved = -1;
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(
+    LoopWithKeys,
+    "a ring of three relays each paused for the next is broken by the stall bound; every "
+    "write is answered and the drop is logged with its reason",
+    "[relay_ring]") {
+  // Runs in the optimised build only (test/meson.build: suite integration).
+  // Under the sanitizers a loop turn of this one process (three relays,
+  // three disks, three clients, 144 MiB of writes) can last long enough
+  // that a ring link is dropped for silence before the stall bound fires.
+  std::string log_text;
+  {
+    CaptureStderr capture(keys + "/log");
+    std::vector<std::unique_ptr<RingNode>> nodes;
+    std::vector<std::unique_ptr<Side>> servers, clients;
+    RingDisk disks[3];
+    RingClient writers[3];
+    RingData data[3];
+    for (int i = 0; i < 3; ++i) {
+      data[i] = MakeRingData(i, RingClient::kWrites);
+      disks[i].expect = &data[i];
+    }
+    for (int i = 0; i < 3; ++i) {
+      nodes.push_back(std::make_unique<RingNode>(&loop, keys, "test/r" + std::to_string(i)));
+      REQUIRE(nodes[i]->in.Listen({"127.0.0.1", 0}).ok());
+    }
+    auto port = [&](int i) { return static_cast<uint16_t>(nodes[i % 3]->in.listen_port(0)); };
+    for (int i = 0; i < 3; ++i) {
+      nodes[i]->out.Connect({"127.0.0.1", port(i + 1)});
+      servers.push_back(std::make_unique<Side>(&loop, keys, "test/server", 2 * kRingLinkTimeoutMs));
+      clients.push_back(std::make_unique<Side>(&loop, keys, "test/client", 2 * kRingLinkTimeoutMs));
+      disks[i].disk = i;
+      servers[i]->registry.AddLocalSpan(BlockSpan("ring" + std::to_string(i)), &disks[i]);
+      servers[i]->table.Connect({"127.0.0.1", port(i)});
+      // Client i writes to disk i+1: its span came round the ring the long
+      // way (i+1 -> i+2 -> i), and the writes go back the same way, passed
+      // from ring link to ring link by relay i+2.
+      writers[i].disk = (i + 1) % 3;
+      writers[i].want = "ring" + std::to_string((i + 1) % 3);
+      clients[i]->registry.AddObserver(&writers[i]);
+      clients[i]->table.Connect({"127.0.0.1", port(i)});
+    }
+    RunUntil(
+        &loop, [&] { return writers[0].seen && writers[1].seen && writers[2].seen; }, 15000);
+    // All three opens first: once writes flow, the ring may lock.
+    Transaction* opens[3];
+    BlkOpen o;
+    o.modes = kBlkModeRead | kBlkModeWrite;
+    for (int i = 0; i < 3; ++i) {
+      RingClient& w = writers[i];
+      REQUIRE(w.seen);
+      REQUIRE(w.span.info.dist == 3);
+      opens[i] = w.span.link->Open(kBlkOpen, w.span.txn, &w, o.Encode());
+      REQUIRE(opens[i] != nullptr);
+      RunUntil(&loop, [&] { return w.open_ok == 1; });
+      REQUIRE(w.open_ok == 1);
+    }
+    // The disks are slow at first: they read nothing for 3 s (less than
+    // the relays' link timeout, so none of them is dropped for it). Each
+    // relay's queue to its disk fills, so it stops reading the ring link
+    // the writes come in on; then its queue for the next relay fills with
+    // its own client's and passed-on writes, and so on round the ring.
+    // Once every relay waits for the next, the disks taking data again
+    // changes nothing: no queue of the ring moves. Only the stall bound
+    // (the relays' link timeout) ends it.
+    for (auto& s : servers) {
+      REQUIRE(s->table.links().size() == 1);
+      s->table.links()[0]->SetReadPaused(true);
+    }
+    for (int i = 0; i < 3; ++i) writers[i].WriteAll(opens[i], data[writers[i].disk]);
+    RunFor(&loop, 3000);
+    for (auto& s : servers) s->table.links()[0]->SetReadPaused(false);
+    RunUntil(
+        &loop,
+        [&] {
+          for (RingClient& w : writers)
+            if (w.answered() < RingClient::kWrites) return false;
+          return true;
+        },
+        30000);
+    int ok = 0, lost = 0;
+    for (int i = 0; i < 3; ++i) {
+      INFO("client " << i << ": " << writers[i].write_ok << " ok, " << writers[i].write_lost
+                     << " lostlink, " << writers[i].other << " other");
+      CHECK(writers[i].answered() == RingClient::kWrites);
+      CHECK(writers[i].other == 0);
+      ok += writers[i].write_ok;
+      lost += writers[i].write_lost;
+    }
+    int written = 0;
+    for (RingDisk& d : disks) {
+      CHECK(d.corrupt == 0);
+      written += d.written;
+    }
+    CHECK(lost > 0);  // the ring did lock: a link was dropped under the writes
+    CHECK(written >= ok);
+    for (auto& n : nodes) n->relay.Shutdown();
+    int done = 0;
+    for (auto& n : nodes) {
+      n->in.Shutdown([&] { ++done; });
+      n->out.Shutdown([&] { ++done; });
+    }
+    for (auto* v : {&servers, &clients})
+      for (auto& s : *v) s->table.Shutdown([&] { ++done; });
+    RunUntil(&loop, [&] { return done == 12; });
+    CHECK(done == 12);
+    log_text = capture.Restore();
+  }
+  INFO(log_text);
+  // The stall bound broke the lock, not a silence timeout: the pings kept
+  // every paused link alive.
+  CHECK(log_text.find("no data received") == std::string::npos);
+  CHECK(log_text.find("dropping link: relay: the peer took no data for the link timeout") !=
+        std::string::npos);
 }
