@@ -1,7 +1,9 @@
 // Loop tests: two link tables in one process over loopback TCP, exchanging
 // LNK_CONN, spans and a stacked transaction; then one side is killed. Every
 // test ends with uv_loop_close() == 0.
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <exception>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -957,7 +960,6 @@ RingData MakeRingData(int disk, int count) {
 
 // A fast disk: answers every write at once and checks its bytes.
 struct RingDisk : TransactionHandler {
-  int disk = 0;
   const RingData* expect = nullptr;
   int written = 0, corrupt = 0;
   TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
@@ -1019,8 +1021,8 @@ struct RingClient : SpanObserver, TransactionHandler {
   }
 };
 
-// The relays' link timeout: long enough that a loop turn moving many MiB
-// under the sanitizers never looks like a silent peer.
+// The relays' link timeout, which is also the stall bound: longer than the
+// disks' 3 s pause below, so only the lock can reach it.
 constexpr uint64_t kRingLinkTimeoutMs = 4000;
 
 // A relay of the ring: links to its predecessor in the ring take spans
@@ -1108,7 +1110,6 @@ TEST_CASE_METHOD(
       nodes[i]->out.Connect({"127.0.0.1", port(i + 1)});
       servers.push_back(std::make_unique<Side>(&loop, keys, "test/server", 2 * kRingLinkTimeoutMs));
       clients.push_back(std::make_unique<Side>(&loop, keys, "test/client", 2 * kRingLinkTimeoutMs));
-      disks[i].disk = i;
       servers[i]->registry.AddLocalSpan(BlockSpan("ring" + std::to_string(i)), &disks[i]);
       servers[i]->table.Connect({"127.0.0.1", port(i)});
       // Client i writes to disk i+1: its span came round the ring the long
