@@ -222,6 +222,8 @@ struct ClientResult {
   uint64_t messages = 0;
   double seconds = 0;
   double latency_sum = 0;  // seconds, summed over messages
+  double latency_p50 = 0;  // seconds: the median message; robust to a few
+                           // long stalls when other work takes the CPU
 };
 
 void RunClient(uint16_t port, const Job& job, double seconds, int result_fd) {
@@ -240,6 +242,8 @@ void RunClient(uint16_t port, const Job& job, double seconds, int result_fd) {
     WriteAll(fd, iov, h.payload_bytes > 0 ? 2 : 1);
   };
   ClientResult res;
+  std::vector<float> latencies;
+  latencies.reserve(1 << 20);
   double start = NowSeconds();
   double deadline = start + seconds;
   for (int i = 0; i < job.qd; ++i) send_one(i);
@@ -258,6 +262,7 @@ void RunClient(uint16_t port, const Job& job, double seconds, int result_fd) {
     if (r.payload_bytes > 0) ReadAll(fd, buf.data(), r.payload_bytes);
     double now = NowSeconds();
     res.latency_sum += now - sent_at[r.tag];
+    latencies.push_back(static_cast<float>(now - sent_at[r.tag]));
     ++res.messages;
     if (now < deadline) {
       send_one(static_cast<int>(r.tag));
@@ -266,6 +271,9 @@ void RunClient(uint16_t port, const Job& job, double seconds, int result_fd) {
     }
   }
   res.seconds = NowSeconds() - start;
+  auto mid = latencies.begin() + static_cast<std::ptrdiff_t>(latencies.size() / 2);
+  std::nth_element(latencies.begin(), mid, latencies.end());
+  res.latency_p50 = *mid;
   close(fd);
   if (write(result_fd, &res, sizeof res) != sizeof res) Die("client: result");
   _exit(0);
@@ -525,7 +533,8 @@ double LoadAverage() {
 struct Sample {
   double mib_s = 0;
   double msgs_s = 0;
-  double latency_us = 0;
+  double latency_us = 0;  // mean
+  double p50_us = 0;
   double cpu_us[3] = {0, 0, 0};  // per message: client, relay, server
   double relay_sys_share = 0;
   double load = 0;
@@ -584,6 +593,7 @@ bool RunOne(const Job& job, Variant v, double seconds, Sample* out) {
   out->msgs_s = m / res.seconds;
   out->mib_s = out->msgs_s * job.bytes / (1024.0 * 1024.0);
   out->latency_us = res.latency_sum / m * 1e6;
+  out->p50_us = res.latency_p50 * 1e6;
   for (int i = 0; i < 3; ++i) out->cpu_us[i] = cpu[i] / m * 1e6;
   out->relay_sys_share = cpu[kRelay] > 0 ? relay_sys / cpu[kRelay] : 0;
   return true;
@@ -686,8 +696,10 @@ int main(int argc, char** argv) {
 
   std::printf("# hop_probe: %d round(s), %.1f s per measurement, loopback TCP\n", rounds, seconds);
   std::printf("# CPU: user + system per message (us); relay sys: system share of relay CPU\n");
-  std::printf("%-5s %-13s %-7s %9s %9s %9s %9s %9s %9s %6s %5s\n", "round", "job", "variant",
-              "MiB/s", "msgs/s", "lat us", "cli cpu", "rly cpu", "srv cpu", "rly%sy", "load");
+  std::printf("# lat: mean; p50: the median message's latency\n");
+  std::printf("%-5s %-13s %-7s %9s %9s %9s %9s %9s %9s %9s %6s %5s\n", "round", "job", "variant",
+              "MiB/s", "msgs/s", "lat us", "p50 us", "cli cpu", "rly cpu", "srv cpu", "rly%sy",
+              "load");
   // samples[job][variant][round]
   std::map<std::string, std::map<Variant, std::vector<Sample>>> samples;
   for (int r = 1; r <= rounds; ++r) {
@@ -700,8 +712,8 @@ int main(int argc, char** argv) {
           return 1;
         }
         samples[job.name][v].push_back(s);
-        std::printf("%-5d %-13s %-7s %9.1f %9.0f %9.1f %9.1f %9.1f %9.1f %5.0f%% %5.2f\n", r,
-                    job.name.c_str(), VariantName(v), s.mib_s, s.msgs_s, s.latency_us,
+        std::printf("%-5d %-13s %-7s %9.1f %9.0f %9.1f %9.1f %9.1f %9.1f %9.1f %5.0f%% %5.2f\n", r,
+                    job.name.c_str(), VariantName(v), s.mib_s, s.msgs_s, s.latency_us, s.p50_us,
                     s.cpu_us[kClient], s.cpu_us[kRelay], s.cpu_us[kServer], 100 * s.relay_sys_share,
                     s.load);
         std::fflush(stdout);
@@ -724,16 +736,17 @@ int main(int argc, char** argv) {
     bool have_direct = by_variant.count(Variant::kDirect) > 0;
     std::printf("\n### %s\n\n", job.name.c_str());
     std::printf(
-        "| variant | MiB/s | mean lat us | relay CPU us/msg | client + server CPU us/msg |"
-        " total CPU us/msg | vs direct | lat +us |\n");
-    std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        "| variant | MiB/s | mean lat us | p50 lat us | relay CPU us/msg |"
+        " client + server CPU us/msg | total CPU us/msg | vs direct | lat +us | p50 +us |\n");
+    std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (Variant v : variants) {
-      Range mib, lat, relay, ends, total, ratio, added;
+      Range mib, lat, p50, relay, ends, total, ratio, added, added_p50;
       const auto& list = by_variant[v];
       for (size_t i = 0; i < list.size(); ++i) {
         const Sample& s = list[i];
         mib.Add(s.mib_s);
         lat.Add(s.latency_us);
+        p50.Add(s.p50_us);
         relay.Add(s.cpu_us[kRelay]);
         ends.Add(s.cpu_us[kClient] + s.cpu_us[kServer]);
         total.Add(s.cpu_us[kClient] + s.cpu_us[kRelay] + s.cpu_us[kServer]);
@@ -741,15 +754,17 @@ int main(int argc, char** argv) {
           const Sample& d = by_variant[Variant::kDirect][i];
           ratio.Add(s.mib_s / d.mib_s);
           added.Add(s.latency_us - d.latency_us);
+          added_p50.Add(s.p50_us - d.p50_us);
         }
       }
       bool relative = have_direct && v != Variant::kDirect;
-      std::printf("| %s | %s | %s | %s | %s | %s | %s | %s |\n", VariantName(v),
-                  mib.Format("%.0f").c_str(), lat.Format("%.1f").c_str(),
-                  v == Variant::kDirect ? "-" : relay.Format("%.1f").c_str(),
-                  ends.Format("%.1f").c_str(), total.Format("%.1f").c_str(),
-                  relative ? ratio.Format("%.2fx").c_str() : "-",
-                  relative ? added.Format("%+.1f").c_str() : "-");
+      std::printf(
+          "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", VariantName(v),
+          mib.Format("%.0f").c_str(), lat.Format("%.1f").c_str(), p50.Format("%.1f").c_str(),
+          v == Variant::kDirect ? "-" : relay.Format("%.1f").c_str(), ends.Format("%.1f").c_str(),
+          total.Format("%.1f").c_str(), relative ? ratio.Format("%.2fx").c_str() : "-",
+          relative ? added.Format("%+.1f").c_str() : "-",
+          relative ? added_p50.Format("%+.1f").c_str() : "-");
     }
   }
   return 0;
