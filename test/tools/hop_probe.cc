@@ -431,11 +431,21 @@ void RelayLoop(Direction (&dirs)[2], int up, int down, bool spin) {
       if (errno == EINTR) continue;
       Die("epoll_wait");
     }
-    if (n == 0) continue;
-    // Both directions, whichever socket woke: a readable socket feeds one
-    // direction, a writable one drains the other.
-    for (auto& d : dirs) {
-      if (d.Pump() == Progress::kEof) _exit(0);  // closes both sockets
+    // A readable socket feeds the direction it is the input of, a writable
+    // one drains the direction it is the output of; a direction with
+    // nothing to do is not run (no read that can only say EAGAIN).
+    bool run[2] = {false, false};
+    for (int i = 0; i < n; ++i) {
+      for (int k = 0; k < 2; ++k) {
+        bool in_ready = evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+        bool out_ready = evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
+        if ((in_ready && dirs[k].in == evs[i].data.fd) ||
+            (out_ready && dirs[k].out == evs[i].data.fd))
+          run[k] = true;
+      }
+    }
+    for (int k = 0; k < 2; ++k) {
+      if (run[k] && dirs[k].Pump() == Progress::kEof) _exit(0);  // closes both sockets
     }
   }
 }
