@@ -14,6 +14,8 @@
 //   spin     the copy relay, but polling epoll with a zero timeout instead of
 //            sleeping in it (one core busy; shows what the relay's wake-ups
 //            cost in latency)
+//   poll     the copy relay polling epoll (zero timeout) for up to 50 us after
+//            its last event, then sleeping in it: spin only while busy
 //   threads  no event loop: one thread per direction, blocking read() of up
 //            to 256 KiB and write() (shows what epoll adds)
 //
@@ -51,6 +53,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -76,9 +79,11 @@ struct Header {
 };
 static_assert(sizeof(Header) == kHeaderBytes);
 
-enum class Variant { kDirect, kCopy, kSplice, kSpin, kThreads };
+enum class Variant { kDirect, kCopy, kSplice, kSpin, kPoll, kThreads };
 constexpr Variant kAllVariants[] = {Variant::kDirect, Variant::kCopy, Variant::kSplice,
-                                    Variant::kSpin, Variant::kThreads};
+                                    Variant::kSpin,   Variant::kPoll, Variant::kThreads};
+// How long the poll variant keeps polling after its last event.
+constexpr double kPollSeconds = 50e-6;
 
 const char* VariantName(Variant v) {
   switch (v) {
@@ -90,6 +95,8 @@ const char* VariantName(Variant v) {
       return "splice";
     case Variant::kSpin:
       return "spin";
+    case Variant::kPoll:
+      return "poll";
     case Variant::kThreads:
       return "threads";
   }
@@ -414,8 +421,10 @@ struct SpliceDirection {
   }
 };
 
+// spin_seconds: how long to poll with a zero timeout after the last event
+// before sleeping in epoll_wait; 0 never polls, infinity never sleeps.
 template <typename Direction>
-void RelayLoop(Direction (&dirs)[2], int up, int down, bool spin) {
+void RelayLoop(Direction (&dirs)[2], int up, int down, double spin_seconds) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) Die("epoll_create1");
   for (int fd : {up, down}) {
@@ -425,12 +434,15 @@ void RelayLoop(Direction (&dirs)[2], int up, int down, bool spin) {
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) Die("epoll_ctl");
   }
   epoll_event evs[4];
+  double last_event = NowSeconds();
   for (;;) {
-    int n = epoll_wait(ep, evs, 4, spin ? 0 : -1);
+    bool poll = spin_seconds > 0 && NowSeconds() - last_event < spin_seconds;
+    int n = epoll_wait(ep, evs, 4, poll ? 0 : -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       Die("epoll_wait");
     }
+    if (n > 0 && spin_seconds > 0) last_event = NowSeconds();
     // A readable socket feeds the direction it is the input of, a writable
     // one drains the direction it is the output of; a direction with
     // nothing to do is not run (no read that can only say EAGAIN).
@@ -479,12 +491,15 @@ void RunRelay(int listen_fd, uint16_t server_port, Variant v) {
     SpliceDirection dirs[2];
     dirs[0].Open(up, down);
     dirs[1].Open(down, up);
-    RelayLoop(dirs, up, down, false);
+    RelayLoop(dirs, up, down, 0);
   } else {
     CopyDirection dirs[2];
     dirs[0].in = dirs[1].out = up;
     dirs[0].out = dirs[1].in = down;
-    RelayLoop(dirs, up, down, v == Variant::kSpin);
+    double spin_seconds = v == Variant::kSpin   ? std::numeric_limits<double>::infinity()
+                          : v == Variant::kPoll ? kPollSeconds
+                                                : 0;
+    RelayLoop(dirs, up, down, spin_seconds);
   }
 }
 
@@ -625,7 +640,7 @@ std::vector<std::string> Split(const std::string& s) {
                "usage: hop_probe [--rounds N] [--seconds S] [--variants LIST] [--jobs LIST]\n"
                "  --rounds N      rounds, each runs every job on every variant (default 3)\n"
                "  --seconds S     seconds per measurement (default 3)\n"
-               "  --variants LIST of direct,copy,splice,spin,threads (default all five)\n"
+               "  --variants LIST of direct,copy,splice,spin,poll,threads (default all six)\n"
                "  --jobs LIST     of write-1M-qd8,read-1M-qd8,write-4k-qd1,read-4k-qd1\n"
                "                  (default all four)\n");
   std::exit(code);
