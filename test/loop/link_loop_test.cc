@@ -899,6 +899,31 @@ TEST_CASE_METHOD(LoopWithKeys, "a span flapped within one turn is never relayed;
 namespace {
 
 // The relay's link whose peer sent LNK_CONN with `label`.
+// Acknowledges a BLK_OPEN and keeps it until the test closes it; answers
+// anything opened under it at once, and counts those.
+struct ClosableService : TransactionHandler {
+  Link* link = nullptr;
+  Transaction* open = nullptr;
+  int children = 0;
+  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
+    return this;
+  }
+  void OnMessage(Link& l, Transaction& t, Frame& f) override {
+    if (f.hdr.error == kErrLostLink || !(f.hdr.cmd & kFlagCreate)) return;
+    if (t.cmd == kBlkOpen) {
+      link = &l;
+      open = &t;
+      l.Reply(&t, 0, false);
+      return;
+    }
+    ++children;
+    l.Reply(&t, 0, true);
+  }
+  void OnFreed(Link&, Transaction& t) override {
+    if (&t == open) open = nullptr;
+  }
+};
+
 Link* LinkTo(Side& side, const std::string& label) {
   for (Link* l : side.table.links())
     if (l->up() && l->peer_conn().peer_label == label) return l;
@@ -946,6 +971,79 @@ TEST_CASE_METHOD(
     CHECK(t.relay.counters(to_server).txns == 0);               // nothing counted as relayed
     CHECK(t.counter.replies == 1);                              // and answered only once
     t.server.table.links()[0]->SetReadPaused(false);
+    t.Shutdown(&loop);
+  }
+}
+
+TEST_CASE_METHOD(LoopWithKeys,
+                 "a relayed CREATE under an open the far side has already closed is answered "
+                 "LOSTLINK once and opens nothing there",
+                 "[relay_loop]") {
+  {
+    RelayTriangle t(&loop, keys);
+    ClosableService service;
+    t.server.registry.AddLocalSpan(BlockSpan("closing"), &service);
+    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
+    REQUIRE(t.counter.spans.size() == 1);
+    const RemoteSpan rs = t.counter.spans[0];
+    Link* to_server = LinkTo(t.relay_side, "test/server");
+    Link* to_client = LinkTo(t.relay_side, "test/client");
+    REQUIRE(to_server != nullptr);
+    REQUIRE(to_client != nullptr);
+    Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &t.counter, BlkOpen().Encode());
+    REQUIRE(open != nullptr);
+    RunUntil(&loop, [&] { return t.counter.replies == 1 && service.open != nullptr; });
+    REQUIRE(t.counter.by_error[0] == 1);
+    REQUIRE(service.open != nullptr);
+    const size_t server_txns = to_server->transactions().size();
+    const size_t client_txns = to_client->transactions().size();
+    const uint64_t relayed = t.relay.counters(to_server).txns;
+    // The client reads nothing for now: it will send a read under its open
+    // without having heard that the server closed the open.
+    rs.link->SetReadPaused(true);
+    service.link->Reply(service.open, 0, true);
+    // The relay passes the server's DELETE on: its half of the open on the
+    // client link is closed on its side, the mirror on the server link
+    // waits, closed by the server, for the client's DELETE.
+    auto relay_open_closed = [&] {
+      for (Transaction* x : to_client->transactions().SubtreePostOrder(nullptr))
+        if (x->cmd == kBlkOpen && x->tx_delete) return true;
+      return false;
+    };
+    RunUntil(&loop, relay_open_closed, 2000);
+    REQUIRE(relay_open_closed());
+    BlkIo io;
+    io.bytes = 512;
+    const uint64_t relay_in = to_client->bytes_in();
+    REQUIRE(rs.link->Open(kBlkRead, open, &t.counter, io.Encode(), {}, kFlagDelete) != nullptr);
+    // The relay answers the read as it arrives (its half freed: CREATE|DELETE
+    // in, LOSTLINK|DELETE out) and opens nothing under the closed mirror.
+    RunUntil(
+        &loop, [&] { return to_client->bytes_in() > relay_in; }, 2000);
+    REQUIRE(to_client->bytes_in() > relay_in);
+    CHECK(to_client->transactions().size() == client_txns);
+    CHECK(to_server->transactions().size() == server_txns);  // no read mirror
+    CHECK(t.relay.counters(to_server).txns == relayed);      // nothing relayed
+    CHECK(service.children == 0);
+    // The client hears the open's DELETE first (its read ends with it,
+    // LOSTLINK), then the relay's answer, which it ignores: the read is
+    // answered once, and the client's strict rules see nothing wrong.
+    rs.link->SetReadPaused(false);
+    RunUntil(
+        &loop,
+        [&] {
+          return to_client->transactions().size() == client_txns - 1 &&
+                 to_server->transactions().size() == server_txns - 1 && service.open == nullptr;
+        },
+        2000);
+    CHECK(to_client->transactions().size() == client_txns - 1);  // the open's halves gone
+    CHECK(to_server->transactions().size() == server_txns - 1);
+    CHECK(service.open == nullptr);
+    CHECK(t.counter.replies == 2);
+    CHECK(t.counter.by_error[kErrLostLink] == 1);
+    CHECK(LinkTo(t.relay_side, "test/client") == to_client);
+    CHECK(LinkTo(t.relay_side, "test/server") == to_server);
+    CHECK(rs.link->up());
     t.Shutdown(&loop);
   }
 }
