@@ -898,7 +898,6 @@ TEST_CASE_METHOD(LoopWithKeys, "a span flapped within one turn is never relayed;
 
 namespace {
 
-// The relay's link whose peer sent LNK_CONN with `label`.
 // Acknowledges a BLK_OPEN and keeps it until the test closes it; answers
 // anything opened under it at once, and counts those.
 struct ClosableService : TransactionHandler {
@@ -924,6 +923,7 @@ struct ClosableService : TransactionHandler {
   }
 };
 
+// The relay's link whose peer sent LNK_CONN with `label`.
 Link* LinkTo(Side& side, const std::string& label) {
   for (Link* l : side.table.links())
     if (l->up() && l->peer_conn().peer_label == label) return l;
@@ -1044,6 +1044,65 @@ TEST_CASE_METHOD(LoopWithKeys,
     CHECK(LinkTo(t.relay_side, "test/client") == to_client);
     CHECK(LinkTo(t.relay_side, "test/server") == to_server);
     CHECK(rs.link->up());
+    t.Shutdown(&loop);
+  }
+}
+
+TEST_CASE_METHOD(LoopWithKeys,
+                 "a span flapped slower than a loop turn for seconds is relayed each time and "
+                 "leaves the relay's tables and queues bounded",
+                 "[relay_loop]") {
+  {
+    RelayTriangle t(&loop, keys);
+    t.server.registry.AddLocalSpan(BlockSpan("stays"), &t.service);
+    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
+    REQUIRE(t.counter.spans.size() == 1);
+    Link* to_server = LinkTo(t.relay_side, "test/server");
+    Link* to_client = LinkTo(t.relay_side, "test/client");
+    REQUIRE(to_server != nullptr);
+    REQUIRE(to_client != nullptr);
+    const size_t server_txns = to_server->transactions().size();
+    const size_t client_txns = to_client->transactions().size();
+    const int added = t.counter.added;
+    // One open or withdrawal every 3 ms for about 3 s, the loop running in
+    // between: each change reaches the relay in a turn of its own, so none
+    // is coalesced (relay.h "flapping" damps only changes within a turn).
+    constexpr int kSteps = 1000;
+    size_t max_server = 0, max_client = 0, max_queue = 0;
+    uint64_t id = 0;
+    for (int i = 0; i < kSteps; ++i) {
+      if (i % 2 == 0) {
+        id = t.server.registry.AddLocalSpan(BlockSpan("flap"), &t.service);
+      } else {
+        t.server.registry.RemoveLocalSpan(id);
+      }
+      RunFor(&loop, 3);
+      max_server = std::max(max_server, to_server->transactions().size());
+      max_client = std::max(max_client, to_client->transactions().size());
+      max_queue = std::max(max_queue, to_client->write_queue_bytes());
+    }
+    RunUntil(&loop, [&] {
+      return t.counter.spans.size() == 1 && to_client->transactions().size() == client_txns &&
+             to_server->transactions().size() == server_txns;
+    });
+    INFO("relayed " << t.counter.added - added << " of " << kSteps / 2 << " opens; at most "
+                    << max_server << "/" << max_client << " transactions on the server/client "
+                    << "link (" << server_txns << "/" << client_txns << " idle), " << max_queue
+                    << " bytes queued for the client");
+    // Most flaps were relayed one by one (the case is not the one-turn one).
+    CHECK(t.counter.added - added > kSteps / 4);
+    // Bounded by what is in flight, not by how often it flapped.
+    CHECK(max_server <= server_txns + 2);
+    CHECK(max_client <= client_txns + 4);
+    CHECK(max_queue < 64 * 1024);
+    // Nothing left over; the relay and its links stayed up.
+    REQUIRE(t.counter.spans.size() == 1);
+    CHECK(t.counter.spans[0].info.pfs_label == "stays");
+    CHECK(t.relay.relayed().size() == 1);
+    CHECK(to_client->transactions().size() == client_txns);
+    CHECK(to_server->transactions().size() == server_txns);
+    CHECK(LinkTo(t.relay_side, "test/server") == to_server);
+    CHECK(LinkTo(t.relay_side, "test/client") == to_client);
     t.Shutdown(&loop);
   }
 }
