@@ -72,11 +72,14 @@ struct TestService : TransactionHandler {
   }
 };
 
-// Like TestService, but never answers a read: it keeps the transaction
-// (deferred, as a slow disk would) until the span is withdrawn under it.
+// Like TestService, but never answers a read (or what `hold_cmd` names): it
+// keeps each (deferred, as a slow disk would) until the span is withdrawn
+// under it or Release() answers them all.
 struct DeferredService : TransactionHandler {
+  uint32_t hold_cmd = kBlkRead;
   Link* link = nullptr;
-  Transaction* held = nullptr;
+  Transaction* held = nullptr;  // the last one held
+  std::vector<Transaction*> all_held;
   int lostlinks = 0, freed = 0;
   TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
     return this;
@@ -87,43 +90,21 @@ struct DeferredService : TransactionHandler {
       return;
     }
     if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate)) l.Reply(&t, 0, false);
-    if (t.cmd == kBlkRead && (f.hdr.cmd & kFlagCreate)) {
+    if (t.cmd == hold_cmd && (f.hdr.cmd & kFlagCreate)) {
       link = &l;
       held = &t;
+      all_held.push_back(&t);
       t.deferred = true;
     }
   }
   void OnFreed(Link&, Transaction& t) override {
     ++freed;
     if (&t == held) held = nullptr;
+    std::erase(all_held, &t);
   }
-};
-
-// Takes every write and answers none until Release(): a disk that is slow
-// to answer while its peer keeps sending.
-struct ReplyHoldingService : TransactionHandler {
-  Link* link = nullptr;
-  std::vector<Transaction*> held;
-  int lostlinks = 0;
-  TransactionHandler* OnChildCreate(Link&, Transaction&, Transaction&, const Frame&) override {
-    return this;
-  }
-  void OnMessage(Link& l, Transaction& t, Frame& f) override {
-    if (f.hdr.error == kErrLostLink) {
-      ++lostlinks;
-      return;
-    }
-    if (t.cmd == kBlkOpen && (f.hdr.cmd & kFlagCreate)) l.Reply(&t, 0, false);
-    if (t.cmd == kBlkWrite && (f.hdr.cmd & kFlagCreate)) {
-      link = &l;
-      held.push_back(&t);
-      t.deferred = true;
-    }
-  }
-  void OnFreed(Link&, Transaction& t) override { std::erase(held, &t); }
   void Release() {
-    std::vector<Transaction*> all = std::move(held);
-    held.clear();
+    std::vector<Transaction*> all = std::move(all_held);
+    all_held.clear();
     for (Transaction* t : all) link->Reply(t, 0, true);
   }
 };
@@ -486,7 +467,8 @@ TEST_CASE_METHOD(LoopWithKeys,
     constexpr uint64_t kTimeoutMs = 1500;
     Side server(&loop, keys, "test/server", kTimeoutMs);
     Side client(&loop, keys, "test/client", kTimeoutMs);
-    ReplyHoldingService service;
+    DeferredService service;
+    service.hold_cmd = kBlkWrite;
     TestClient observer;
     client.registry.AddObserver(&observer);
     REQUIRE(server.table.Listen({"127.0.0.1", 0}).ok());
@@ -513,7 +495,7 @@ TEST_CASE_METHOD(LoopWithKeys,
     CHECK(sent == 50);
     REQUIRE(link_up());
     CHECK(observer.lostlink == 0);
-    CHECK(service.held.size() == 50);
+    CHECK(service.all_held.size() == 50);
     CHECK(server.table.links()[0]->bytes_out() > server_out);  // its pings
     service.Release();
     RunUntil(&loop, [&] { return observer.write_ok == 50; });
@@ -804,6 +786,13 @@ struct ReplyCounter : TransactionHandler, SpanObserver {
 
 // A relay with a server and a client linked to it; the client sees the
 // server's span "held" relayed, with HoldingService behind it.
+// The relay's link whose peer sent LNK_CONN with `label`.
+Link* LinkTo(Side& side, const std::string& label) {
+  for (Link* l : side.table.links())
+    if (l->up() && l->peer_conn().peer_label == label) return l;
+  return nullptr;
+}
+
 struct RelayTriangle {
   RelayTriangle(uv_loop_t* loop, const std::string& keys)
       : relay(loop, Relay::RandomRnss()),
@@ -814,11 +803,16 @@ struct RelayTriangle {
     REQUIRE(relay_side.table.Listen({"127.0.0.1", 0}).ok());
     server.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
     client.table.Connect({"127.0.0.1", static_cast<uint16_t>(relay_side.table.listen_port(0))});
+    // Up on both ends: the relay's end hears the peer's LNK_CONN answer last.
     RunUntil(loop, [&] {
       for (Side* s : {&server, &client})
         if (s->table.links().empty() || !s->table.links()[0]->up()) return false;
-      return true;
+      to_server = LinkTo(relay_side, "test/server");
+      to_client = LinkTo(relay_side, "test/client");
+      return to_server != nullptr && to_client != nullptr;
     });
+    REQUIRE(to_server != nullptr);
+    REQUIRE(to_client != nullptr);
   }
   // The server offers a span served by `service`; returns it as the client
   // sees it, through the relay.
@@ -839,6 +833,8 @@ struct RelayTriangle {
   Side relay_side, server, client;
   HoldingService service;
   ReplyCounter counter;
+  Link* to_server = nullptr;  // the relay's links, up since construction
+  Link* to_client = nullptr;
 };
 
 }  // namespace
@@ -923,13 +919,6 @@ struct ClosableService : TransactionHandler {
   }
 };
 
-// The relay's link whose peer sent LNK_CONN with `label`.
-Link* LinkTo(Side& side, const std::string& label) {
-  for (Link* l : side.table.links())
-    if (l->up() && l->peer_conn().peer_label == label) return l;
-  return nullptr;
-}
-
 }  // namespace
 
 TEST_CASE_METHOD(
@@ -940,10 +929,8 @@ TEST_CASE_METHOD(
   {
     RelayTriangle t(&loop, keys);
     const RemoteSpan rs = t.OfferHeldSpan(&loop);
-    Link* to_server = LinkTo(t.relay_side, "test/server");
-    Link* to_client = LinkTo(t.relay_side, "test/client");
-    REQUIRE(to_server != nullptr);
-    REQUIRE(to_client != nullptr);
+    Link* const to_server = t.to_server;
+    Link* const to_client = t.to_client;
     // The relay finishes its side of the server's stream (a graceful close
     // sends FIN at once on an idle link) while the link is still up. The
     // server reads nothing meanwhile, so it does not answer the FIN and the
@@ -986,10 +973,8 @@ TEST_CASE_METHOD(LoopWithKeys,
     RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
     REQUIRE(t.counter.spans.size() == 1);
     const RemoteSpan rs = t.counter.spans[0];
-    Link* to_server = LinkTo(t.relay_side, "test/server");
-    Link* to_client = LinkTo(t.relay_side, "test/client");
-    REQUIRE(to_server != nullptr);
-    REQUIRE(to_client != nullptr);
+    Link* const to_server = t.to_server;
+    Link* const to_client = t.to_client;
     Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &t.counter, BlkOpen().Encode());
     REQUIRE(open != nullptr);
     RunUntil(&loop, [&] { return t.counter.replies == 1 && service.open != nullptr; });
@@ -1057,10 +1042,8 @@ TEST_CASE_METHOD(LoopWithKeys,
     t.server.registry.AddLocalSpan(BlockSpan("stays"), &t.service);
     RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
     REQUIRE(t.counter.spans.size() == 1);
-    Link* to_server = LinkTo(t.relay_side, "test/server");
-    Link* to_client = LinkTo(t.relay_side, "test/client");
-    REQUIRE(to_server != nullptr);
-    REQUIRE(to_client != nullptr);
+    Link* const to_server = t.to_server;
+    Link* const to_client = t.to_client;
     const size_t server_txns = to_server->transactions().size();
     const size_t client_txns = to_client->transactions().size();
     const int added = t.counter.added;
@@ -1124,10 +1107,8 @@ TEST_CASE("an encrypted relay's write buffers grow under a 1 MiB burst and shrin
     REQUIRE(t.counter.spans.size() == 1);
     const RemoteSpan rs = t.counter.spans[0];
     CHECK(std::string(rs.link->encryption()) == "dragonfly-gcm-a");
-    Link* to_server = LinkTo(t.relay_side, "test/server");
-    Link* to_client = LinkTo(t.relay_side, "test/client");
-    REQUIRE(to_server != nullptr);
-    REQUIRE(to_client != nullptr);
+    Link* const to_server = t.to_server;
+    Link* const to_client = t.to_client;
     Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &t.counter, BlkOpen().Encode());
     REQUIRE(open != nullptr);
     RunUntil(&loop, [&] { return t.counter.replies == 1; });
