@@ -129,7 +129,7 @@ std::string UsageText() {
          "                           DIR/remote/ADDR.pub asks for an encrypted link\n"
          "                           (keys: DIR/rsa.prv, DIR/rsa.pub), else\n"
          "                           DIR/remote/ADDR.none allows a plaintext link\n"
-         "  --ping-interval MS       PING after MS of silence (default 1000)\n"
+         "  --ping-interval MS       PING after MS without sending (default 1000)\n"
          "  --link-timeout MS        drop a link after MS of silence (default 10000)\n"
          "  --no-relay               pass no spans or transactions between links\n"
          "                           (default: relay, as DragonFly's daemon does)\n"

@@ -401,7 +401,15 @@ bool Link::SendOn(Transaction* t, uint32_t base_cmd, uint32_t flags, std::span<c
 }
 
 Transaction* Link::OpenRelayed(Transaction* parent, TransactionHandler* handler, Frame& f) {
+  // The relay never gets here with a closing link: Fail() ends every
+  // transaction on it, and the relay forgets the spans and halves there,
+  // before any other link dispatches again. Kept for the contract; the
+  // send below would refuse too.
   if (state_ != State::kHandshake && state_ != State::kUp) return nullptr;
+  // Reached by the relay: a CREATE under a half whose far mirror the far
+  // peer has closed, the DELETE passed on but not yet seen by the sender
+  // ([relay_loop] "a relayed CREATE under an open the far side has already
+  // closed ...").
   for (Transaction* a = parent; a != nullptr; a = a->parent)
     if (a->dying || a->rx_delete || a->tx_delete) return nullptr;
   Transaction* t = txns_.OpenLocal(BaseCmd(f.hdr.cmd), parent);

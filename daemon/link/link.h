@@ -3,8 +3,9 @@
 // A Link owns its uv_tcp_t and its liveness timer. It frames and checks
 // every received byte (proto/frame_decoder.h), keeps the transaction tables
 // (daemon/link/transactions.h), performs the LNK_CONN exchange, answers PINGs,
-// sends its own PING after `ping_interval_ms` of silence and drops the link
-// after `dead_timeout_ms` without receiving anything. Anything malformed
+// sends its own PING after `ping_interval_ms` without sending anything (also
+// while the peer talks: the peer times us out by what it hears from us) and
+// drops the link after `dead_timeout_ms` without receiving anything. Anything malformed
 // drops this link only, with a logged reason. On loss, every open
 // transaction gets a synthesised LOSTLINK termination before the observer
 // hears OnLinkDown, so upper layers see one uniform event.
@@ -68,7 +69,7 @@ struct LinkConfig {
   dmsg::Uuid peer_id{};  // our host uuid
   uint8_t peer_type = dmsg::kPeerRouter;
   uint64_t peer_mask = ~0ull;
-  uint64_t ping_interval_ms = 1000;  // PING after this much silence
+  uint64_t ping_interval_ms = 1000;  // PING after sending nothing for this long
   // Drop after this much silence. Also the handshake timeout: the RSA
   // handshake and the LNK_CONN exchange must be done within it (DragonFly
   // has no such limit; a silent or trickling peer must not hold a link).

@@ -12,10 +12,14 @@ LivenessVerdict CheckLiveness(const LivenessInput& in) {
   if (!in.exchanging) return LivenessVerdict::kNothing;
   const uint64_t silent = in.now_ms - in.last_rx_ms;
   if (!in.read_paused && silent >= in.dead_timeout_ms) return LivenessVerdict::kSilent;
-  // Ping when the peer was quiet, at most once per interval: anything we send
-  // shows the peer we are alive, a ping just as well as data.
-  if (silent >= in.ping_interval_ms && in.now_ms - in.last_tx_ms >= in.ping_interval_ms)
-    return LivenessVerdict::kPing;
+  // Ping when we sent nothing for an interval, whether or not the peer
+  // talks: its silence timeout counts what it hears from us, and anything
+  // we send shows we are alive, a ping just as well as data. A peer sending
+  // us data steadily while we have nothing to answer (our replies wait on a
+  // slow disk or a relay's full queue) would otherwise hear nothing from us
+  // and drop the link, its own pings being answered only after the data
+  // queued before them (docs/design.md "Relay").
+  if (in.now_ms - in.last_tx_ms >= in.ping_interval_ms) return LivenessVerdict::kPing;
   return LivenessVerdict::kNothing;
 }
 

@@ -5,8 +5,8 @@
 # a second LNK_CONN, garbage, a frame cut short by EOF, and a half-open peer
 # that goes silent) the daemon drops that one link and logs
 # 'dropping link: <reason>' naming what was wrong. Half-open relies on our
-# liveness rule: the daemon PINGs after 1 s of silence and drops a link that
-# sent nothing for --link-timeout (2000 ms here), so a peer holding the
+# liveness rule: the daemon PINGs after 1 s without sending and drops a link
+# that sent nothing for --link-timeout (2000 ms here), so a peer holding the
 # socket for 4 s without reading or writing must see EOF. A well-behaved link
 # stays up through all of it, and afterwards the daemon still answers pings,
 # still serves its export (client verify), and exits 0 on SIGTERM.

@@ -30,6 +30,11 @@ TEST_CASE("a quiet link pings once per interval and is dropped after the silence
   // We pinged 200 ms ago: not again yet, although the peer is still quiet.
   CHECK(CheckLiveness(UpLink(11200, 10000, 11000)) == LivenessVerdict::kNothing);
   CHECK(CheckLiveness(UpLink(12000, 10000, 11000)) == LivenessVerdict::kPing);
+  // The peer talks all the time but we sent nothing for 1 s: ping, or the
+  // peer, hearing nothing from us, drops the link (a relay sending us data
+  // we have nothing to answer yet).
+  CHECK(CheckLiveness(UpLink(11000, 10990, 10000)) == LivenessVerdict::kPing);
+  CHECK(CheckLiveness(UpLink(11000, 10990, 10100)) == LivenessVerdict::kNothing);
   // One millisecond short of the silence timeout, then at it.
   CHECK(CheckLiveness(UpLink(19999, 10000, 19500)) == LivenessVerdict::kNothing);
   CHECK(CheckLiveness(UpLink(20000, 10000, 19500)) == LivenessVerdict::kSilent);
