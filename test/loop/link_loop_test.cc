@@ -464,8 +464,8 @@ TEST_CASE_METHOD(LoopWithKeys,
                  "a peer that takes our writes steadily and holds its replies past the link "
                  "timeout keeps the link, pinging while it sends nothing",
                  "[link_loop]") {
-  // Both sides hear a ping within 300 ms of it being due; the link timeout
-  // is 1.5 s. The client writes every 50 ms for 2.5 s and the server answers
+  // The link timeout is 1.5 s, so the ping interval is 300 ms (a fifth of
+  // it). The client writes every 50 ms for 2.5 s and the server answers
   // nothing meanwhile: the client hears from the server only through the
   // server's pings. (A ping of the client's own would go out only after
   // 300 ms without a write of its own, and on a relay its answer can wait

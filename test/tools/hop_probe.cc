@@ -300,6 +300,9 @@ struct CopyDirection {
   size_t have = 0;
   size_t sent = 0;
 
+  // Only then can a writable output move this direction on.
+  bool WaitsOnOutput() const { return sent < have; }
+
   Progress Pump() {
     bool drained = false;  // a short read in this call: the socket was empty
     for (;;) {
@@ -337,6 +340,11 @@ struct SpliceDirection {
   size_t hdr_done = 0;    // header bytes received, then sent
   size_t to_receive = 0;  // payload bytes not yet spliced in from `in`
   size_t in_pipe = 0;     // payload bytes in the pipe, not yet spliced out
+
+  // Only then can a writable output move this direction on.
+  bool WaitsOnOutput() const {
+    return state == State::kSendHeader || (state == State::kPayload && in_pipe > 0);
+  }
 
   void Open(int in_fd, int out_fd) {
     in = in_fd;
@@ -443,16 +451,19 @@ void RelayLoop(Direction (&dirs)[2], int up, int down, double spin_seconds) {
       Die("epoll_wait");
     }
     if (n > 0 && spin_seconds > 0) last_event = NowSeconds();
-    // A readable socket feeds the direction it is the input of, a writable
-    // one drains the direction it is the output of; a direction with
-    // nothing to do is not run (no read that can only say EAGAIN).
+    // A readable socket feeds the direction it is the input of; a writable
+    // one moves the direction it is the output of only if that direction
+    // waits on output. epoll reports a socket's whole mask (EPOLLOUT stays
+    // armed, and a socket with room is writable on every wake-up), so
+    // without that check every wake-up would also run the idle direction:
+    // a read that can only say EAGAIN.
     bool run[2] = {false, false};
     for (int i = 0; i < n; ++i) {
       for (int k = 0; k < 2; ++k) {
         bool in_ready = evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
         bool out_ready = evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
         if ((in_ready && dirs[k].in == evs[i].data.fd) ||
-            (out_ready && dirs[k].out == evs[i].data.fd))
+            (out_ready && dirs[k].out == evs[i].data.fd && dirs[k].WaitsOnOutput()))
           run[k] = true;
       }
     }
@@ -525,17 +536,27 @@ void OnFatalSignal(int sig) {
 void OnAlarm(int) { KillChildren(); }
 
 pid_t Spawn(int slot, pid_t parent) {
+  // Signals wait until the child is recorded: one arriving in between would
+  // leave a live child KillChildren() does not know, and OnFatalSignal's
+  // waitpid would wait for it for ever.
+  sigset_t fatal, old;
+  sigemptyset(&fatal);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) sigaddset(&fatal, sig);
+  sigprocmask(SIG_BLOCK, &fatal, &old);
   pid_t pid = fork();
   if (pid < 0) Die("fork");
   if (pid == 0) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     signal(SIGALRM, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &old, nullptr);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(3);
     return 0;
   }
   g_children[slot] = pid;
+  sigprocmask(SIG_SETMASK, &old, nullptr);
   return pid;
 }
 
