@@ -821,14 +821,16 @@ struct RelayTriangle {
     REQUIRE(to_server != nullptr);
     REQUIRE(to_client != nullptr);
   }
-  // The server offers a span served by `service`; returns it as the client
-  // sees it, through the relay.
-  RemoteSpan OfferHeldSpan(uv_loop_t* loop) {
-    server.registry.AddLocalSpan(BlockSpan("held"), &service);
+  // The server offers a span `serial` served by `handler`; returns it as
+  // the client sees it, through the relay (the client's first span).
+  RemoteSpan OfferSpan(uv_loop_t* loop, const std::string& serial, TransactionHandler* handler) {
+    server.registry.AddLocalSpan(BlockSpan(serial), handler);
     RunUntil(loop, [&] { return counter.spans.size() == 1; });
     REQUIRE(counter.spans.size() == 1);
     return counter.spans[0];
   }
+  // The same for "held", served by `service`.
+  RemoteSpan OfferHeldSpan(uv_loop_t* loop) { return OfferSpan(loop, "held", &service); }
   void Shutdown(uv_loop_t* loop) {
     relay.Shutdown();
     int done = 0;
@@ -976,10 +978,7 @@ TEST_CASE_METHOD(LoopWithKeys,
   {
     RelayTriangle t(&loop, keys);
     ClosableService service;
-    t.server.registry.AddLocalSpan(BlockSpan("closing"), &service);
-    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
-    REQUIRE(t.counter.spans.size() == 1);
-    const RemoteSpan rs = t.counter.spans[0];
+    const RemoteSpan rs = t.OfferSpan(&loop, "closing", &service);
     Link* const to_server = t.to_server;
     Link* const to_client = t.to_client;
     Transaction* open = rs.link->Open(kBlkOpen, rs.txn, &t.counter, BlkOpen().Encode());
@@ -1046,9 +1045,7 @@ TEST_CASE_METHOD(LoopWithKeys,
                  "[relay_loop]") {
   {
     RelayTriangle t(&loop, keys);
-    t.server.registry.AddLocalSpan(BlockSpan("stays"), &t.service);
-    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
-    REQUIRE(t.counter.spans.size() == 1);
+    t.OfferSpan(&loop, "stays", &t.service);
     Link* const to_server = t.to_server;
     Link* const to_client = t.to_client;
     const size_t server_txns = to_server->transactions().size();
@@ -1109,10 +1106,7 @@ TEST_CASE("an encrypted relay's write buffers grow under a 1 MiB burst and shrin
   {
     RelayTriangle t(&loop, keys);
     TestService service;
-    t.server.registry.AddLocalSpan(BlockSpan("burst"), &service);
-    RunUntil(&loop, [&] { return t.counter.spans.size() == 1; });
-    REQUIRE(t.counter.spans.size() == 1);
-    const RemoteSpan rs = t.counter.spans[0];
+    const RemoteSpan rs = t.OfferSpan(&loop, "burst", &service);
     CHECK(std::string(rs.link->encryption()) == "dragonfly-gcm-a");
     Link* const to_server = t.to_server;
     Link* const to_client = t.to_client;
